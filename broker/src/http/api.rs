@@ -1,0 +1,469 @@
+//! The Pusher HTTP API under `/apps/{app_id}`: publish events, query channels and users,
+//! terminate a user's connections. Every request is signed; every error is JSON.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::actors::presence::{GetMembers, UserCount};
+use crate::apps::App;
+use crate::node::Node;
+use crate::protocol::channel::{self, ChannelKind};
+use crate::protocol::frame::{self, SocketId};
+use crate::protocol::signature::{self, SignedRequest};
+use crate::registry::ChannelAddr;
+use crate::router;
+
+/// An API error: an HTTP status and a message, answered as `{"error": message}`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({"error": self.message}))
+    }
+}
+
+type ApiResult = Result<HttpResponse, ApiError>;
+
+/// A verified request: the app it is for, its query parameters and body.
+struct Verified {
+    app: Arc<App>,
+    params: Vec<(String, String)>,
+    body: web::Bytes,
+}
+
+impl Verified {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ApiError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Reads the body (at most `limit` bytes), finds the app and checks the signature.
+async fn verify(
+    node: &Node,
+    req: &HttpRequest,
+    app_id: &str,
+    mut payload: web::Payload,
+) -> Result<Verified, ApiError> {
+    let limit = node.config.max_request_bytes;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is over {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let app = node
+        .apps
+        .by_id(app_id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id}")))?
+        .clone();
+    let params = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?
+        .into_inner();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let signed = SignedRequest {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        params: &params,
+        body: &body,
+    };
+    signature::verify_request(&signed, &app.key, &app.secret, now)
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    Ok(Verified {
+        app,
+        params,
+        body: body.freeze(),
+    })
+}
+
+/// Counts and times a request under its route pattern.
+fn observed(node: &Node, req: &HttpRequest, started: Instant, result: ApiResult) -> ApiResult {
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let status = match &result {
+        Ok(r) => r.status(),
+        Err(e) => e.status,
+    };
+    node.metrics
+        .http_request(&route, status.as_u16(), started.elapsed().as_secs_f64());
+    result
+}
+
+/// One event as published over the API.
+#[derive(Debug, Deserialize)]
+struct EventBody {
+    name: String,
+    data: Value,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    socket_id: Option<String>,
+    #[serde(default)]
+    info: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchBody {
+    batch: Vec<EventBody>,
+}
+
+/// Which channel attributes a request asked for in `info`.
+#[derive(Debug, Default, Clone, Copy)]
+struct InfoWanted {
+    user_count: bool,
+    subscription_count: bool,
+}
+
+impl InfoWanted {
+    fn parse(info: Option<&str>) -> Result<InfoWanted, ApiError> {
+        let mut wanted = InfoWanted::default();
+        for attr in info
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match attr {
+                "user_count" => wanted.user_count = true,
+                "subscription_count" => wanted.subscription_count = true,
+                "cache" => {}
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown info attribute {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(wanted)
+    }
+
+    fn any(self) -> bool {
+        self.user_count || self.subscription_count
+    }
+}
+
+/// The attributes of one channel, as the API reports them.
+async fn channel_info(app: &App, name: &str, wanted: InfoWanted) -> Map<String, Value> {
+    let mut info = Map::new();
+    let summary = app.channels.get(name);
+    if wanted.subscription_count {
+        let count = summary.as_ref().map_or(0, |s| s.subscriptions);
+        info.insert("subscription_count".into(), count.into());
+    }
+    if wanted.user_count && ChannelKind::of(name).is_presence() {
+        let count = match summary.map(|s| s.addr) {
+            Some(ChannelAddr::Presence(addr)) => addr.send(UserCount).await.unwrap_or(0),
+            _ => 0,
+        };
+        info.insert("user_count".into(), count.into());
+    }
+    info
+}
+
+/// A validated event, ready to publish.
+struct Trigger {
+    name: String,
+    data: String,
+    channels: Vec<String>,
+    except: Option<SocketId>,
+    info: InfoWanted,
+}
+
+fn validate_event(app: &App, body: EventBody, batch: bool) -> Result<Trigger, ApiError> {
+    let limits = &app.limits;
+    channel::validate_event_name(&body.name, limits.max_event_name_len)
+        .map_err(|e| ApiError::bad_request(format!("invalid event name: {e}")))?;
+    if body.name.starts_with("pusher:") || body.name.starts_with("pusher_internal:") {
+        return Err(ApiError::bad_request(
+            "event names starting with pusher: are reserved for the protocol",
+        ));
+    }
+    let channels = match (body.channel, body.channels) {
+        (Some(c), None) => vec![c],
+        (None, Some(cs)) if !batch => cs,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give channel or channels, not both"))
+        }
+        _ if batch => return Err(ApiError::bad_request("each batch event needs a channel")),
+        _ => return Err(ApiError::bad_request("channel or channels is required")),
+    };
+    if channels.is_empty() {
+        return Err(ApiError::bad_request("channels is empty"));
+    }
+    if channels.len() > limits.max_channels_per_trigger {
+        return Err(ApiError::bad_request(format!(
+            "at most {} channels per event",
+            limits.max_channels_per_trigger
+        )));
+    }
+    for c in &channels {
+        channel::validate_channel_name(c, limits.max_channel_name_len)
+            .map_err(|e| ApiError::bad_request(format!("invalid channel name {c:?}: {e}")))?;
+    }
+    let data = match body.data {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    if data.len() > limits.max_message_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "event data is {} bytes, over the limit of {}",
+                data.len(),
+                limits.max_message_bytes
+            ),
+        ));
+    }
+    let except = match body.socket_id {
+        Some(s) => Some(
+            s.parse::<SocketId>()
+                .map_err(|_| ApiError::bad_request(format!("invalid socket_id {s:?}")))?,
+        ),
+        None => None,
+    };
+    let info = InfoWanted::parse(body.info.as_deref())?;
+    Ok(Trigger {
+        name: body.name,
+        data,
+        channels,
+        except,
+        info,
+    })
+}
+
+/// Publishes a validated event; returns the requested info per channel.
+async fn publish(app: &App, t: Trigger) -> Map<String, Value> {
+    for c in &t.channels {
+        let frame = frame::event(c, &t.name, &t.data);
+        app.metrics.published_api.inc();
+        router::publish(app, c, frame, t.except);
+    }
+    let mut channels = Map::new();
+    if t.info.any() {
+        for c in &t.channels {
+            let info = channel_info(app, c, t.info).await;
+            channels.insert(c.clone(), Value::Object(info));
+        }
+    }
+    channels
+}
+
+/// `POST /apps/{app_id}/events`
+pub async fn events(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    app_id: web::Path<String>,
+    payload: web::Payload,
+) -> ApiResult {
+    let started = Instant::now();
+    let result = async {
+        let v = verify(&node, &req, &app_id, payload).await?;
+        let body: EventBody = v.json()?;
+        let trigger = validate_event(&v.app, body, false)?;
+        let wanted = trigger.info.any();
+        let channels = publish(&v.app, trigger).await;
+        Ok(HttpResponse::Ok().json(if wanted {
+            json!({ "channels": channels })
+        } else {
+            json!({})
+        }))
+    }
+    .await;
+    observed(&node, &req, started, result)
+}
+
+/// `POST /apps/{app_id}/batch_events`
+pub async fn batch_events(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    app_id: web::Path<String>,
+    payload: web::Payload,
+) -> ApiResult {
+    let started = Instant::now();
+    let result = async {
+        let v = verify(&node, &req, &app_id, payload).await?;
+        let body: BatchBody = v.json()?;
+        let max = v.app.limits.max_batch_events;
+        if body.batch.len() > max {
+            return Err(ApiError::bad_request(format!(
+                "at most {max} events per batch"
+            )));
+        }
+        // Validate all before publishing any: a batch is all or nothing.
+        let triggers = body
+            .batch
+            .into_iter()
+            .map(|e| validate_event(&v.app, e, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted = triggers.iter().any(|t| t.info.any());
+        let mut answers = Vec::with_capacity(triggers.len());
+        for t in triggers {
+            let channel = t.channels[0].clone();
+            let mut info = publish(&v.app, t).await;
+            answers.push(info.remove(&channel).unwrap_or_else(|| json!({})));
+        }
+        Ok(HttpResponse::Ok().json(if wanted {
+            json!({ "batch": answers })
+        } else {
+            json!({})
+        }))
+    }
+    .await;
+    observed(&node, &req, started, result)
+}
+
+/// `GET /apps/{app_id}/channels`
+pub async fn channels(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    app_id: web::Path<String>,
+    payload: web::Payload,
+) -> ApiResult {
+    let started = Instant::now();
+    let result = async {
+        let v = verify(&node, &req, &app_id, payload).await?;
+        let prefix = v.param("filter_by_prefix").unwrap_or("");
+        let wanted = InfoWanted::parse(v.param("info"))?;
+        if wanted.user_count && !prefix.starts_with("presence-") {
+            return Err(ApiError::bad_request(
+                "info=user_count needs filter_by_prefix=presence-",
+            ));
+        }
+        let mut channels = Map::new();
+        for summary in v.app.channels.list(prefix) {
+            let info = channel_info(&v.app, &summary.name, wanted).await;
+            channels.insert(summary.name, Value::Object(info));
+        }
+        Ok(HttpResponse::Ok().json(json!({ "channels": channels })))
+    }
+    .await;
+    observed(&node, &req, started, result)
+}
+
+/// `GET /apps/{app_id}/channels/{channel_name}`
+pub async fn channel(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> ApiResult {
+    let started = Instant::now();
+    let (app_id, name) = path.into_inner();
+    let result = async {
+        let v = verify(&node, &req, &app_id, payload).await?;
+        channel::validate_channel_name(&name, v.app.limits.max_channel_name_len)
+            .map_err(|e| ApiError::bad_request(format!("invalid channel name: {e}")))?;
+        let wanted = InfoWanted::parse(v.param("info"))?;
+        if wanted.user_count && !ChannelKind::of(&name).is_presence() {
+            return Err(ApiError::bad_request(
+                "info=user_count is only for presence channels",
+            ));
+        }
+        let mut info = channel_info(&v.app, &name, wanted).await;
+        let occupied = v.app.channels.subscription_count(&name) > 0;
+        info.insert("occupied".into(), occupied.into());
+        Ok(HttpResponse::Ok().json(Value::Object(info)))
+    }
+    .await;
+    observed(&node, &req, started, result)
+}
+
+/// `GET /apps/{app_id}/channels/{channel_name}/users`
+pub async fn channel_users(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> ApiResult {
+    let started = Instant::now();
+    let (app_id, name) = path.into_inner();
+    let result = async {
+        let v = verify(&node, &req, &app_id, payload).await?;
+        if !ChannelKind::of(&name).is_presence() {
+            return Err(ApiError::bad_request(
+                "users are listed only for presence channels",
+            ));
+        }
+        let ids = match v.app.channels.get(&name).map(|s| s.addr) {
+            Some(ChannelAddr::Presence(addr)) => addr.send(GetMembers).await.unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+        Ok(HttpResponse::Ok().json(json!({ "users": users })))
+    }
+    .await;
+    observed(&node, &req, started, result)
+}
+
+/// `POST /apps/{app_id}/users/{user_id}/terminate_connections`
+pub async fn terminate_connections(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> ApiResult {
+    let started = Instant::now();
+    let (app_id, user_id) = path.into_inner();
+    let result = async {
+        let v = verify(&node, &req, &app_id, payload).await?;
+        channel::validate_user_id(&user_id, v.app.limits.max_user_id_len)
+            .map_err(|e| ApiError::bad_request(format!("invalid user id: {e}")))?;
+        v.app.terminate_user(&user_id);
+        Ok(HttpResponse::Ok().json(json!({})))
+    }
+    .await;
+    observed(&node, &req, started, result)
+}
+
+/// Any other path under `/apps/`: 404 with a JSON message.
+pub async fn not_found(node: web::Data<Node>, req: HttpRequest) -> ApiResult {
+    let started = Instant::now();
+    let result = Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {} {}", req.method(), req.path()),
+    ));
+    observed(&node, &req, started, result)
+}

@@ -1,0 +1,61 @@
+//! The node's HTTP listeners: the public port (WebSocket, HTTP API, health) and the metrics port.
+
+pub mod api;
+pub mod websocket;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::node::Node;
+
+/// Routes of the public port.
+pub fn public_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/app/{key}", web::get().to(websocket::connect))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .service(
+            web::scope("/apps/{app_id}")
+                .route("/events", web::post().to(api::events))
+                .route("/batch_events", web::post().to(api::batch_events))
+                .route("/channels", web::get().to(api::channels))
+                .route("/channels/{channel_name}", web::get().to(api::channel))
+                .route(
+                    "/channels/{channel_name}/users",
+                    web::get().to(api::channel_users),
+                )
+                .route(
+                    "/users/{user_id}/terminate_connections",
+                    web::post().to(api::terminate_connections),
+                )
+                .default_service(web::to(api::not_found)),
+        )
+        .default_service(web::to(not_found));
+}
+
+/// Routes of the metrics port.
+pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics))
+        .default_service(web::to(not_found));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(node: web::Data<Node>) -> HttpResponse {
+    if node.is_ready() {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "not ready"}))
+    }
+}
+
+async fn metrics(node: web::Data<Node>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(node.metrics.render())
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({"error": "not found"}))
+}

@@ -1,0 +1,249 @@
+//! Prometheus metrics of a node, served as text on the metrics port.
+//!
+//! Labels are bounded: app ids, transports, reasons, codes, routes and statuses; never channel
+//! names or user ids. The per-app series the hot path touches are resolved once per app into
+//! [`AppMetrics`], so delivering a message does no label lookup.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric of the node.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    connections: IntGaugeVec,
+    subscriptions: IntGaugeVec,
+    channels: IntGaugeVec,
+    messages_received: IntCounterVec,
+    bytes_received: IntCounterVec,
+    messages_sent: IntCounterVec,
+    bytes_sent: IntCounterVec,
+    deliveries: IntCounterVec,
+    published: IntCounterVec,
+    disconnects: IntCounterVec,
+    slow_readers: IntCounterVec,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    publish_to_write: Histogram,
+}
+
+/// The series of one app, resolved once.
+#[derive(Clone)]
+pub struct AppMetrics {
+    pub connections: IntGauge,
+    pub subscriptions: IntGauge,
+    pub channels: IntGauge,
+    pub ws_messages_received: IntCounter,
+    pub ws_bytes_received: IntCounter,
+    pub messages_sent: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub deliveries: IntCounter,
+    pub published_api: IntCounter,
+    pub published_client: IntCounter,
+    pub slow_readers: IntCounter,
+    pub publish_to_write: Histogram,
+    app_id: String,
+    disconnects: IntCounterVec,
+}
+
+impl AppMetrics {
+    /// Counts a closed connection by why it closed and the close code sent (0 when none).
+    pub fn disconnect(&self, reason: &str, code: u16) {
+        self.disconnects
+            .with_label_values(&[self.app_id.as_str(), reason, &code.to_string()])
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["app_id"]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let connections = gauge(
+            "chorus_connections",
+            "Open client connections (WebSocket and SSE).",
+        );
+        let subscriptions = gauge(
+            "chorus_subscriptions",
+            "Channel subscriptions held by open connections.",
+        );
+        let channels = gauge(
+            "chorus_channels",
+            "Channels with at least one subscriber on this node.",
+        );
+        let messages_received = counter(
+            "chorus_messages_received_total",
+            "Messages received from clients.",
+            &["app_id", "transport"],
+        );
+        let bytes_received = counter(
+            "chorus_bytes_received_total",
+            "Bytes of messages received from clients.",
+            &["app_id", "transport"],
+        );
+        let messages_sent = counter(
+            "chorus_messages_sent_total",
+            "Frames written to client connections, protocol frames included.",
+            &["app_id"],
+        );
+        let bytes_sent = counter(
+            "chorus_bytes_sent_total",
+            "Bytes of frames written to client connections.",
+            &["app_id"],
+        );
+        let deliveries = counter(
+            "chorus_deliveries_total",
+            "Published events written to a subscriber's connection.",
+            &["app_id"],
+        );
+        let published = counter(
+            "chorus_events_published_total",
+            "Events published to a channel, by where they came from.",
+            &["app_id", "source"],
+        );
+        let disconnects = counter(
+            "chorus_disconnects_total",
+            "Closed client connections by reason and close code.",
+            &["app_id", "reason", "code"],
+        );
+        let slow_readers = counter(
+            "chorus_slow_reader_disconnects_total",
+            "Connections cut off because their outbound buffer was full.",
+            &["app_id"],
+        );
+        let http_requests = counter(
+            "chorus_http_requests_total",
+            "HTTP API requests by route and status.",
+            &["route", "status"],
+        );
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "chorus_http_request_duration_seconds",
+                "HTTP API request handling time.",
+            )
+            .buckets(prometheus::exponential_buckets(0.0001, 4.0, 9).expect("valid buckets")),
+            &["route"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(http_duration.clone()))
+            .expect("unique metric");
+        let publish_to_write = Histogram::with_opts(
+            HistogramOpts::new(
+                "chorus_publish_to_write_seconds",
+                "Time from a message entering the node to its frame being handed to a socket.",
+            )
+            .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(publish_to_write.clone()))
+            .expect("unique metric");
+        Metrics {
+            registry,
+            connections,
+            subscriptions,
+            channels,
+            messages_received,
+            bytes_received,
+            messages_sent,
+            bytes_sent,
+            deliveries,
+            published,
+            disconnects,
+            slow_readers,
+            http_requests,
+            http_duration,
+            publish_to_write,
+        }
+    }
+
+    pub fn for_app(&self, app_id: &str) -> AppMetrics {
+        AppMetrics {
+            connections: self.connections.with_label_values(&[app_id]),
+            subscriptions: self.subscriptions.with_label_values(&[app_id]),
+            channels: self.channels.with_label_values(&[app_id]),
+            ws_messages_received: self.messages_received.with_label_values(&[app_id, "ws"]),
+            ws_bytes_received: self.bytes_received.with_label_values(&[app_id, "ws"]),
+            messages_sent: self.messages_sent.with_label_values(&[app_id]),
+            bytes_sent: self.bytes_sent.with_label_values(&[app_id]),
+            deliveries: self.deliveries.with_label_values(&[app_id]),
+            published_api: self.published.with_label_values(&[app_id, "api"]),
+            published_client: self.published.with_label_values(&[app_id, "client"]),
+            slow_readers: self.slow_readers.with_label_values(&[app_id]),
+            publish_to_write: self.publish_to_write.clone(),
+            app_id: app_id.to_owned(),
+            disconnects: self.disconnects.clone(),
+        }
+    }
+
+    /// Counts an HTTP request; `route` is the route pattern, never the concrete path.
+    pub fn http_request(&self, route: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route])
+            .observe(seconds);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_named_series() {
+        let metrics = Metrics::new();
+        let app = metrics.for_app("7");
+        app.connections.inc();
+        app.deliveries.inc_by(3);
+        app.disconnect("client_closed", 0);
+        metrics.http_request("/apps/{app_id}/events", 200, 0.001);
+        let text = metrics.render();
+        assert!(
+            text.contains("chorus_connections{app_id=\"7\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chorus_deliveries_total{app_id=\"7\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "chorus_http_requests_total{route=\"/apps/{app_id}/events\",status=\"200\"} 1"
+        ));
+        assert!(text.contains(
+            "chorus_disconnects_total{app_id=\"7\",code=\"0\",reason=\"client_closed\"} 1"
+        ));
+    }
+}

@@ -1,0 +1,199 @@
+//! An app's channels on this node: the map from channel name to its actor, and the cache of
+//! cache channels' last events.
+//!
+//! Every change goes through one lock, and the messages to a channel's actor are sent while it is
+//! held, so the actor sees subscribes, unsubscribes and publishes in the order the lock gave
+//! them: a cache channel's new subscriber gets either the cached event or the live one, never
+//! both. A channel's actor is created by its first subscriber and dropped with its last.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr};
+use parking_lot::Mutex;
+
+use crate::actors::channel::{ChannelActor, Publish, Subscribe, Subscriber, Unsubscribe};
+use crate::actors::presence::{Member, PresenceActor};
+use crate::metrics::AppMetrics;
+use crate::protocol::channel::ChannelKind;
+use crate::protocol::frame::{Frame, SocketId};
+
+/// How long a cache channel keeps its last event.
+pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// The actor serving one channel.
+#[derive(Clone)]
+pub enum ChannelAddr {
+    Plain(Addr<ChannelActor>),
+    Presence(Addr<PresenceActor>),
+}
+
+impl ChannelAddr {
+    fn publish(&self, msg: Publish) {
+        match self {
+            ChannelAddr::Plain(a) => a.do_send(msg),
+            ChannelAddr::Presence(a) => a.do_send(msg),
+        }
+    }
+}
+
+struct Entry {
+    addr: ChannelAddr,
+    subscriptions: usize,
+}
+
+#[derive(Default)]
+struct Table {
+    live: HashMap<String, Entry>,
+    cache: HashMap<String, (Frame, Instant)>,
+    cache_writes: u64,
+}
+
+impl Table {
+    fn cached(&self, channel: &str) -> Option<Frame> {
+        self.cache
+            .get(channel)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(frame, _)| frame.clone())
+    }
+
+    fn remember(&mut self, channel: &str, frame: &Frame) {
+        self.cache
+            .insert(channel.to_owned(), (frame.clone(), Instant::now()));
+        self.cache_writes += 1;
+        if self.cache_writes.is_multiple_of(1024) {
+            self.cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+        }
+    }
+}
+
+/// The channels of one app on this node.
+pub struct Registry {
+    table: Mutex<Table>,
+    metrics: AppMetrics,
+    max_presence_members: usize,
+}
+
+/// A channel as the HTTP API reports it.
+#[derive(Debug, Clone)]
+pub struct ChannelSummary {
+    pub name: String,
+    pub subscriptions: usize,
+    pub addr: ChannelAddr,
+}
+
+impl Registry {
+    pub fn new(metrics: AppMetrics, max_presence_members: usize) -> Registry {
+        Registry {
+            table: Mutex::default(),
+            metrics,
+            max_presence_members,
+        }
+    }
+
+    /// Adds a subscriber to a channel, starting the channel's actor if it is the first.
+    /// `member` is the presence identity, for presence channels.
+    pub fn subscribe(&self, channel: &str, subscriber: Subscriber, member: Option<Member>) {
+        let kind = ChannelKind::of(channel);
+        let mut table = self.table.lock();
+        let cached = kind.cache.then(|| table.cached(channel));
+        let entry = table.live.entry(channel.to_owned()).or_insert_with(|| {
+            self.metrics.channels.inc();
+            let addr = if kind.is_presence() {
+                ChannelAddr::Presence(
+                    PresenceActor::new(channel, self.max_presence_members).start(),
+                )
+            } else {
+                ChannelAddr::Plain(ChannelActor::new(channel).start())
+            };
+            Entry {
+                addr,
+                subscriptions: 0,
+            }
+        });
+        entry.subscriptions += 1;
+        self.metrics.subscriptions.inc();
+        let msg = Subscribe {
+            subscriber,
+            cached,
+            member,
+        };
+        match &entry.addr {
+            ChannelAddr::Plain(a) => a.do_send(msg),
+            ChannelAddr::Presence(a) => a.do_send(msg),
+        }
+    }
+
+    /// Removes a subscriber; the channel's actor stops once it has none.
+    pub fn unsubscribe(&self, channel: &str, socket_id: SocketId) {
+        let mut table = self.table.lock();
+        let Some(entry) = table.live.get_mut(channel) else {
+            return;
+        };
+        match &entry.addr {
+            ChannelAddr::Plain(a) => a.do_send(Unsubscribe(socket_id)),
+            ChannelAddr::Presence(a) => a.do_send(Unsubscribe(socket_id)),
+        }
+        entry.subscriptions -= 1;
+        self.metrics.subscriptions.dec();
+        if entry.subscriptions == 0 {
+            // Dropping the last address stops the actor once its mailbox is empty.
+            table.live.remove(channel);
+            self.metrics.channels.dec();
+        }
+    }
+
+    /// Delivers a frame to this node's subscribers of `channel`, except `except`.
+    pub fn publish(&self, channel: &str, frame: Frame, except: Option<SocketId>) {
+        let mut table = self.table.lock();
+        if ChannelKind::of(channel).cache {
+            table.remember(channel, &frame);
+        }
+        if let Some(entry) = table.live.get(channel) {
+            entry.addr.publish(Publish { frame, except });
+        }
+    }
+
+    /// Number of subscriptions to `channel` on this node.
+    pub fn subscription_count(&self, channel: &str) -> usize {
+        self.table
+            .lock()
+            .live
+            .get(channel)
+            .map_or(0, |e| e.subscriptions)
+    }
+
+    pub fn get(&self, channel: &str) -> Option<ChannelSummary> {
+        self.table.lock().live.get(channel).map(|e| ChannelSummary {
+            name: channel.to_owned(),
+            subscriptions: e.subscriptions,
+            addr: e.addr.clone(),
+        })
+    }
+
+    /// Occupied channels whose name starts with `prefix`, sorted by name.
+    pub fn list(&self, prefix: &str) -> Vec<ChannelSummary> {
+        let table = self.table.lock();
+        let mut list: Vec<ChannelSummary> = table
+            .live
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, e)| ChannelSummary {
+                name: name.clone(),
+                subscriptions: e.subscriptions,
+                addr: e.addr.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+}
+
+impl std::fmt::Debug for ChannelAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelAddr::Plain(_) => f.write_str("ChannelAddr::Plain"),
+            ChannelAddr::Presence(_) => f.write_str("ChannelAddr::Presence"),
+        }
+    }
+}

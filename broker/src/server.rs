@@ -1,0 +1,90 @@
+//! Runs a node: binds its listeners, marks it ready, and shuts it down gracefully on SIGTERM or
+//! SIGINT (clients are told 4200 so they reconnect elsewhere, then the listeners drain).
+
+use std::time::Duration;
+
+use actix_web::{web, App as HttpApp, HttpServer};
+use anyhow::Context as _;
+
+use crate::actors::connection::Disconnect;
+use crate::config::Config;
+use crate::http;
+use crate::node::Node;
+
+/// Serves until a shutdown signal, then returns once connections have closed or the deadline
+/// passed.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node = web::Data::new(Node::new(config));
+    let cfg = &node.config;
+    let workers = if cfg.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        cfg.workers
+    };
+    let public_node = node.clone();
+    let public = HttpServer::new(move || {
+        HttpApp::new()
+            .app_data(public_node.clone())
+            .configure(http::public_routes)
+    })
+    .workers(workers)
+    .backlog(4096)
+    .max_connections(100_000)
+    .max_connection_rate(2_048)
+    .shutdown_timeout(cfg.shutdown_timeout_secs)
+    .disable_signals()
+    .bind((cfg.host, cfg.port))
+    .with_context(|| format!("binding the public port {}:{}", cfg.host, cfg.port))?
+    .run();
+    let metrics_node = node.clone();
+    let metrics = HttpServer::new(move || {
+        HttpApp::new()
+            .app_data(metrics_node.clone())
+            .configure(http::metrics_routes)
+    })
+    .workers(1)
+    .shutdown_timeout(1)
+    .disable_signals()
+    .bind((cfg.host, cfg.metrics_port))
+    .with_context(|| format!("binding the metrics port {}:{}", cfg.host, cfg.metrics_port))?
+    .run();
+
+    let public_handle = public.handle();
+    let metrics_handle = metrics.handle();
+    let public_task = actix_rt::spawn(public);
+    let metrics_task = actix_rt::spawn(metrics);
+    node.set_ready(true);
+    tracing::info!(
+        host = %cfg.host,
+        port = cfg.port,
+        metrics_port = cfg.metrics_port,
+        workers,
+        "chorus is serving"
+    );
+
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down: telling clients to reconnect");
+    node.set_ready(false);
+    for app in node.apps.iter() {
+        app.disconnect_all(Disconnect::shutdown());
+    }
+    // Give the close frames a moment to be written before the listeners stop.
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    public_handle.stop(true).await;
+    metrics_handle.stop(true).await;
+    let _ = public_task.await;
+    let _ = metrics_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT and names the one that came.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
