@@ -32,7 +32,7 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: &AppConfig, metrics: &Metrics) -> App {
+    pub fn new(config: &AppConfig, metrics: &Metrics, max_outbound_bytes: usize) -> App {
         let app_metrics = metrics.for_app(&config.id);
         App {
             id: config.id.clone(),
@@ -40,7 +40,11 @@ impl App {
             secret: config.secret.clone(),
             allowed_origins: config.allowed_origins.clone(),
             limits: config.limits.clone(),
-            channels: Registry::new(app_metrics.clone(), config.limits.max_presence_members),
+            channels: Registry::new(
+                app_metrics.clone(),
+                config.limits.max_presence_members,
+                max_outbound_bytes,
+            ),
             metrics: app_metrics,
             connections: Mutex::default(),
             users: Mutex::default(),
@@ -143,10 +147,10 @@ pub struct Apps {
 }
 
 impl Apps {
-    pub fn new(configs: &[AppConfig], metrics: &Metrics) -> Apps {
+    pub fn new(configs: &[AppConfig], metrics: &Metrics, max_outbound_bytes: usize) -> Apps {
         let apps: Vec<Arc<App>> = configs
             .iter()
-            .map(|c| Arc::new(App::new(c, metrics)))
+            .map(|c| Arc::new(App::new(c, metrics, max_outbound_bytes)))
             .collect();
         Apps {
             by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),

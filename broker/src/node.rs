@@ -18,7 +18,7 @@ pub struct Node {
 impl Node {
     pub fn new(config: Config) -> Node {
         let metrics = Metrics::new();
-        let apps = Apps::new(&config.apps, &metrics);
+        let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes);
         Node {
             config,
             apps,

@@ -1,211 +1,357 @@
-//! A connection's bounded outbound queue and the task that drains it into the socket.
+//! A connection's outbound path: frames go straight into its WebSocket session, and only what
+//! the socket cannot take yet waits in a backlog bounded in bytes.
 //!
-//! Channel actors push shared [`Frame`]s straight into a subscriber's [`Outbox`]; the writer task
-//! hands them to the actix-ws session, which coalesces whatever is queued into one socket write.
-//! The queue is bounded in bytes: a push that would pass the bound fails, and the caller reports
-//! the connection as a slow reader (closed with 4100) instead of buffering without limit.
+//! Channel actors push shared [`Frame`]s into a subscriber's [`Outbox`] from whatever thread
+//! they run on. When the session has room (the usual case), the frame is handed to it at once:
+//! no extra task, no extra queue, and the session coalesces whatever is waiting into one socket
+//! write. When it has none, frames wait in the backlog and a drain task feeds them in order as
+//! room appears. A push that would take the backlog past its bound fails: the caller cuts the
+//! connection off as a slow reader (4100) instead of buffering without limit.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use actix_ws::{CloseCode, CloseReason, Session};
-use tokio::sync::mpsc;
+use actix_ws::{CloseCode, CloseReason, Message, Session};
+use bytestring::ByteString;
+use futures_util::task::noop_waker_ref;
+use futures_util::Sink;
+use parking_lot::Mutex;
+use prometheus::Histogram;
 
-use crate::metrics::AppMetrics;
 use crate::protocol::frame::Frame;
 
-/// What the writer is asked to send.
+/// What a queued pong counts against the bound.
+const PONG_COST: usize = 16;
+
+/// Something waiting in the backlog.
 #[derive(Debug)]
-pub enum Outbound {
-    /// A published event: counted as a delivery.
+enum Outbound {
+    /// A published event: its latency is observed when it is handed over.
     Event(Frame),
-    /// A protocol frame (errors, pongs, subscription answers).
-    Protocol(Frame),
-    /// A WebSocket-level pong.
+    Protocol(ByteString),
     Pong(bytes::Bytes),
-    /// Close with a code and reason, then stop.
     Close(u16, String),
 }
 
-struct Shared {
-    queued_bytes: AtomicUsize,
-    /// Set once a close is queued: pushes after it are dropped.
-    closing: AtomicBool,
-    /// Set when the close must not wait for what is queued: the writer skips it.
-    discard: AtomicBool,
+impl Outbound {
+    fn cost(&self) -> usize {
+        match self {
+            Outbound::Event(f) => f.len(),
+            Outbound::Protocol(t) => t.len(),
+            Outbound::Pong(_) => PONG_COST,
+            Outbound::Close(..) => 0,
+        }
+    }
+
+    fn into_message(self) -> Message {
+        match self {
+            Outbound::Event(f) => Message::Text(f.text),
+            Outbound::Protocol(t) => Message::Text(t),
+            Outbound::Pong(p) => Message::Pong(p),
+            Outbound::Close(code, reason) => Message::Close(Some(CloseReason {
+                code: CloseCode::Other(code),
+                description: Some(reason),
+            })),
+        }
+    }
 }
 
-/// The sending side, cloned into every channel the connection subscribes to.
-#[derive(Clone)]
-pub struct Outbox {
-    tx: mpsc::UnboundedSender<Outbound>,
-    shared: Arc<Shared>,
+struct State {
+    session: Session,
+    backlog: VecDeque<Outbound>,
+    backlog_bytes: usize,
+    /// A drain task is feeding the backlog to the session; pushes must queue behind it.
+    draining: bool,
+    /// A close was queued or the socket is gone: nothing more is taken.
+    closing: bool,
+}
+
+struct Inner {
+    state: Mutex<State>,
     limit: usize,
+    latency: Histogram,
 }
 
-/// The queue is full: the reader is too slow.
+/// The sending side of a connection, cloned into every channel it subscribes to.
+#[derive(Clone)]
+pub struct Outbox(Arc<Inner>);
+
+/// The backlog is full: the reader is too slow.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Overflow;
 
+/// Where a pushed frame went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Handed to the session now.
+    Sent,
+    /// Waiting in the backlog.
+    Queued,
+    /// Not taken: the connection is closing.
+    Dropped,
+}
+
+/// Asks the session for room without waiting.
+fn ready_now(session: &mut Session) -> Poll<Result<(), actix_ws::Closed>> {
+    let mut cx = Context::from_waker(noop_waker_ref());
+    Pin::new(session).poll_ready(&mut cx)
+}
+
 impl Outbox {
-    /// A new queue bounded at `limit` bytes, and its receiving side for [`write_loop`].
-    pub fn new(limit: usize) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            queued_bytes: AtomicUsize::new(0),
-            closing: AtomicBool::new(false),
-            discard: AtomicBool::new(false),
-        });
-        (
-            Outbox {
-                tx,
-                shared: shared.clone(),
-                limit,
-            },
-            OutboxReceiver { rx, shared },
-        )
+    /// An outbox feeding `session`, whose backlog holds at most `limit` bytes.
+    /// `latency` receives the publish-to-hand-over time of events sent from the backlog.
+    pub fn new(session: Session, limit: usize, latency: Histogram) -> Outbox {
+        Outbox(Arc::new(Inner {
+            state: Mutex::new(State {
+                session,
+                backlog: VecDeque::new(),
+                backlog_bytes: 0,
+                draining: false,
+                closing: false,
+            }),
+            limit,
+            latency,
+        }))
     }
 
-    /// Queues a published event. Fails when the connection is too far behind; the frame is
-    /// dropped for this connection then. A closing connection silently takes nothing more.
-    pub fn push_event(&self, frame: &Frame) -> Result<(), Overflow> {
-        self.push(Outbound::Event(frame.clone()), frame.len())
+    /// Pushes a published event. Fails when the connection is too far behind.
+    pub fn push_event(&self, frame: &Frame) -> Result<Pushed, Overflow> {
+        self.push(Outbound::Event(frame.clone()), true)
     }
 
-    /// Queues a protocol frame, under the same bound.
-    pub fn push_protocol(&self, frame: Frame) -> Result<(), Overflow> {
-        let len = frame.len();
-        self.push(Outbound::Protocol(frame), len)
+    /// Pushes a protocol frame, under the same bound.
+    pub fn push_protocol(&self, frame: Frame) -> Result<Pushed, Overflow> {
+        self.push(Outbound::Protocol(frame.text), true)
     }
 
     pub fn push_pong(&self, payload: bytes::Bytes) {
-        let _ = self.push(Outbound::Pong(payload), 16);
+        let _ = self.push(Outbound::Pong(payload), true);
     }
 
-    fn push(&self, item: Outbound, len: usize) -> Result<(), Overflow> {
-        if self.shared.closing.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let before = self.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if before + len > self.limit {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            return Err(Overflow);
-        }
-        // The receiver is gone only once the writer stopped; then nobody reads anyway.
-        let _ = self.tx.send(item);
-        Ok(())
-    }
-
-    /// Closes the connection after what is already queued has been written.
+    /// Closes the connection after what is already queued.
     pub fn close(&self, code: u16, reason: &str) {
-        if !self.shared.closing.swap(true, Ordering::Relaxed) {
-            let _ = self.tx.send(Outbound::Close(code, reason.to_owned()));
-        }
+        self.finish(code, reason, false);
     }
 
-    /// Closes the connection now: what is still queued is dropped, then the close frame is sent.
-    /// Bypasses the bound, so a slow reader still gets its close code if it ever reads.
+    /// Closes the connection now: the backlog is dropped, then the close frame goes out. A slow
+    /// reader still gets its close code if it ever reads again.
     pub fn abort(&self, code: u16, reason: &str) {
-        self.shared.discard.store(true, Ordering::Relaxed);
-        self.close(code, reason);
+        self.finish(code, reason, true);
     }
 
     pub fn is_closing(&self) -> bool {
-        self.shared.closing.load(Ordering::Relaxed)
+        self.0.state.lock().closing
     }
-}
 
-/// The receiving side, owned by the writer task.
-pub struct OutboxReceiver {
-    rx: mpsc::UnboundedReceiver<Outbound>,
-    shared: Arc<Shared>,
-}
+    fn finish(&self, code: u16, reason: &str, discard: bool) {
+        let mut state = self.0.state.lock();
+        if state.closing {
+            return;
+        }
+        if discard {
+            state.backlog.clear();
+            state.backlog_bytes = 0;
+        }
+        let _ = self.push_locked(&mut state, Outbound::Close(code, reason.to_owned()), false);
+        state.closing = true;
+    }
 
-/// How many queued items the writer takes per wake-up.
-const WRITE_BATCH: usize = 64;
+    fn push(&self, item: Outbound, bounded: bool) -> Result<Pushed, Overflow> {
+        let mut state = self.0.state.lock();
+        if state.closing {
+            return Ok(Pushed::Dropped);
+        }
+        self.push_locked(&mut state, item, bounded)
+    }
 
-/// Drains the outbox into the WebSocket session until a close is sent or the socket is gone.
-pub async fn write_loop(mut session: Session, mut outbox: OutboxReceiver, metrics: AppMetrics) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let latency = metrics.publish_to_write.local();
-    'run: while outbox.rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let (mut events, mut frames, mut bytes) = (0u64, 0u64, 0u64);
-        for item in batch.drain(..) {
-            let discard = outbox.shared.discard.load(Ordering::Relaxed);
-            match item {
-                Outbound::Event(frame) | Outbound::Protocol(frame) if discard => {
-                    outbox
-                        .shared
-                        .queued_bytes
-                        .fetch_sub(frame.len(), Ordering::Relaxed);
+    fn push_locked(
+        &self,
+        state: &mut State,
+        item: Outbound,
+        bounded: bool,
+    ) -> Result<Pushed, Overflow> {
+        if state.backlog.is_empty() && !state.draining {
+            match ready_now(&mut state.session) {
+                Poll::Ready(Ok(())) => {
+                    let _ = Pin::new(&mut state.session).start_send(item.into_message());
+                    return Ok(Pushed::Sent);
                 }
-                Outbound::Event(frame) => {
-                    let len = frame.len();
-                    latency.observe(frame.published_at.elapsed().as_secs_f64());
-                    if session.text(frame.text).await.is_err() {
-                        break 'run;
-                    }
-                    outbox.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                    events += 1;
-                    frames += 1;
-                    bytes += len as u64;
+                Poll::Ready(Err(_)) => {
+                    // The socket is gone; the connection actor learns it from its stream.
+                    state.closing = true;
+                    return Ok(Pushed::Dropped);
                 }
-                Outbound::Protocol(frame) => {
-                    let len = frame.len();
-                    if session.text(frame.text).await.is_err() {
-                        break 'run;
-                    }
-                    outbox.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                    frames += 1;
-                    bytes += len as u64;
-                }
-                Outbound::Pong(payload) => {
-                    outbox.shared.queued_bytes.fetch_sub(16, Ordering::Relaxed);
-                    if session.pong(&payload).await.is_err() {
-                        break 'run;
-                    }
-                }
-                Outbound::Close(code, reason) => {
-                    let reason = CloseReason {
-                        code: CloseCode::Other(code),
-                        description: Some(reason),
-                    };
-                    let _ = session.close(Some(reason)).await;
-                    break 'run;
-                }
+                Poll::Pending => {}
             }
         }
-        metrics.deliveries.inc_by(events);
-        metrics.messages_sent.inc_by(frames);
-        metrics.bytes_sent.inc_by(bytes);
-        latency.flush();
+        let cost = item.cost();
+        if bounded && state.backlog_bytes + cost > self.0.limit {
+            return Err(Overflow);
+        }
+        state.backlog.push_back(item);
+        state.backlog_bytes += cost;
+        if !state.draining {
+            state.draining = true;
+            actix_rt::spawn(drain(self.clone()));
+        }
+        Ok(Pushed::Queued)
     }
-    latency.flush();
+}
+
+/// Feeds the backlog to the session as it makes room, then ends; pushes go direct again.
+async fn drain(outbox: Outbox) {
+    let inner = &outbox.0;
+    loop {
+        let ready = poll_fn(|cx| Pin::new(&mut inner.state.lock().session).poll_ready(cx)).await;
+        let mut state = inner.state.lock();
+        if ready.is_err() {
+            state.backlog.clear();
+            state.backlog_bytes = 0;
+            state.closing = true;
+            state.draining = false;
+            return;
+        }
+        let Some(item) = state.backlog.pop_front() else {
+            state.draining = false;
+            return;
+        };
+        state.backlog_bytes -= item.cost();
+        if let Outbound::Event(frame) = &item {
+            inner
+                .latency
+                .observe(frame.published_at.elapsed().as_secs_f64());
+        }
+        let is_close = matches!(item, Outbound::Close(..));
+        let _ = Pin::new(&mut state.session).start_send(item.into_message());
+        if is_close || state.backlog.is_empty() {
+            state.backlog.clear();
+            state.draining = false;
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::frame;
+    use actix_codec::Decoder;
+    use actix_http::ws::{Codec, Frame as WsFrame};
+    use actix_web::body::{BoxBody, MessageBody};
+    use actix_web::{test::TestRequest, web, FromRequest};
+    use bytes::BytesMut;
 
-    #[test]
-    fn bounded_in_bytes() {
-        let (outbox, _rx) = Outbox::new(100);
-        let f = frame::event("c", "e", &"x".repeat(30)); // ~60 bytes
-        assert!(f.len() > 50 && f.len() < 100, "{}", f.len());
-        assert_eq!(outbox.push_event(&f), Ok(()));
-        assert_eq!(outbox.push_event(&f), Err(Overflow));
-        assert_eq!(outbox.shared.queued_bytes.load(Ordering::Relaxed), f.len());
+    /// actix-ws's own channel between a session and its socket holds this many messages.
+    const SESSION_CAPACITY: usize = 32;
+
+    fn histogram() -> Histogram {
+        Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap()
     }
 
-    #[test]
-    fn closing_takes_nothing_more() {
-        let (outbox, mut rx) = Outbox::new(1000);
-        outbox.close(4100, "slow");
-        outbox.close(4100, "twice");
+    /// The client's side of a real actix-ws session: the encoded response body, decoded.
+    struct Peer {
+        body: BoxBody,
+        codec: Codec,
+        buf: BytesMut,
+    }
+
+    impl Peer {
+        async fn next(&mut self) -> Option<WsFrame> {
+            loop {
+                if let Some(frame) = self.codec.decode(&mut self.buf).unwrap() {
+                    return Some(frame);
+                }
+                match poll_fn(|cx| Pin::new(&mut self.body).poll_next(cx)).await {
+                    Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                    _ => return None,
+                }
+            }
+        }
+    }
+
+    async fn session() -> (Session, Peer) {
+        let (req, mut payload) = TestRequest::get()
+            .insert_header(("upgrade", "websocket"))
+            .insert_header(("connection", "upgrade"))
+            .insert_header(("sec-websocket-version", "13"))
+            .insert_header(("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="))
+            .to_http_parts();
+        let payload = web::Payload::from_request(&req, &mut payload)
+            .await
+            .unwrap();
+        let (response, session, _stream) = actix_ws::handle(&req, payload).unwrap();
+        let peer = Peer {
+            body: response.into_body(),
+            codec: Codec::new().client_mode(),
+            buf: BytesMut::new(),
+        };
+        (session, peer)
+    }
+
+    #[actix_rt::test]
+    async fn direct_then_backlog_then_overflow_in_order() {
+        let (session, mut peer) = session().await;
+        let frames: Vec<Frame> = (0..SESSION_CAPACITY + 4)
+            .map(|i| frame::event("c", "e", &format!("{i:04}")))
+            .collect();
+        let len = frames[0].len();
+        let outbox = Outbox::new(session, 3 * len, histogram());
+        for f in &frames[..SESSION_CAPACITY] {
+            assert_eq!(outbox.push_event(f), Ok(Pushed::Sent));
+        }
+        for f in &frames[SESSION_CAPACITY..SESSION_CAPACITY + 3] {
+            assert_eq!(outbox.push_event(f), Ok(Pushed::Queued));
+        }
+        assert_eq!(
+            outbox.push_event(&frames[SESSION_CAPACITY + 3]),
+            Err(Overflow)
+        );
+        // Reading makes room; the drain task feeds the backlog in order.
+        for f in &frames[..SESSION_CAPACITY + 3] {
+            match peer.next().await {
+                Some(WsFrame::Text(text)) => assert_eq!(&text[..], f.text.as_bytes()),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Drained: pushes go direct again.
+        actix_rt::task::yield_now().await;
+        assert_eq!(outbox.push_event(&frames[0]), Ok(Pushed::Sent));
+        outbox.close(4200, "bye");
+        assert!(matches!(peer.next().await, Some(WsFrame::Text(_))));
+        match peer.next().await {
+            Some(WsFrame::Close(Some(r))) => assert_eq!(r.code, CloseCode::Other(4200)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn abort_drops_the_backlog_and_closing_takes_nothing_more() {
+        let (session, mut peer) = session().await;
         let f = frame::event("c", "e", "d");
-        assert_eq!(outbox.push_event(&f), Ok(()));
-        assert!(matches!(rx.rx.try_recv(), Ok(Outbound::Close(4100, _))));
-        assert!(rx.rx.try_recv().is_err());
+        let outbox = Outbox::new(session, 1 << 20, histogram());
+        for _ in 0..SESSION_CAPACITY + 10 {
+            outbox.push_event(&f).unwrap();
+        }
+        outbox.abort(4100, "slow");
+        assert_eq!(outbox.push_event(&f), Ok(Pushed::Dropped));
+        assert!(outbox.is_closing());
+        let mut texts = 0;
+        loop {
+            match peer.next().await {
+                Some(WsFrame::Text(_)) => texts += 1,
+                Some(WsFrame::Close(Some(r))) => {
+                    assert_eq!(r.code, CloseCode::Other(4100));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            texts, SESSION_CAPACITY,
+            "only what the session already held goes out"
+        );
     }
 }

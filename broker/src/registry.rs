@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr};
 use parking_lot::Mutex;
 
-use crate::actors::channel::{ChannelActor, Publish, Subscribe, Subscriber, Unsubscribe};
+use crate::actors::channel::{
+    ChannelActor, InFlight, Publish, Subscribe, Subscriber, Unsubscribe, PUBLISH_WEIGHT,
+};
 use crate::actors::presence::{Member, PresenceActor};
 use crate::metrics::AppMetrics;
 use crate::protocol::channel::ChannelKind;
@@ -40,7 +42,13 @@ impl ChannelAddr {
 struct Entry {
     addr: ChannelAddr,
     subscriptions: usize,
+    in_flight: InFlight,
 }
+
+/// A channel's actor has too much fan-out work waiting: publishers are outrunning delivery.
+#[derive(Debug, thiserror::Error)]
+#[error("channel {0} has too many events waiting to be delivered; publish more slowly")]
+pub struct Overloaded(pub String);
 
 #[derive(Default)]
 struct Table {
@@ -72,6 +80,7 @@ pub struct Registry {
     table: Mutex<Table>,
     metrics: AppMetrics,
     max_presence_members: usize,
+    max_outbound_bytes: usize,
 }
 
 /// A channel as the HTTP API reports it.
@@ -83,11 +92,16 @@ pub struct ChannelSummary {
 }
 
 impl Registry {
-    pub fn new(metrics: AppMetrics, max_presence_members: usize) -> Registry {
+    pub fn new(
+        metrics: AppMetrics,
+        max_presence_members: usize,
+        max_outbound_bytes: usize,
+    ) -> Registry {
         Registry {
             table: Mutex::default(),
             metrics,
             max_presence_members,
+            max_outbound_bytes,
         }
     }
 
@@ -99,16 +113,19 @@ impl Registry {
         let cached = kind.cache.then(|| table.cached(channel));
         let entry = table.live.entry(channel.to_owned()).or_insert_with(|| {
             self.metrics.channels.inc();
+            let in_flight = InFlight::new(self.max_outbound_bytes);
+            let metrics = self.metrics.clone();
             let addr = if kind.is_presence() {
-                ChannelAddr::Presence(
-                    PresenceActor::new(channel, self.max_presence_members).start(),
-                )
+                let max = self.max_presence_members;
+                let actor = PresenceActor::new(channel, max, metrics, in_flight.clone());
+                ChannelAddr::Presence(actor.start())
             } else {
-                ChannelAddr::Plain(ChannelActor::new(channel).start())
+                ChannelAddr::Plain(ChannelActor::new(channel, metrics, in_flight.clone()).start())
             };
             Entry {
                 addr,
                 subscriptions: 0,
+                in_flight,
             }
         });
         entry.subscriptions += 1;
@@ -144,14 +161,28 @@ impl Registry {
     }
 
     /// Delivers a frame to this node's subscribers of `channel`, except `except`.
-    pub fn publish(&self, channel: &str, frame: Frame, except: Option<SocketId>) {
+    pub fn publish(
+        &self,
+        channel: &str,
+        frame: Frame,
+        except: Option<SocketId>,
+    ) -> Result<(), Overloaded> {
         let mut table = self.table.lock();
+        if let Some(entry) = table.live.get(channel) {
+            let weight = entry.subscriptions + PUBLISH_WEIGHT;
+            if !entry.in_flight.try_acquire(weight, frame.len()) {
+                return Err(Overloaded(channel.to_owned()));
+            }
+            entry.addr.publish(Publish {
+                frame: frame.clone(),
+                except,
+                weight,
+            });
+        }
         if ChannelKind::of(channel).cache {
             table.remember(channel, &frame);
         }
-        if let Some(entry) = table.live.get(channel) {
-            entry.addr.publish(Publish { frame, except });
-        }
+        Ok(())
     }
 
     /// Number of subscriptions to `channel` on this node.

@@ -7,8 +7,15 @@
 
 use crate::apps::App;
 use crate::protocol::frame::{Frame, SocketId};
+use crate::registry::Overloaded;
 
-/// Publishes `frame` on `channel` of `app`, except to the connection `except`.
-pub fn publish(app: &App, channel: &str, frame: Frame, except: Option<SocketId>) {
-    app.channels.publish(channel, frame, except);
+/// Publishes `frame` on `channel` of `app`, except to the connection `except`. Refused when the
+/// channel's subscribers are too far behind to take more.
+pub fn publish(
+    app: &App,
+    channel: &str,
+    frame: Frame,
+    except: Option<SocketId>,
+) -> Result<(), Overloaded> {
+    app.channels.publish(channel, frame, except)
 }

@@ -2,12 +2,18 @@
 //! subscriber set and fans each published frame out to it: the frame was encoded once, and
 //! every subscriber's outbox receives the same shared bytes.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use actix::{Actor, Addr, Context, Handler, Message};
 use indexmap::IndexMap;
 
+use prometheus::local::LocalHistogram;
+
 use crate::actors::connection::{Connection, Disconnect};
 use crate::actors::presence::Member;
-use crate::outbox::Outbox;
+use crate::metrics::AppMetrics;
+use crate::outbox::{Outbox, Pushed};
 use crate::protocol::frame::{self, Frame, SocketId};
 
 /// A connection as a channel sees it.
@@ -18,37 +24,146 @@ pub struct Subscriber {
     pub connection: Addr<Connection>,
 }
 
-/// The subscribers of one channel, in a form fast to iterate.
-#[derive(Default)]
-pub struct Subscribers(IndexMap<SocketId, Subscriber>);
+/// How much fan-out work may wait in one channel's mailbox, in deliveries: a publish weighs its
+/// channel's subscriber count plus [`PUBLISH_WEIGHT`]. A publish beyond it is refused (the HTTP
+/// API answers 429) rather than queued without bound: about half a second of fan-out work.
+pub const MAX_IN_FLIGHT: usize = 1 << 20;
+
+/// The weight of a publish beyond its deliveries, so a channel with few subscribers still holds
+/// a bounded number of waiting events (at most 4096).
+pub const PUBLISH_WEIGHT: usize = 256;
+
+/// Counts the fan-out work sent to a channel's actor and not yet done: in deliveries, and in
+/// bytes of frames. The byte bound is half a connection's outbound bound, so a burst on one
+/// channel can never, on its own, overrun a subscriber that reads at full speed.
+#[derive(Clone)]
+pub struct InFlight(Arc<InFlightCounts>);
+
+pub struct InFlightCounts {
+    work: AtomicUsize,
+    bytes: AtomicUsize,
+    max_bytes: usize,
+}
+
+impl InFlight {
+    pub fn new(max_outbound_bytes: usize) -> InFlight {
+        InFlight(Arc::new(InFlightCounts {
+            work: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_bytes: max_outbound_bytes / 2,
+        }))
+    }
+
+    /// Takes `work` and `bytes`; `false` when the channel already has too much waiting. An idle
+    /// channel always takes one.
+    pub fn try_acquire(&self, work: usize, bytes: usize) -> bool {
+        let c = &self.0;
+        let work_before = c.work.fetch_add(work, Ordering::Relaxed);
+        let bytes_before = c.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let over = work_before + work > MAX_IN_FLIGHT || bytes_before + bytes > c.max_bytes;
+        if work_before > 0 && over {
+            self.release(work, bytes);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, work: usize, bytes: usize) {
+        self.0.work.fetch_sub(work, Ordering::Relaxed);
+        self.0.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The subscribers of one channel, in a form fast to iterate, and the metrics of fanning out.
+pub struct Subscribers {
+    map: IndexMap<SocketId, Subscriber>,
+    metrics: AppMetrics,
+    latency: LocalHistogram,
+    in_flight: InFlight,
+}
 
 impl Subscribers {
+    pub fn new(metrics: AppMetrics, in_flight: InFlight) -> Subscribers {
+        Subscribers {
+            map: IndexMap::new(),
+            latency: metrics.publish_to_write.local(),
+            metrics,
+            in_flight,
+        }
+    }
+
+    /// Fans a published frame out and gives back its in-flight weight.
+    pub fn publish(&self, msg: Publish) {
+        self.fan_out(&msg.frame, msg.except);
+        self.in_flight.release(msg.weight, msg.frame.len());
+    }
+
     pub fn insert(&mut self, s: Subscriber) {
-        self.0.insert(s.socket_id, s);
+        self.map.insert(s.socket_id, s);
     }
 
     pub fn remove(&mut self, id: SocketId) -> Option<Subscriber> {
-        self.0.swap_remove(&id)
+        self.map.swap_remove(&id)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.map.is_empty()
     }
 
-    /// Queues `frame` to every subscriber but `except`. A subscriber whose outbox is full is cut
-    /// off as a slow reader.
+    /// Hands `frame` to every subscriber but `except`. A subscriber whose backlog is full is
+    /// cut off as a slow reader.
     pub fn fan_out(&self, frame: &Frame, except: Option<SocketId>) {
-        for (id, s) in &self.0 {
+        let mut delivered = 0u64;
+        for (id, s) in &self.map {
             if Some(*id) == except {
                 continue;
             }
-            if s.outbox.push_event(frame).is_err() {
-                s.outbox.abort(
-                    crate::protocol::code::OVER_CAPACITY,
-                    "outbound buffer full: reader too slow",
-                );
-                s.connection.do_send(Disconnect::slow_reader());
+            match s.outbox.push_event(frame) {
+                Ok(Pushed::Sent) => {
+                    delivered += 1;
+                    self.latency
+                        .observe(frame.published_at.elapsed().as_secs_f64());
+                }
+                Ok(Pushed::Queued) => delivered += 1,
+                Ok(Pushed::Dropped) => {}
+                Err(_overflow) => {
+                    s.outbox.abort(
+                        crate::protocol::code::OVER_CAPACITY,
+                        "outbound buffer full: reader too slow",
+                    );
+                    s.connection.do_send(Disconnect::slow_reader());
+                }
             }
+        }
+        self.metrics.deliveries.inc_by(delivered);
+        self.metrics.messages_sent.inc_by(delivered);
+        self.metrics
+            .bytes_sent
+            .inc_by(delivered * frame.len() as u64);
+        self.latency.flush();
+    }
+
+    /// Sends a protocol frame to one subscriber.
+    pub fn send_protocol(&self, s: &Subscriber, frame: Frame) {
+        self.metrics.messages_sent.inc();
+        self.metrics.bytes_sent.inc_by(frame.len() as u64);
+        let _ = s.outbox.push_protocol(frame);
+    }
+
+    /// Confirms a subscription and, on a cache channel, replays the cached event or says there
+    /// is none.
+    pub fn confirm(
+        &self,
+        channel: &str,
+        s: &Subscriber,
+        data: &serde_json::Value,
+        cached: Option<Option<Frame>>,
+    ) {
+        self.send_protocol(s, frame::subscription_succeeded(channel, data));
+        match cached {
+            Some(Some(last)) => self.send_protocol(s, last),
+            Some(None) => self.send_protocol(s, frame::cache_miss(channel)),
+            None => {}
         }
     }
 }
@@ -72,6 +187,8 @@ pub struct Unsubscribe(pub SocketId);
 pub struct Publish {
     pub frame: Frame,
     pub except: Option<SocketId>,
+    /// The work it took from the channel's [`InFlight`] (its bytes are the frame's length).
+    pub weight: usize,
 }
 
 pub struct ChannelActor {
@@ -80,10 +197,10 @@ pub struct ChannelActor {
 }
 
 impl ChannelActor {
-    pub fn new(name: &str) -> ChannelActor {
+    pub fn new(name: &str, metrics: AppMetrics, in_flight: InFlight) -> ChannelActor {
         ChannelActor {
             name: name.to_owned(),
-            subscribers: Subscribers::default(),
+            subscribers: Subscribers::new(metrics, in_flight),
         }
     }
 }
@@ -92,33 +209,11 @@ impl Actor for ChannelActor {
     type Context = Context<Self>;
 }
 
-/// Confirms a subscription and, on a cache channel, replays the cached event or says there is
-/// none. Shared with the presence actor's non-presence-specific part.
-pub fn confirm(
-    channel: &str,
-    s: &Subscriber,
-    data: &serde_json::Value,
-    cached: Option<Option<Frame>>,
-) {
-    let _ = s
-        .outbox
-        .push_protocol(frame::subscription_succeeded(channel, data));
-    match cached {
-        Some(Some(last)) => {
-            let _ = s.outbox.push_event(&last);
-        }
-        Some(None) => {
-            let _ = s.outbox.push_protocol(frame::cache_miss(channel));
-        }
-        None => {}
-    }
-}
-
 impl Handler<Subscribe> for ChannelActor {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
-        confirm(
+        self.subscribers.confirm(
             &self.name,
             &msg.subscriber,
             &serde_json::json!({}),
@@ -140,6 +235,6 @@ impl Handler<Publish> for ChannelActor {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
-        self.subscribers.fan_out(&msg.frame, msg.except);
+        self.subscribers.publish(msg);
     }
 }

@@ -136,6 +136,8 @@ impl Connection {
     }
 
     fn send(&self, frame: Frame) {
+        self.app.metrics.messages_sent.inc();
+        self.app.metrics.bytes_sent.inc_by(frame.len() as u64);
         if self.outbox.push_protocol(frame).is_err() {
             self.outbox
                 .abort(code::OVER_CAPACITY, "outbound buffer full");
@@ -341,7 +343,9 @@ impl Connection {
         self.client_events.count += 1;
         let frame = frame::client_event(channel, event, data, subscription.user_id.as_deref());
         self.app.metrics.published_client.inc();
-        router::publish(&self.app, channel, frame, Some(self.id));
+        if let Err(e) = router::publish(&self.app, channel, frame, Some(self.id)) {
+            self.error(None, &e.to_string());
+        }
     }
 
     /// Pings a silent client and closes one that did not answer.

@@ -9,8 +9,9 @@ use actix::{Actor, Context, Handler, Message, MessageResult};
 use indexmap::IndexMap;
 use serde_json::{json, Value};
 
-use crate::actors::channel::{confirm, Publish, Subscribe, Subscriber, Subscribers, Unsubscribe};
+use crate::actors::channel::{InFlight, Publish, Subscribe, Subscriber, Subscribers, Unsubscribe};
 use crate::actors::connection::SubscriptionRejected;
+use crate::metrics::AppMetrics;
 use crate::protocol::frame::{self, SocketId};
 
 /// A presence identity, from the `channel_data` the app's backend signed.
@@ -45,11 +46,16 @@ pub struct PresenceActor {
 }
 
 impl PresenceActor {
-    pub fn new(name: &str, max_members: usize) -> PresenceActor {
+    pub fn new(
+        name: &str,
+        max_members: usize,
+        metrics: AppMetrics,
+        in_flight: InFlight,
+    ) -> PresenceActor {
         PresenceActor {
             name: name.to_owned(),
             max_members,
-            subscribers: Subscribers::default(),
+            subscribers: Subscribers::new(metrics, in_flight),
             sockets: HashMap::new(),
             members: IndexMap::new(),
         }
@@ -66,12 +72,10 @@ impl PresenceActor {
     }
 
     fn reject(&self, s: &Subscriber, message: &str) {
-        let _ = s.outbox.push_protocol(frame::subscription_error(
-            &self.name,
-            "LimitReached",
-            message,
-            403,
-        ));
+        self.subscribers.send_protocol(
+            s,
+            frame::subscription_error(&self.name, "LimitReached", message, 403),
+        );
         s.connection.do_send(SubscriptionRejected {
             channel: self.name.clone(),
         });
@@ -117,7 +121,8 @@ impl Handler<Subscribe> for PresenceActor {
             });
         state.connections += 1;
         self.sockets.insert(s.socket_id, member.user_id);
-        confirm(&self.name, &s, &self.presence_data(), msg.cached);
+        self.subscribers
+            .confirm(&self.name, &s, &self.presence_data(), msg.cached);
         self.subscribers.insert(s);
     }
 }
@@ -150,7 +155,7 @@ impl Handler<Publish> for PresenceActor {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
-        self.subscribers.fan_out(&msg.frame, msg.except);
+        self.subscribers.publish(msg);
     }
 }
 

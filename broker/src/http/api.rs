@@ -274,12 +274,22 @@ fn validate_event(app: &App, body: EventBody, batch: bool) -> Result<Trigger, Ap
     })
 }
 
-/// Publishes a validated event; returns the requested info per channel.
-async fn publish(app: &App, t: Trigger) -> Map<String, Value> {
+/// Publishes a validated event; returns the requested info per channel. A channel whose
+/// subscribers are too far behind refuses the event (429); the other channels still get it.
+async fn publish(app: &App, t: Trigger) -> Result<Map<String, Value>, ApiError> {
+    let mut refused = Vec::new();
     for c in &t.channels {
         let frame = frame::event(c, &t.name, &t.data);
         app.metrics.published_api.inc();
-        router::publish(app, c, frame, t.except);
+        if let Err(e) = router::publish(app, c, frame, t.except) {
+            refused.push(e.to_string());
+        }
+    }
+    if !refused.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            refused.join("; "),
+        ));
     }
     let mut channels = Map::new();
     if t.info.any() {
@@ -288,7 +298,7 @@ async fn publish(app: &App, t: Trigger) -> Map<String, Value> {
             channels.insert(c.clone(), Value::Object(info));
         }
     }
-    channels
+    Ok(channels)
 }
 
 /// `POST /apps/{app_id}/events`
@@ -304,7 +314,7 @@ pub async fn events(
         let body: EventBody = v.json()?;
         let trigger = validate_event(&v.app, body, false)?;
         let wanted = trigger.info.any();
-        let channels = publish(&v.app, trigger).await;
+        let channels = publish(&v.app, trigger).await?;
         Ok(HttpResponse::Ok().json(if wanted {
             json!({ "channels": channels })
         } else {
@@ -342,7 +352,7 @@ pub async fn batch_events(
         let mut answers = Vec::with_capacity(triggers.len());
         for t in triggers {
             let channel = t.channels[0].clone();
-            let mut info = publish(&v.app, t).await;
+            let mut info = publish(&v.app, t).await?;
             answers.push(info.remove(&channel).unwrap_or_else(|| json!({})));
         }
         Ok(HttpResponse::Ok().json(if wanted {

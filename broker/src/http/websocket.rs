@@ -9,7 +9,7 @@ use actix_ws::{CloseCode, CloseReason};
 use crate::actors::connection::Connection;
 use crate::apps::App;
 use crate::node::Node;
-use crate::outbox::{self, Outbox};
+use crate::outbox::Outbox;
 use crate::protocol::code;
 use crate::protocol::frame::{self, SocketId};
 
@@ -93,8 +93,11 @@ pub async fn connect(
             return Ok(response);
         }
     };
-    let (outbox, receiver) = Outbox::new(node.config.max_outbound_bytes);
-    actix_rt::spawn(outbox::write_loop(session, receiver, app.metrics.clone()));
+    let outbox = Outbox::new(
+        session,
+        node.config.max_outbound_bytes,
+        app.metrics.publish_to_write.clone(),
+    );
     let stream = stream
         .max_frame_size(HARD_FRAME_LIMIT)
         .aggregate_continuations()
