@@ -1,8 +1,6 @@
 //! Runs a node: binds its listeners, marks it ready, and shuts it down gracefully on SIGTERM or
 //! SIGINT (clients are told 4200 so they reconnect elsewhere, then the listeners drain).
 
-use std::time::Duration;
-
 use actix_web::{web, App as HttpApp, HttpServer};
 use anyhow::Context as _;
 
@@ -68,8 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for app in node.apps.iter() {
         app.disconnect_all(Disconnect::shutdown());
     }
-    // Give the close frames a moment to be written before the listeners stop.
-    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    // Graceful: stop accepting, let the closes go out, wait for connections to end.
     public_handle.stop(true).await;
     metrics_handle.stop(true).await;
     let _ = public_task.await;

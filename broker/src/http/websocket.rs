@@ -76,6 +76,11 @@ pub async fn connect(
     key: web::Path<String>,
     node: web::Data<Node>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    if !node.is_ready() {
+        // Shutting down: a plain refusal sends the client to another node after its backoff.
+        return Ok(HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"error": "node is shutting down"})));
+    }
     let (response, mut session, stream) = actix_ws::handle(&req, body)?;
     let app = match admit(&node, &req, &key) {
         Ok(app) => app,
