@@ -81,7 +81,13 @@ pub async fn connect(
         return Ok(HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"error": "node is shutting down"})));
     }
-    let (response, mut session, stream) = actix_ws::handle(&req, body)?;
+    let (response, mut session, stream) = match actix_ws::handle(&req, body) {
+        Ok(handled) => handled,
+        Err(e) => {
+            let message = format!("not a WebSocket upgrade: {e}");
+            return Ok(HttpResponse::BadRequest().json(serde_json::json!({ "error": message })));
+        }
+    };
     let app = match admit(&node, &req, &key) {
         Ok(app) => app,
         Err(r) => {
