@@ -89,10 +89,32 @@ struct Subscription {
     user_id: Option<String>,
 }
 
-/// Counts client events in the current one-second window.
+/// Counts client events in one-second windows.
+#[derive(Debug)]
 struct RateWindow {
     started: Instant,
     count: u32,
+}
+
+impl RateWindow {
+    fn new(now: Instant) -> RateWindow {
+        RateWindow {
+            started: now,
+            count: 0,
+        }
+    }
+
+    /// Takes one event at `now`; `false` when `per_sec` were already taken this second.
+    fn allow(&mut self, now: Instant, per_sec: u32) -> bool {
+        if now.duration_since(self.started) >= Duration::from_secs(1) {
+            *self = RateWindow::new(now);
+        }
+        if self.count >= per_sec {
+            return false;
+        }
+        self.count += 1;
+        true
+    }
 }
 
 pub struct Connection {
@@ -127,10 +149,7 @@ impl Connection {
             user: None,
             last_heard: now,
             ping_sent: None,
-            client_events: RateWindow {
-                started: now,
-                count: 0,
-            },
+            client_events: RateWindow::new(now),
             closing: None,
         }
     }
@@ -324,14 +343,10 @@ impl Connection {
                 &format!("event data is over {} bytes", limits.max_message_bytes),
             );
         }
-        let now = Instant::now();
-        if now.duration_since(self.client_events.started) >= Duration::from_secs(1) {
-            self.client_events = RateWindow {
-                started: now,
-                count: 0,
-            };
-        }
-        if self.client_events.count >= limits.client_events_per_sec {
+        if !self
+            .client_events
+            .allow(Instant::now(), limits.client_events_per_sec)
+        {
             return self.error(
                 Some(code::RATE_LIMITED),
                 &format!(
@@ -340,7 +355,6 @@ impl Connection {
                 ),
             );
         }
-        self.client_events.count += 1;
         let frame = frame::client_event(channel, event, data, subscription.user_id.as_deref());
         self.app.metrics.published_client.inc();
         if let Err(e) = router::publish(&self.app, channel, frame, Some(self.id)) {
@@ -487,5 +501,61 @@ impl Handler<SubscriptionRejected> for Connection {
 
     fn handle(&mut self, msg: SubscriptionRejected, _: &mut Context<Self>) {
         self.unsubscribe(&msg.channel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_event_rate_is_per_second() {
+        let t0 = Instant::now();
+        let mut window = RateWindow::new(t0);
+        for _ in 0..10 {
+            assert!(window.allow(t0, 10));
+        }
+        assert!(!window.allow(t0 + Duration::from_millis(999), 10));
+        assert!(window.allow(t0 + Duration::from_secs(1), 10));
+        assert!(!RateWindow::new(t0).allow(t0, 0));
+    }
+
+    fn app(limits: crate::config::Limits) -> App {
+        let config = crate::config::AppConfig {
+            id: "1".into(),
+            key: "k".into(),
+            secret: "secret-secret".into(),
+            allowed_origins: Vec::new(),
+            limits,
+        };
+        App::new(&config, &crate::metrics::Metrics::new(), 1 << 20)
+    }
+
+    #[test]
+    fn presence_channel_data_is_checked_against_the_limits() {
+        let app = app(crate::config::Limits {
+            max_user_info_bytes: 20,
+            max_user_id_len: 5,
+            ..Default::default()
+        });
+        let m = parse_member(r#"{"user_id":"ann","user_info":{"n":1}}"#, &app).unwrap();
+        assert_eq!(m.user_id, "ann");
+        assert_eq!(m.user_info, serde_json::json!({"n": 1}));
+        assert_eq!(
+            parse_member(r#"{"user_id":42}"#, &app).unwrap().user_id,
+            "42"
+        );
+        for bad in [
+            "",
+            "not json",
+            "{}",
+            r#"{"user_id":null}"#,
+            r#"{"user_id":["a"]}"#,
+            r#"{"user_id":""}"#,
+            r#"{"user_id":"toolong"}"#,
+            r#"{"user_id":"a","user_info":{"name":"far too long for the limit"}}"#,
+        ] {
+            assert!(parse_member(bad, &app).is_err(), "{bad}");
+        }
     }
 }
