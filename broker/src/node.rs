@@ -7,11 +7,13 @@ use crate::actors::connection::Timeouts;
 use crate::apps::Apps;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::protocol::frame::SocketIds;
 
 pub struct Node {
     pub config: Config,
     pub apps: Apps,
     pub metrics: Metrics,
+    pub socket_ids: SocketIds,
     ready: AtomicBool,
 }
 
@@ -23,6 +25,7 @@ impl Node {
             config,
             apps,
             metrics,
+            socket_ids: SocketIds::default(),
             ready: AtomicBool::new(false),
         }
     }

@@ -11,7 +11,7 @@ use crate::apps::App;
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::code;
-use crate::protocol::frame::{self, SocketId};
+use crate::protocol::frame;
 
 /// Frames above this size close the connection (1009); smaller over-limit frames get an error.
 const HARD_FRAME_LIMIT: usize = 256 * 1024;
@@ -114,9 +114,10 @@ pub async fn connect(
         .aggregate_continuations()
         .max_continuation_size(HARD_FRAME_LIMIT);
     let timeouts = node.timeouts();
+    let socket_id = node.socket_ids.next();
     Connection::create(move |ctx| {
         ctx.add_stream(stream);
-        Connection::new(SocketId::random(), app, outbox, timeouts)
+        Connection::new(socket_id, app, outbox, timeouts)
     });
     Ok(response)
 }

@@ -19,11 +19,28 @@ pub struct SocketId {
     pub seq: u32,
 }
 
-impl SocketId {
-    pub fn random() -> SocketId {
-        SocketId {
+/// Hands out the socket ids of one node: a random prefix chosen at start, then a counter, so no
+/// two connections of a node ever share an id.
+#[derive(Debug)]
+pub struct SocketIds {
+    node: u32,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl Default for SocketIds {
+    fn default() -> Self {
+        SocketIds {
             node: rand::random::<u32>() % 1_000_000_000,
-            seq: rand::random::<u32>() % 1_000_000_000,
+            next: std::sync::atomic::AtomicU32::new(rand::random::<u32>() % 1_000_000),
+        }
+    }
+}
+
+impl SocketIds {
+    pub fn next(&self) -> SocketId {
+        SocketId {
+            node: self.node,
+            seq: self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -303,8 +320,10 @@ mod tests {
         ] {
             assert!(bad.parse::<SocketId>().is_err(), "{bad}");
         }
-        let random = SocketId::random();
-        assert_eq!(random.to_string().parse::<SocketId>(), Ok(random));
+        let ids = SocketIds::default();
+        let (a, b) = (ids.next(), ids.next());
+        assert_ne!(a, b);
+        assert_eq!(a.to_string().parse::<SocketId>(), Ok(a));
     }
 
     #[test]
