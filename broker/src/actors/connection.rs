@@ -469,6 +469,8 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
             Err(e) => {
                 let (close, reason) = match e {
                     ProtocolError::Overflow => (CloseCode::Size, "frame_too_large"),
+                    // The client went away without a close frame.
+                    ProtocolError::Io(_) => (CloseCode::Abnormal, "client_gone"),
                     _ => (CloseCode::Protocol, "protocol_error"),
                 };
                 let code: u16 = close.into();
