@@ -25,6 +25,11 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let (config, source) = Config::load(&cli.overrides).context("invalid configuration")?;
+    // Every connection is a file: take as many as the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     if source == AppSource::DevelopmentDefault {
         let app = &config.apps[0];
         tracing::warn!(
