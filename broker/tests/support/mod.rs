@@ -1,0 +1,274 @@
+//! What the integration tests share: a real `chorus` process on free loopback ports, signed
+//! HTTP API requests, raw WebSocket clients, and reading the node's metrics and memory.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chorus_broker::protocol::signature;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const KEY: &str = "test-key";
+pub const SECRET: &str = "test-secret-123";
+
+/// A running node; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub metrics_port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts `chorus` with app 1 (`KEY`, `SECRET`) and `extra` TOML (top-level keys first, then
+    /// an `[apps.limits]` table if wanted), and waits until it is ready.
+    pub async fn start(name: &str, top: &str, limits: &str) -> Server {
+        let dir = std::env::temp_dir().join(format!("chorus-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("chorus.toml");
+        let config = format!(
+            "{top}\n[[apps]]\nid = \"1\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n[apps.limits]\n{limits}\n"
+        );
+        std::fs::write(&config_path, config).unwrap();
+        let (port, metrics_port) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("CHORUS_HOST", "127.0.0.1")
+            .env("CHORUS_PORT", port.to_string())
+            .env("CHORUS_METRICS_PORT", metrics_port.to_string())
+            .env("CHORUS_DATA_DIR", dir.join("data"))
+            .env("CHORUS_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start chorus");
+        let server = Server {
+            child,
+            port,
+            metrics_port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = reqwest::get(server.url("/readyz")).await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "chorus did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The node is up and answers.
+    pub async fn healthy(&self) -> bool {
+        reqwest::get(self.url("/healthz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }
+
+    /// Resident memory of the node, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc")
+    }
+
+    /// The value of the first metrics line starting with `line_start` (0 when absent).
+    pub async fn metric(&self, line_start: &str) -> f64 {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0.0, |v| v.parse().unwrap())
+    }
+
+    /// A URL for `path` signed as the Pusher HTTP API requires, with extra query `params`.
+    pub fn signed_url(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        body: &[u8],
+    ) -> String {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        let md5 = signature::body_md5(body);
+        let mut all: Vec<(&str, &str)> = vec![
+            ("auth_key", KEY),
+            ("auth_timestamp", &ts),
+            ("auth_version", "1.0"),
+            ("body_md5", &md5),
+        ];
+        all.extend_from_slice(params);
+        all.sort();
+        let query = all
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let sig = signature::sign(SECRET, &format!("{method}\n{path}\n{query}"));
+        self.url(&format!("{path}?{query}&auth_signature={sig}"))
+    }
+
+    /// A signed POST of `body` to `path`: the status and the body.
+    pub async fn post(&self, path: &str, body: impl Into<Vec<u8>>) -> (u16, String) {
+        let body = body.into();
+        let res = reqwest::Client::new()
+            .post(self.signed_url("POST", path, &[], &body))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    /// Publishes one event; `false` when the channel refused it for now (429).
+    pub async fn publish(&self, channel: &str, data: &str) -> bool {
+        let body = serde_json::json!({"name": "e", "channel": channel, "data": data}).to_string();
+        match self.post("/apps/1/events", body).await {
+            (200, _) => true,
+            (429, _) => false,
+            (status, body) => panic!("publish answered {status}: {body}"),
+        }
+    }
+
+    /// A raw WebSocket client, after `connection_established`.
+    pub async fn connect(&self, recv_buffer: Option<u32>) -> Client {
+        let socket = TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let tcp = socket
+            .connect(format!("127.0.0.1:{}", self.port).parse().unwrap())
+            .await
+            .unwrap();
+        let url = format!("ws://127.0.0.1:{}/app/{KEY}?protocol=7", self.port);
+        let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        let mut client = Client {
+            ws,
+            socket_id: String::new(),
+        };
+        let established = client.expect("pusher:connection_established").await;
+        let data = data(&established);
+        client.socket_id = data["socket_id"].as_str().unwrap().to_owned();
+        client
+    }
+}
+
+/// A server frame's `data`: a JSON-encoded string for most events, an object for errors.
+pub fn data(frame: &serde_json::Value) -> serde_json::Value {
+    match &frame["data"] {
+        serde_json::Value::String(s) => serde_json::from_str(s).unwrap_or(frame["data"].clone()),
+        other => other.clone(),
+    }
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A raw Pusher protocol client.
+pub struct Client {
+    pub ws: Ws,
+    pub socket_id: String,
+}
+
+impl Client {
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.unwrap();
+    }
+
+    pub async fn send_json(&mut self, value: serde_json::Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    /// The next text frame as JSON (bounded wait); `None` when the socket closed.
+    pub async fn next(&mut self) -> Option<serde_json::Value> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("a frame within 5 s");
+            match msg {
+                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Reads frames until one with event `event`, and returns it.
+    pub async fn expect(&mut self, event: &str) -> serde_json::Value {
+        loop {
+            let frame = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("socket closed waiting for {event}"));
+            if frame["event"] == event {
+                return frame;
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) {
+        self.send_json(
+            serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}}),
+        )
+        .await;
+        let answer = self.expect_channel_answer(channel).await;
+        assert_eq!(answer["event"], "pusher_internal:subscription_succeeded");
+    }
+
+    /// The subscription answer for `channel` (succeeded or error).
+    pub async fn expect_channel_answer(&mut self, channel: &str) -> serde_json::Value {
+        loop {
+            let frame = self.next().await.expect("socket open");
+            let event = frame["event"].as_str().unwrap_or_default();
+            if frame["channel"] == channel
+                && (event == "pusher_internal:subscription_succeeded"
+                    || event == "pusher:subscription_error")
+            {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends a ping and waits for the pong: the connection still works.
+    pub async fn ping(&mut self) {
+        self.send_json(serde_json::json!({"event": "pusher:ping", "data": {}}))
+            .await;
+        self.expect("pusher:pong").await;
+    }
+}
