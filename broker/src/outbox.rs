@@ -142,10 +142,6 @@ impl Outbox {
         self.finish(code, reason, true);
     }
 
-    pub fn is_closing(&self) -> bool {
-        self.0.state.lock().closing
-    }
-
     fn finish(&self, code: u16, reason: &str, discard: bool) {
         let mut state = self.0.state.lock();
         if state.closing {
@@ -337,7 +333,7 @@ mod tests {
         }
         outbox.abort(4100, "slow");
         assert_eq!(outbox.push_event(&f), Ok(Pushed::Dropped));
-        assert!(outbox.is_closing());
+        assert!(outbox.0.state.lock().closing);
         let mut texts = 0;
         loop {
             match peer.next().await {

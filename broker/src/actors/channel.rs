@@ -106,10 +106,6 @@ impl Subscribers {
         self.map.swap_remove(&id)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// Hands `frame` to every subscriber but `except`. A subscriber whose backlog is full is
     /// cut off as a slow reader.
     pub fn fan_out(&self, frame: &Frame, except: Option<SocketId>) {
