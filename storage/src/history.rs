@@ -1,0 +1,481 @@
+//! Per-channel history: append, replay from an offset, retention, reset.
+//!
+//! One sled tree holds every channel. A channel's records share a prefix (its app and name, each
+//! length-prefixed); under it, `0x00` is the channel's metadata (epoch and offsets) and `0x01`
+//! followed by a big-endian `u64` offset is an event, so a range scan from an offset is a replay
+//! in order. Offsets are our own dense counter starting at 1 (sled's ids are not dense). A channel
+//! first written, or reset, gets a fresh random epoch: a client holding an offset from another
+//! epoch can tell it missed history it cannot get back.
+
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, StorageError};
+
+const META: u8 = 0x00;
+const EVENT: u8 = 0x01;
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub event: String,
+    pub data: String,
+    /// When it was stored, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// What is known of a channel's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelHistory {
+    pub epoch: String,
+    /// The oldest offset still held (equal to `next_offset` when none is).
+    pub first_offset: u64,
+    /// The offset the next event will get; the newest held is `next_offset - 1`.
+    pub next_offset: u64,
+}
+
+impl ChannelHistory {
+    fn new(next_offset: u64) -> ChannelHistory {
+        ChannelHistory {
+            epoch: format!("{:016x}", rand::random::<u64>()),
+            first_offset: next_offset,
+            next_offset,
+        }
+    }
+
+    /// Whether every event after `offset` is still held.
+    pub fn covers_after(&self, offset: u64) -> bool {
+        offset + 1 >= self.first_offset && offset < self.next_offset
+    }
+}
+
+/// A replay: the channel's state and the events after the requested offset, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    pub channel: ChannelHistory,
+    pub events: Vec<(u64, StoredEvent)>,
+}
+
+/// How much of a channel's history to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_events: u64,
+    pub max_age: Duration,
+}
+
+/// The history tree.
+#[derive(Clone)]
+pub struct History {
+    tree: sled::Tree,
+    /// Appends read and write a channel's metadata: one at a time.
+    writer: Arc<Mutex<()>>,
+}
+
+fn push_str(key: &mut Vec<u8>, s: &str) {
+    let len = u16::try_from(s.len()).expect("app ids and channel names are short");
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(s.as_bytes());
+}
+
+fn prefix(app: &str, channel: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + app.len() + channel.len() + 9);
+    push_str(&mut key, app);
+    push_str(&mut key, channel);
+    key
+}
+
+fn meta_key(app: &str, channel: &str) -> Vec<u8> {
+    let mut key = prefix(app, channel);
+    key.push(META);
+    key
+}
+
+fn event_key(app: &str, channel: &str, offset: u64) -> Vec<u8> {
+    let mut key = prefix(app, channel);
+    key.push(EVENT);
+    key.extend_from_slice(&offset.to_be_bytes());
+    key
+}
+
+fn corrupt(key: &[u8], reason: impl ToString) -> StorageError {
+    StorageError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|e| corrupt(key, e))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records always serialise")
+}
+
+/// Splits a metadata key back into app and channel.
+fn parse_meta_key(key: &[u8]) -> Option<(String, String)> {
+    let take = |rest: &[u8]| -> Option<(String, usize)> {
+        let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+        let s = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+        Some((s.to_owned(), 2 + len))
+    };
+    let (app, used) = take(key)?;
+    let (channel, used2) = take(&key[used..])?;
+    (key.get(used + used2) == Some(&META) && key.len() == used + used2 + 1)
+        .then_some((app, channel))
+}
+
+impl History {
+    pub(crate) fn open(db: &sled::Db) -> Result<History> {
+        Ok(History {
+            tree: db.open_tree("history")?,
+            writer: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The channel's state, if it has ever been written.
+    pub fn channel(&self, app: &str, channel: &str) -> Result<Option<ChannelHistory>> {
+        let key = meta_key(app, channel);
+        match self.tree.get(&key)? {
+            Some(v) => Ok(Some(decode(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends events, each to its (app, channel), in one atomic write; returns each event's
+    /// offset and its channel's epoch, in order. Not yet durable: see [`crate::Store::flush`].
+    pub fn append(&self, events: &[(&str, &str, StoredEvent)]) -> Result<Vec<(u64, String)>> {
+        let _writer = self.writer.lock().expect("history writer lock");
+        let mut metas: Vec<(Vec<u8>, ChannelHistory)> = Vec::new();
+        let mut batch = sled::Batch::default();
+        let mut placed = Vec::with_capacity(events.len());
+        for (app, channel, event) in events {
+            let key = meta_key(app, channel);
+            let index = match metas.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    let meta = match self.tree.get(&key)? {
+                        Some(v) => decode(&key, &v)?,
+                        None => ChannelHistory::new(1),
+                    };
+                    metas.push((key, meta));
+                    metas.len() - 1
+                }
+            };
+            let meta = &mut metas[index].1;
+            let offset = meta.next_offset;
+            meta.next_offset += 1;
+            batch.insert(event_key(app, channel, offset), encode(event));
+            placed.push((offset, meta.epoch.clone()));
+        }
+        for (key, meta) in &metas {
+            batch.insert(key.clone(), encode(meta));
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(placed)
+    }
+
+    /// The channel's state and up to `limit` events with offsets after `after`, oldest first.
+    /// `None` when the channel was never written.
+    pub fn replay(
+        &self,
+        app: &str,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<Replay>> {
+        let Some(meta) = self.channel(app, channel)? else {
+            return Ok(None);
+        };
+        let start = event_key(app, channel, after.saturating_add(1).max(meta.first_offset));
+        let mut end = prefix(app, channel);
+        end.push(EVENT + 1);
+        let mut events = Vec::new();
+        if after < u64::MAX {
+            for item in self
+                .tree
+                .range::<&[u8], _>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
+                .take(limit)
+            {
+                let (k, v) = item?;
+                let offset_bytes: [u8; 8] =
+                    k[k.len() - 8..].try_into().map_err(|e| corrupt(&k, e))?;
+                events.push((u64::from_be_bytes(offset_bytes), decode(&k, &v)?));
+            }
+        }
+        Ok(Some(Replay {
+            channel: meta,
+            events,
+        }))
+    }
+
+    /// Drops a channel's history and gives it a new epoch; offsets go on from where they were.
+    pub fn reset(&self, app: &str, channel: &str) -> Result<ChannelHistory> {
+        let _writer = self.writer.lock().expect("history writer lock");
+        let next = self.channel(app, channel)?.map_or(1, |m| m.next_offset);
+        let mut batch = sled::Batch::default();
+        let mut start = prefix(app, channel);
+        start.push(EVENT);
+        for key in self.tree.scan_prefix(&start).keys() {
+            batch.remove(key?);
+        }
+        let meta = ChannelHistory::new(next);
+        batch.insert(meta_key(app, channel), encode(&meta));
+        self.tree.apply_batch(batch)?;
+        Ok(meta)
+    }
+
+    /// Removes the oldest events of a channel beyond `retention`; returns how many.
+    pub fn trim(&self, app: &str, channel: &str, retention: Retention, now_ms: u64) -> Result<u64> {
+        let _writer = self.writer.lock().expect("history writer lock");
+        let key = meta_key(app, channel);
+        let Some(mut meta) = self.channel(app, channel)? else {
+            return Ok(0);
+        };
+        let oldest_kept_time = now_ms.saturating_sub(retention.max_age.as_millis() as u64);
+        let mut first = meta.first_offset;
+        let mut batch = sled::Batch::default();
+        while first < meta.next_offset {
+            let held = meta.next_offset - first;
+            let ekey = event_key(app, channel, first);
+            let too_many = held > retention.max_events;
+            let too_old = match self.tree.get(&ekey)? {
+                Some(v) => decode::<StoredEvent>(&ekey, &v)?.time_ms < oldest_kept_time,
+                None => true,
+            };
+            if !too_many && !too_old {
+                break;
+            }
+            batch.remove(ekey);
+            first += 1;
+        }
+        let removed = first - meta.first_offset;
+        if removed > 0 {
+            meta.first_offset = first;
+            batch.insert(key, encode(&meta));
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(removed)
+    }
+
+    /// Every channel that has history: (app, channel).
+    pub fn channels(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for key in self.tree.iter().keys() {
+            let key = key?;
+            if let Some(pair) = parse_meta_key(&key) {
+                out.push(pair);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies `policy` to every channel (channels it returns `None` for are left alone);
+    /// returns how many events were removed. The broker runs this in the background.
+    pub fn enforce_retention(
+        &self,
+        now_ms: u64,
+        policy: impl Fn(&str, &str) -> Option<Retention>,
+    ) -> Result<u64> {
+        let mut removed = 0;
+        for (app, channel) in self.channels()? {
+            if let Some(retention) = policy(&app, &channel) {
+                removed += self.trim(&app, &channel, retention, now_ms)?;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    fn ev(n: u64, time_ms: u64) -> StoredEvent {
+        StoredEvent {
+            event: "e".into(),
+            data: format!("{n}"),
+            time_ms,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn append_then_replay_in_order_from_any_offset() {
+        let (_dir, store) = open();
+        let h = store.history();
+        let batch: Vec<_> = (1..=100).map(|n| ("1", "chat-a", ev(n, n))).collect();
+        let placed = h.append(&batch).unwrap();
+        assert_eq!(
+            placed.iter().map(|p| p.0).collect::<Vec<_>>(),
+            (1..=100).collect::<Vec<_>>()
+        );
+        let epoch = placed[0].1.clone();
+        assert!(placed.iter().all(|p| p.1 == epoch));
+        let r = h.replay("1", "chat-a", 0, 1000).unwrap().unwrap();
+        assert_eq!(r.events.len(), 100);
+        assert_eq!(r.channel.next_offset, 101);
+        let r = h.replay("1", "chat-a", 90, 5).unwrap().unwrap();
+        assert_eq!(
+            r.events.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![91, 92, 93, 94, 95]
+        );
+        assert_eq!(r.events[0].1, ev(91, 91));
+        assert!(h
+            .replay("1", "chat-a", 100, 10)
+            .unwrap()
+            .unwrap()
+            .events
+            .is_empty());
+        assert!(h
+            .replay("1", "chat-a", u64::MAX, 10)
+            .unwrap()
+            .unwrap()
+            .events
+            .is_empty());
+        assert!(h.replay("1", "never", 0, 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn channels_and_apps_are_separate_even_with_shared_prefixes() {
+        let (_dir, store) = open();
+        let h = store.history();
+        h.append(&[
+            ("1", "a", ev(1, 0)),
+            ("1", "ab", ev(2, 0)),
+            ("12", "a", ev(3, 0)),
+            ("1", "a", ev(4, 0)),
+        ])
+        .unwrap();
+        let data = |app, ch| {
+            h.replay(app, ch, 0, 10)
+                .unwrap()
+                .unwrap()
+                .events
+                .into_iter()
+                .map(|e| (e.0, e.1.data))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            data("1", "a"),
+            vec![(1, "1".to_owned()), (2, "4".to_owned())]
+        );
+        assert_eq!(data("1", "ab"), vec![(1, "2".to_owned())]);
+        assert_eq!(data("12", "a"), vec![(1, "3".to_owned())]);
+        let mut channels = h.channels().unwrap();
+        channels.sort();
+        assert_eq!(channels.len(), 3);
+        assert_ne!(
+            h.channel("1", "a").unwrap().unwrap().epoch,
+            h.channel("1", "ab").unwrap().unwrap().epoch
+        );
+    }
+
+    #[test]
+    fn retention_by_count_and_by_age() {
+        let (_dir, store) = open();
+        let h = store.history();
+        let batch: Vec<_> = (1..=10).map(|n| ("1", "c", ev(n, n * 1000))).collect();
+        h.append(&batch).unwrap();
+        let keep = |max_events, secs| Retention {
+            max_events,
+            max_age: Duration::from_secs(secs),
+        };
+        assert_eq!(h.trim("1", "c", keep(7, 1_000_000), 10_000).unwrap(), 3);
+        let r = h.replay("1", "c", 0, 100).unwrap().unwrap();
+        assert_eq!(r.channel.first_offset, 4);
+        assert_eq!(r.events.first().unwrap().0, 4);
+        assert!(r.channel.covers_after(3));
+        assert!(!r.channel.covers_after(2), "offset 3 is gone");
+        // Age: at t = 15 s, keep 6 s -> events stored before 9 s go (offsets 4..8).
+        let removed = h
+            .enforce_retention(15_000, |_, ch| (ch == "c").then_some(keep(100, 6)))
+            .unwrap();
+        assert_eq!(removed, 5);
+        let r = h.replay("1", "c", 0, 100).unwrap().unwrap();
+        assert_eq!(
+            r.events.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![9, 10]
+        );
+        assert_eq!(
+            r.channel.epoch,
+            h.channel("1", "c").unwrap().unwrap().epoch,
+            "trimming keeps the epoch"
+        );
+    }
+
+    #[test]
+    fn reset_changes_the_epoch_and_drops_the_events() {
+        let (_dir, store) = open();
+        let h = store.history();
+        let (_, epoch) = h.append(&[("1", "c", ev(1, 0))]).unwrap().remove(0);
+        let after = h.reset("1", "c").unwrap();
+        assert_ne!(after.epoch, epoch);
+        assert_eq!(after.next_offset, 2);
+        assert!(h
+            .replay("1", "c", 0, 10)
+            .unwrap()
+            .unwrap()
+            .events
+            .is_empty());
+        let placed = h.append(&[("1", "c", ev(2, 0))]).unwrap();
+        assert_eq!(placed[0], (2, after.epoch));
+    }
+
+    #[test]
+    fn reopening_keeps_offsets_epochs_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let store = Store::open(dir.path()).unwrap();
+            let placed = store
+                .history()
+                .append(&[("1", "c", ev(1, 5)), ("1", "c", ev(2, 6))])
+                .unwrap();
+            store.flush_blocking().unwrap();
+            placed[0].1.clone()
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let r = store.history().replay("1", "c", 0, 10).unwrap().unwrap();
+        assert_eq!(r.channel.epoch, epoch);
+        assert_eq!(r.events, vec![(1, ev(1, 5)), (2, ev(2, 6))]);
+        let placed = store.history().append(&[("1", "c", ev(3, 7))]).unwrap();
+        assert_eq!(placed[0].0, 3);
+    }
+
+    #[test]
+    fn a_lost_history_gets_a_new_epoch() {
+        let first = {
+            let (_dir, store) = open();
+            store.history().append(&[("1", "c", ev(1, 0))]).unwrap()[0]
+                .1
+                .clone()
+        };
+        let (_dir, store) = open();
+        let second = store.history().append(&[("1", "c", ev(1, 0))]).unwrap()[0]
+            .1
+            .clone();
+        assert_ne!(
+            first, second,
+            "the same offsets in a new database are another history"
+        );
+    }
+
+    #[test]
+    fn meta_keys_parse_back() {
+        assert_eq!(
+            parse_meta_key(&meta_key("1", "chat")),
+            Some(("1".into(), "chat".into()))
+        );
+        assert_eq!(parse_meta_key(&event_key("1", "chat", 5)), None);
+        assert_eq!(parse_meta_key(b"\x00"), None);
+    }
+}
