@@ -9,7 +9,10 @@ use actix::Addr;
 use parking_lot::Mutex;
 
 use crate::actors::connection::{Connection, Disconnect};
+use chorus_storage::Store;
+
 use crate::config::{AppConfig, Limits};
+use crate::history::Histories;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::protocol::frame::SocketId;
 use crate::registry::Registry;
@@ -23,6 +26,7 @@ pub struct App {
     pub limits: Limits,
     pub metrics: AppMetrics,
     pub channels: Registry,
+    pub history: Histories,
     /// Open connections, for termination and shutdown.
     connections: Mutex<HashMap<SocketId, Addr<Connection>>>,
     /// Signed-in users and their connections.
@@ -32,7 +36,12 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: &AppConfig, metrics: &Metrics, max_outbound_bytes: usize) -> App {
+    pub fn new(
+        config: &AppConfig,
+        metrics: &Metrics,
+        max_outbound_bytes: usize,
+        store: Store,
+    ) -> App {
         let app_metrics = metrics.for_app(&config.id);
         App {
             id: config.id.clone(),
@@ -45,6 +54,7 @@ impl App {
                 config.limits.max_presence_members,
                 max_outbound_bytes,
             ),
+            history: Histories::new(&config.history, store),
             metrics: app_metrics,
             connections: Mutex::default(),
             users: Mutex::default(),
@@ -147,10 +157,15 @@ pub struct Apps {
 }
 
 impl Apps {
-    pub fn new(configs: &[AppConfig], metrics: &Metrics, max_outbound_bytes: usize) -> Apps {
+    pub fn new(
+        configs: &[AppConfig],
+        metrics: &Metrics,
+        max_outbound_bytes: usize,
+        store: &Store,
+    ) -> Apps {
         let apps: Vec<Arc<App>> = configs
             .iter()
-            .map(|c| Arc::new(App::new(c, metrics, max_outbound_bytes)))
+            .map(|c| Arc::new(App::new(c, metrics, max_outbound_bytes, store.clone())))
             .collect();
         Apps {
             by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),

@@ -95,6 +95,31 @@ pub struct AppConfig {
     pub allowed_origins: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Which channels keep a durable history, by glob on the channel name.
+    #[serde(default)]
+    pub history: Vec<HistoryRule>,
+}
+
+/// Channels matching `channels` keep their events on disk, within the retention given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    /// A glob on the channel name, e.g. `chat-*`.
+    pub channels: String,
+    #[serde(default = "HistoryRule::default_max_events")]
+    pub max_events: u64,
+    #[serde(default = "HistoryRule::default_max_age_secs")]
+    pub max_age_secs: u64,
+}
+
+impl HistoryRule {
+    fn default_max_events() -> u64 {
+        1000
+    }
+
+    fn default_max_age_secs() -> u64 {
+        86_400
+    }
 }
 
 /// Per-app limits. Every one is configurable; the defaults are Pusher's.
@@ -222,6 +247,7 @@ impl Config {
                 secret: DEV_APP_SECRET.into(),
                 allowed_origins: Vec::new(),
                 limits: Limits::default(),
+                history: Vec::new(),
             });
         }
         let first = &mut self.apps[0];
@@ -282,6 +308,18 @@ impl Config {
                         key("allowed_origins"),
                         format!("{origin:?} is not an origin"),
                     ));
+                }
+            }
+            for (j, rule) in app.history.iter().enumerate() {
+                let key = |field: &str| format!("apps[{i}].history[{j}].{field}");
+                if let Err(e) = globset::Glob::new(&rule.channels) {
+                    return Err(invalid(key("channels"), e.to_string()));
+                }
+                if rule.max_events == 0 {
+                    return Err(invalid(key("max_events"), "must be at least 1"));
+                }
+                if rule.max_age_secs == 0 {
+                    return Err(invalid(key("max_age_secs"), "must be at least 1"));
                 }
             }
             let l = &app.limits;
@@ -369,6 +407,9 @@ mod tests {
             allowed_origins = ["https://example.com"]
             [apps.limits]
             max_presence_members = 3
+            [[apps.history]]
+            channels = "chat-*"
+            max_events = 50
             [[apps]]
             id = "2"
             key = "b"
@@ -379,6 +420,10 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.apps[0].limits.max_presence_members, 3);
         assert_eq!(config.apps[1].limits.max_presence_members, 100);
+        assert_eq!(config.apps[0].history[0].channels, "chat-*");
+        assert_eq!(config.apps[0].history[0].max_events, 50);
+        assert_eq!(config.apps[0].history[0].max_age_secs, 86_400);
+        assert!(config.apps[1].history.is_empty());
     }
 
     #[test]
@@ -404,6 +449,10 @@ mod tests {
                 "apps[0].limits.max_connections",
             ),
             ("activity_timeout_secs = 0", "activity_timeout_secs"),
+            (
+                "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"ssssssssss\"\n[[apps.history]]\nchannels = \"a[\"",
+                "apps[0].history[0].channels",
+            ),
             (
                 "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"ssssssssss\"\n[[apps]]\nid = \"1\"\nkey = \"j\"\nsecret = \"ssssssssss\"",
                 "apps[1].id",

@@ -8,6 +8,7 @@
 pub mod actors;
 pub mod apps;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::actors::connection::Timeouts;
 use crate::apps::Apps;
+use chorus_storage::Store;
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::frame::SocketIds;
@@ -14,20 +16,56 @@ pub struct Node {
     pub apps: Apps,
     pub metrics: Metrics,
     pub socket_ids: SocketIds,
+    pub store: Store,
     ready: AtomicBool,
 }
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {path} (is another node using it?): {source}")]
+    Store {
+        path: std::path::PathBuf,
+        source: chorus_storage::StorageError,
+    },
+}
+
 impl Node {
-    pub fn new(config: Config) -> Node {
+    /// Opens the node's store in its data directory and sets up its apps.
+    pub fn new(config: Config) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&config.data_dir).map_err(|source| NodeError::Store {
+            path: config.data_dir.clone(),
+            source,
+        })?;
         let metrics = Metrics::new();
-        let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes);
-        Node {
+        let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes, &store);
+        Ok(Node {
             config,
             apps,
             metrics,
             socket_ids: SocketIds::default(),
+            store,
             ready: AtomicBool::new(false),
-        }
+        })
+    }
+
+    /// Trims every history channel to its app's retention.
+    pub fn enforce_retention(&self) -> Result<u64, chorus_storage::StorageError> {
+        let now_ms = crate::history::now_ms();
+        self.store
+            .history()
+            .enforce_retention(now_ms, |app, channel| {
+                self.apps.by_id(app)?.history.retention(channel)
+            })
     }
 
     pub fn timeouts(&self) -> Timeouts {

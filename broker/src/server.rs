@@ -1,6 +1,8 @@
 //! Runs a node: binds its listeners, marks it ready, and shuts it down gracefully on SIGTERM or
 //! SIGINT (clients are told 4200 so they reconnect elsewhere, then the listeners drain).
 
+use std::time::Duration;
+
 use actix_web::{web, App as HttpApp, HttpServer};
 use anyhow::Context as _;
 
@@ -12,7 +14,8 @@ use crate::node::Node;
 /// Serves until a shutdown signal, then returns once connections have closed or the deadline
 /// passed.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let node = web::Data::new(Node::new(config));
+    let node = web::Data::new(Node::new(config)?);
+    spawn_retention(node.clone().into_inner());
     let cfg = &node.config;
     let workers = if cfg.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -73,6 +76,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = metrics_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often history channels are trimmed to their retention.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Trims history in the background, on a thread of its own (sled calls block).
+fn spawn_retention(node: std::sync::Arc<Node>) {
+    std::thread::Builder::new()
+        .name("chorus-retention".into())
+        .spawn(move || loop {
+            std::thread::sleep(RETENTION_INTERVAL);
+            match node.enforce_retention() {
+                Ok(0) => {}
+                Ok(removed) => tracing::debug!(removed, "history trimmed"),
+                Err(e) => tracing::error!(error = %e, "trimming history failed"),
+            }
+        })
+        .expect("spawn the retention thread");
 }
 
 /// Waits for SIGTERM or SIGINT and names the one that came.

@@ -39,6 +39,13 @@ impl Store {
         Ok(Store { db, history })
     }
 
+    /// A database that lives in memory and disappears when dropped (for tests).
+    pub fn temporary() -> Result<Store> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let history = History::open(&db)?;
+        Ok(Store { db, history })
+    }
+
     pub fn history(&self) -> &History {
         &self.history
     }

@@ -528,9 +528,15 @@ mod tests {
             key: "k".into(),
             secret: "secret-secret".into(),
             allowed_origins: Vec::new(),
+            history: Vec::new(),
             limits,
         };
-        App::new(&config, &crate::metrics::Metrics::new(), 1 << 20)
+        App::new(
+            &config,
+            &crate::metrics::Metrics::new(),
+            1 << 20,
+            chorus_storage::Store::temporary().unwrap(),
+        )
     }
 
     #[test]

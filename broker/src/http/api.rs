@@ -276,11 +276,19 @@ fn validate_event(app: &App, body: EventBody, batch: bool) -> Result<Trigger, Ap
 
 /// Publishes a validated event; returns the requested info per channel. A channel whose
 /// subscribers are too far behind refuses the event (429); the other channels still get it.
-async fn publish(app: &App, t: Trigger) -> Result<Map<String, Value>, ApiError> {
+///
+/// Events on history channels are stored; `stored` is set, and the caller must make them durable
+/// with [`flush`] before answering.
+async fn publish(app: &App, t: Trigger, stored: &mut bool) -> Result<Map<String, Value>, ApiError> {
     let mut refused = Vec::new();
     for c in &t.channels {
-        let frame = frame::event(c, &t.name, &t.data);
         app.metrics.published_api.inc();
+        if app.history.keeps(c) {
+            router::publish_history(app, c, &t.name, &t.data, t.except).map_err(storage_error)?;
+            *stored = true;
+            continue;
+        }
+        let frame = frame::event(c, &t.name, &t.data);
         if let Err(e) = router::publish(app, c, frame, t.except) {
             refused.push(e.to_string());
         }
@@ -301,6 +309,19 @@ async fn publish(app: &App, t: Trigger) -> Result<Map<String, Value>, ApiError> 
     Ok(channels)
 }
 
+fn storage_error(e: chorus_storage::StorageError) -> ApiError {
+    tracing::error!(error = %e, "history store failed");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("could not store the event: {e}"),
+    )
+}
+
+/// Makes the stored events durable: a publish to a history channel is acknowledged only then.
+async fn flush(app: &App) -> Result<(), ApiError> {
+    app.history.store.flush().await.map_err(storage_error)
+}
+
 /// `POST /apps/{app_id}/events`
 pub async fn events(
     node: web::Data<Node>,
@@ -314,7 +335,11 @@ pub async fn events(
         let body: EventBody = v.json()?;
         let trigger = validate_event(&v.app, body, false)?;
         let wanted = trigger.info.any();
-        let channels = publish(&v.app, trigger).await?;
+        let mut stored = false;
+        let channels = publish(&v.app, trigger, &mut stored).await?;
+        if stored {
+            flush(&v.app).await?;
+        }
         Ok(HttpResponse::Ok().json(if wanted {
             json!({ "channels": channels })
         } else {
@@ -350,10 +375,14 @@ pub async fn batch_events(
             .collect::<Result<Vec<_>, _>>()?;
         let wanted = triggers.iter().any(|t| t.info.any());
         let mut answers = Vec::with_capacity(triggers.len());
+        let mut stored = false;
         for t in triggers {
             let channel = t.channels[0].clone();
-            let mut info = publish(&v.app, t).await?;
+            let mut info = publish(&v.app, t, &mut stored).await?;
             answers.push(info.remove(&channel).unwrap_or_else(|| json!({})));
+        }
+        if stored {
+            flush(&v.app).await?;
         }
         Ok(HttpResponse::Ok().json(if wanted {
             json!({ "batch": answers })
@@ -463,6 +492,59 @@ pub async fn terminate_connections(
             .map_err(|e| ApiError::bad_request(format!("invalid user id: {e}")))?;
         v.app.terminate_user(&user_id);
         Ok(HttpResponse::Ok().json(json!({})))
+    }
+    .await;
+    observed(&node, &req, started, result)
+}
+
+/// `GET /apps/{app_id}/channels/{channel_name}/history?after=N&limit=M`: the stored events after
+/// offset N (default 0), oldest first, at most M (default and maximum 1000).
+pub async fn channel_history(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> ApiResult {
+    const MAX_LIMIT: usize = 1000;
+    let started = Instant::now();
+    let (app_id, name) = path.into_inner();
+    let result = async {
+        let v = verify(&node, &req, &app_id, payload).await?;
+        channel::validate_channel_name(&name, v.app.limits.max_channel_name_len)
+            .map_err(|e| ApiError::bad_request(format!("invalid channel name: {e}")))?;
+        if !v.app.history.keeps(&name) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("channel {name} keeps no history (no [[apps.history]] rule matches it)"),
+            ));
+        }
+        let number = |param: &str, default: u64| -> Result<u64, ApiError> {
+            v.param(param).map_or(Ok(default), |s| {
+                s.parse().map_err(|_| {
+                    ApiError::bad_request(format!("{param} must be a non-negative integer"))
+                })
+            })
+        };
+        let after = number("after", 0)?;
+        let limit = number("limit", MAX_LIMIT as u64)?.min(MAX_LIMIT as u64) as usize;
+        let replay = v
+            .app
+            .history
+            .store
+            .history()
+            .replay(&v.app.id, &name, after, limit)
+            .map_err(storage_error)?;
+        let (epoch, events) = match replay {
+            Some(r) => (Value::String(r.channel.epoch), r.events),
+            None => (Value::Null, Vec::new()),
+        };
+        let events: Vec<Value> = events
+            .into_iter()
+            .map(|(offset, e)| {
+                json!({"offset": offset, "event": e.event, "data": e.data, "time_ms": e.time_ms})
+            })
+            .collect();
+        Ok(HttpResponse::Ok().json(json!({ "epoch": epoch, "events": events })))
     }
     .await;
     observed(&node, &req, started, result)

@@ -24,6 +24,10 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
                     web::get().to(api::channel_users),
                 )
                 .route(
+                    "/channels/{channel_name}/history",
+                    web::get().to(api::channel_history),
+                )
+                .route(
                     "/users/{user_id}/terminate_connections",
                     web::post().to(api::terminate_connections),
                 )

@@ -122,6 +122,33 @@ pub fn event(channel: &str, event_name: &str, data: &str) -> Frame {
     encode(event_name, Some(channel), data, None)
 }
 
+/// An event of a history channel: it also carries its offset and the channel's epoch, which
+/// pusher-js ignores and a recovering client remembers.
+pub fn history_event(
+    channel: &str,
+    event_name: &str,
+    data: &str,
+    offset: u64,
+    epoch: &str,
+) -> Frame {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        event: &'a str,
+        channel: &'a str,
+        data: &'a str,
+        offset: u64,
+        epoch: &'a str,
+    }
+    let out = Out {
+        event: event_name,
+        channel,
+        data,
+        offset,
+        epoch,
+    };
+    Frame::from_json(serde_json::to_string(&out).expect("frames always serialise"))
+}
+
 /// A client event relayed as the client sent it (object data stays an object).
 pub fn client_event(
     channel: &str,

@@ -38,44 +38,69 @@ fn free_port() -> u16 {
         .port()
 }
 
+fn spawn(dir: &std::path::Path, port: u16, metrics_port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .arg("--config")
+        .arg(dir.join("chorus.toml"))
+        .env("CHORUS_HOST", "127.0.0.1")
+        .env("CHORUS_PORT", port.to_string())
+        .env("CHORUS_METRICS_PORT", metrics_port.to_string())
+        .env("CHORUS_DATA_DIR", dir.join("data"))
+        .env("CHORUS_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start chorus")
+}
+
 impl Server {
-    /// Starts `chorus` with app 1 (`KEY`, `SECRET`) and `extra` TOML (top-level keys first, then
-    /// an `[apps.limits]` table if wanted), and waits until it is ready.
+    /// Starts `chorus` with app 1 (`KEY`, `SECRET`): `top` is top-level TOML, `limits` the body
+    /// of `[apps.limits]`, `app_tables` more tables of the app (e.g. `[[apps.history]]`); waits
+    /// until it is ready.
     pub async fn start(name: &str, top: &str, limits: &str) -> Server {
+        Server::start_with(name, top, limits, "").await
+    }
+
+    pub async fn start_with(name: &str, top: &str, limits: &str, app_tables: &str) -> Server {
         let dir = std::env::temp_dir().join(format!("chorus-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("chorus.toml");
         let config = format!(
-            "{top}\n[[apps]]\nid = \"1\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n[apps.limits]\n{limits}\n"
+            "{top}\n[[apps]]\nid = \"1\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n[apps.limits]\n{limits}\n{app_tables}\n"
         );
         std::fs::write(&config_path, config).unwrap();
         let (port, metrics_port) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("CHORUS_HOST", "127.0.0.1")
-            .env("CHORUS_PORT", port.to_string())
-            .env("CHORUS_METRICS_PORT", metrics_port.to_string())
-            .env("CHORUS_DATA_DIR", dir.join("data"))
-            .env("CHORUS_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start chorus");
-        let server = Server {
-            child,
+        let mut server = Server {
+            child: spawn(&dir, port, metrics_port),
             port,
             metrics_port,
             dir,
         };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let ready = reqwest::get(server.url("/readyz")).await;
+            let ready = reqwest::get(self.url("/readyz")).await;
             if ready.is_ok_and(|r| r.status() == 200) {
-                return server;
+                return;
             }
             assert!(Instant::now() < deadline, "chorus did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `kill -9`: the process gets no chance to flush or close anything.
+    pub fn kill_hard(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the node again on the same ports, data directory and configuration.
+    pub async fn restart(&mut self) {
+        self.child = spawn(&self.dir, self.port, self.metrics_port);
+        self.wait_ready().await;
     }
 
     pub fn url(&self, path: &str) -> String {
