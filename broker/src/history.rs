@@ -1,11 +1,13 @@
 //! History channels: which of an app's channels keep a durable history (its `[[apps.history]]`
 //! rules), and the store they are kept in. The publish path that uses it is in `router.rs`.
 
-use chorus_storage::{Retention, Store};
+use chorus_storage::{Retention, StorageError, Store};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
 
+use crate::actors::channel::Recovery;
 use crate::config::HistoryRule;
+use crate::protocol::frame::{self, Since};
 
 /// An app's history rules and store.
 pub struct Histories {
@@ -49,6 +51,61 @@ impl Histories {
 
     pub fn keeps(&self, channel: &str) -> bool {
         self.globs.is_match(channel)
+    }
+
+    /// What a new subscriber of a history channel is told: the current epoch and offset and, when
+    /// it gave `since`, whether it is recovered and the events after it. Recovery fails (the
+    /// client must re-fetch its state) when the epoch differs, history no longer holds
+    /// everything after the offset, the offset is in the future, or the missed events are more
+    /// than `budget` bytes. The caller holds [`Histories::order`], so no event is stored between
+    /// this read and the subscription: nothing is missed and nothing comes twice.
+    pub fn recovery(
+        &self,
+        app: &str,
+        channel: &str,
+        since: Option<&Since>,
+        budget: usize,
+    ) -> Result<Recovery, StorageError> {
+        let history = self.store.history();
+        let current = history.channel(app, channel)?;
+        let mut fields = serde_json::Map::new();
+        let last = current.as_ref().map_or(0, |c| c.next_offset - 1);
+        fields.insert(
+            "epoch".into(),
+            current.as_ref().map(|c| c.epoch.clone()).into(),
+        );
+        fields.insert("offset".into(), last.into());
+        let Some(since) = since else {
+            return Ok(Recovery {
+                fields,
+                replay: Vec::new(),
+            });
+        };
+        let mut replay = Vec::new();
+        let mut recovered = match &current {
+            Some(c) => c.epoch == since.epoch && c.covers_after(since.offset),
+            None => false,
+        };
+        if recovered && since.offset < last {
+            let missed = history
+                .replay(app, channel, since.offset, usize::MAX)?
+                .map(|r| r.events)
+                .unwrap_or_default();
+            let epoch = current.as_ref().map_or("", |c| c.epoch.as_str());
+            let mut bytes = 0;
+            for (offset, e) in missed {
+                let f = frame::history_event(channel, &e.event, &e.data, offset, epoch);
+                bytes += f.len();
+                if bytes > budget {
+                    recovered = false;
+                    replay.clear();
+                    break;
+                }
+                replay.push(f);
+            }
+        }
+        fields.insert("recovered".into(), recovered.into());
+        Ok(Recovery { fields, replay })
     }
 }
 

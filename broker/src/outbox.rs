@@ -117,6 +117,11 @@ impl Outbox {
         }))
     }
 
+    /// The most bytes the backlog holds.
+    pub fn limit(&self) -> usize {
+        self.0.limit
+    }
+
     /// Pushes a published event. Fails when the connection is too far behind.
     pub fn push_event(&self, frame: &Frame) -> Result<Pushed, Overflow> {
         self.push(Outbound::Event(frame.clone()), true)

@@ -13,7 +13,7 @@ use actix::{Actor, Addr};
 use parking_lot::Mutex;
 
 use crate::actors::channel::{
-    ChannelActor, InFlight, Publish, Subscribe, Subscriber, Unsubscribe, PUBLISH_WEIGHT,
+    ChannelActor, InFlight, Publish, Recovery, Subscribe, Subscriber, Unsubscribe, PUBLISH_WEIGHT,
 };
 use crate::actors::presence::{Member, PresenceActor};
 use crate::metrics::AppMetrics;
@@ -107,7 +107,13 @@ impl Registry {
 
     /// Adds a subscriber to a channel, starting the channel's actor if it is the first.
     /// `member` is the presence identity, for presence channels.
-    pub fn subscribe(&self, channel: &str, subscriber: Subscriber, member: Option<Member>) {
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        subscriber: Subscriber,
+        member: Option<Member>,
+        recovery: Option<Recovery>,
+    ) {
         let kind = ChannelKind::of(channel);
         let mut table = self.table.lock();
         let cached = kind.cache.then(|| table.cached(channel));
@@ -134,6 +140,7 @@ impl Registry {
             subscriber,
             cached,
             member,
+            recovery,
         };
         match &entry.addr {
             ChannelAddr::Plain(a) => a.do_send(msg),

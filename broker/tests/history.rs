@@ -117,3 +117,132 @@ async fn history_endpoint_errors_and_channels_without_history() {
     let e = client.expect("e").await;
     assert!(e.get("offset").is_none() && e.get("epoch").is_none(), "{e}");
 }
+
+/// Subscribes with the `since` extension; returns the confirmation's data.
+async fn subscribe_since(
+    client: &mut support::Client,
+    channel: &str,
+    since: serde_json::Value,
+) -> serde_json::Value {
+    client
+        .send_json(
+            json!({"event": "pusher:subscribe", "data": {"channel": channel, "since": since}}),
+        )
+        .await;
+    let answer = client.expect_channel_answer(channel).await;
+    assert_eq!(
+        answer["event"], "pusher_internal:subscription_succeeded",
+        "{answer}"
+    );
+    support::data(&answer)
+}
+
+#[tokio::test]
+async fn a_resubscribing_client_gets_every_missed_offset_once_while_publishes_go_on() {
+    let server = Server::start_with("history-recovery", "", "", HISTORY).await;
+    let mut client = server.connect(None).await;
+    let confirmation = subscribe_since(&mut client, "chat-live", json!(null)).await;
+    assert_eq!(confirmation["offset"], 0);
+    for i in 0..10 {
+        assert!(server.publish("chat-live", &format!("before {i}")).await);
+    }
+    let mut last = json!(null);
+    for _ in 0..10 {
+        last = client.expect("e").await;
+    }
+    let (epoch, seen) = (
+        last["epoch"].as_str().unwrap().to_owned(),
+        last["offset"].as_u64().unwrap(),
+    );
+    assert_eq!(seen, 10);
+    drop(client);
+
+    // 500 while away.
+    for i in 0..500 {
+        assert!(server.publish("chat-live", &format!("away {i}")).await);
+    }
+    // 200 more while the client resubscribes.
+    let publisher = {
+        let events: Vec<String> = (0..200).map(|i| format!("during {i}")).collect();
+        let server = &server;
+        async move {
+            for data in events {
+                while !server.publish("chat-live", &data).await {}
+            }
+        }
+    };
+    let resubscribe = async {
+        let mut client = server.connect(None).await;
+        let confirmation = subscribe_since(
+            &mut client,
+            "chat-live",
+            json!({"epoch": epoch, "offset": seen}),
+        )
+        .await;
+        assert_eq!(confirmation["recovered"], true, "{confirmation}");
+        assert_eq!(confirmation["epoch"], epoch.as_str());
+        client
+    };
+    let ((), mut client) = tokio::join!(publisher, resubscribe);
+    let mut offsets = Vec::new();
+    while offsets.last() != Some(&710) {
+        let e = client.expect("e").await;
+        assert_eq!(e["epoch"], epoch.as_str());
+        offsets.push(e["offset"].as_u64().unwrap());
+    }
+    assert_eq!(
+        offsets,
+        (11..=710).collect::<Vec<_>>(),
+        "every offset once, in order"
+    );
+}
+
+#[tokio::test]
+async fn recovery_that_cannot_be_exact_says_so() {
+    let server = Server::start_with("history-no-recovery", "", "", HISTORY).await;
+    for i in 0..5 {
+        assert!(server.publish("chat-r", &format!("{i}")).await);
+    }
+    let mut client = server.connect(None).await;
+    let current = subscribe_since(&mut client, "chat-r", json!(null)).await;
+    let epoch = current["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(current["offset"], 5);
+    let cases = [
+        json!({"epoch": "another-epoch", "offset": 2}),
+        json!({"epoch": epoch, "offset": 99}),
+        json!({"epoch": epoch, "offset": u64::MAX}),
+    ];
+    for (i, since) in cases.iter().enumerate() {
+        let mut c = server.connect(None).await;
+        let confirmation = subscribe_since(&mut c, "chat-r", since.clone()).await;
+        assert_eq!(confirmation["recovered"], false, "case {i}: {confirmation}");
+        assert_eq!(
+            confirmation["offset"],
+            5 + i as u64,
+            "each case publishes one more"
+        );
+        // Nothing is replayed: the next frame is a live event.
+        assert!(server.publish("chat-r", "live").await);
+        let e = c.expect("e").await;
+        assert_eq!(e["data"], "live", "case {i}");
+    }
+    // A malformed `since` is a malformed frame.
+    client
+        .send_json(json!({"event": "pusher:subscribe", "data": {"channel": "chat-q", "since": {"epoch": 1, "offset": "x"}}}))
+        .await;
+    let error = client.expect("pusher:error").await;
+    let message = support::data(&error)["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("pusher:subscribe"), "{message}");
+    // Recovering from the current offset: recovered, nothing replayed.
+    let mut c = server.connect(None).await;
+    let last = 5 + cases.len() as u64;
+    let confirmation =
+        subscribe_since(&mut c, "chat-r", json!({"epoch": epoch, "offset": last})).await;
+    assert_eq!(confirmation["recovered"], true);
+    assert!(server.publish("chat-r", "next").await);
+    let e = c.expect("e").await;
+    assert_eq!(e["offset"], last + 1);
+}

@@ -48,7 +48,7 @@ impl ChannelHistory {
 
     /// Whether every event after `offset` is still held.
     pub fn covers_after(&self, offset: u64) -> bool {
-        offset + 1 >= self.first_offset && offset < self.next_offset
+        offset.saturating_add(1) >= self.first_offset && offset < self.next_offset
     }
 }
 
@@ -395,6 +395,10 @@ mod tests {
         assert_eq!(r.channel.first_offset, 4);
         assert_eq!(r.events.first().unwrap().0, 4);
         assert!(r.channel.covers_after(3));
+        assert!(
+            !r.channel.covers_after(u64::MAX),
+            "no overflow on hostile offsets"
+        );
         assert!(!r.channel.covers_after(2), "offset 3 is gone");
         // Age: at t = 15 s, keep 6 s -> events stored before 9 s go (offsets 4..8).
         let removed = h

@@ -148,20 +148,51 @@ impl Subscribers {
 
     /// Confirms a subscription and, on a cache channel, replays the cached event or says there
     /// is none.
+    /// On a history channel the confirmation also carries the channel's epoch and offset (and
+    /// whether the subscriber's `since` was recovered), followed by the events it missed.
     pub fn confirm(
         &self,
         channel: &str,
         s: &Subscriber,
         data: &serde_json::Value,
         cached: Option<Option<Frame>>,
+        recovery: Option<Recovery>,
     ) {
-        self.send_protocol(s, frame::subscription_succeeded(channel, data));
+        let mut data = data.clone();
+        let replay = match recovery {
+            Some(r) => {
+                if let Some(object) = data.as_object_mut() {
+                    object.extend(r.fields);
+                }
+                r.replay
+            }
+            None => Vec::new(),
+        };
+        self.send_protocol(s, frame::subscription_succeeded(channel, &data));
+        for missed in &replay {
+            if s.outbox.push_event(missed).is_err() {
+                s.outbox.abort(
+                    crate::protocol::code::OVER_CAPACITY,
+                    "outbound buffer full: reader too slow",
+                );
+                s.connection.do_send(Disconnect::slow_reader());
+                return;
+            }
+        }
         match cached {
             Some(Some(last)) => self.send_protocol(s, last),
             Some(None) => self.send_protocol(s, frame::cache_miss(channel)),
             None => {}
         }
     }
+}
+
+/// What a history channel's new subscriber gets with its confirmation: fields for the
+/// `subscription_succeeded` data (`epoch`, `offset`, `recovered`) and the events it missed.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub replay: Vec<Frame>,
 }
 
 /// Adds a subscriber. For cache channels `cached` is `Some(last event or None)`.
@@ -171,6 +202,7 @@ pub struct Subscribe {
     pub subscriber: Subscriber,
     pub cached: Option<Option<Frame>>,
     pub member: Option<Member>,
+    pub recovery: Option<Recovery>,
 }
 
 #[derive(Message)]
@@ -214,6 +246,7 @@ impl Handler<Subscribe> for ChannelActor {
             &msg.subscriber,
             &serde_json::json!({}),
             msg.cached,
+            msg.recovery,
         );
         self.subscribers.insert(msg.subscriber);
     }

@@ -271,7 +271,33 @@ impl Connection {
             outbox: self.outbox.clone(),
             connection: ctx.address(),
         };
-        self.app.channels.subscribe(&name, subscriber, member);
+        // On a history channel, reading what the subscriber missed and joining the channel
+        // happen under the channel order lock: no event is stored in between.
+        let app = self.app.clone();
+        let _in_order = app.history.keeps(&name).then(|| app.history.order.lock());
+        let recovery = if app.history.keeps(&name) {
+            let budget = self.outbox.limit() / 2;
+            match app
+                .history
+                .recovery(&app.id, &name, data.since.as_ref(), budget)
+            {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading history failed");
+                    self.subscriptions.remove(&name);
+                    let error = "history could not be read";
+                    return self.send(frame::subscription_error(
+                        &name,
+                        "HistoryUnavailable",
+                        error,
+                        503,
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        app.channels.subscribe(&name, subscriber, member, recovery);
     }
 
     fn unsubscribe(&mut self, channel: &str) {

@@ -121,8 +121,13 @@ impl Handler<Subscribe> for PresenceActor {
             });
         state.connections += 1;
         self.sockets.insert(s.socket_id, member.user_id);
-        self.subscribers
-            .confirm(&self.name, &s, &self.presence_data(), msg.cached);
+        self.subscribers.confirm(
+            &self.name,
+            &s,
+            &self.presence_data(),
+            msg.cached,
+            msg.recovery,
+        );
         self.subscribers.insert(s);
     }
 }

@@ -252,6 +252,16 @@ pub struct SubscribeData {
     pub auth: Option<String>,
     #[serde(default)]
     pub channel_data: Option<String>,
+    /// Chorus extension: the last event the client saw on this history channel.
+    #[serde(default)]
+    pub since: Option<Since>,
+}
+
+/// A position in a history channel: its epoch and an offset in it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Since {
+    pub epoch: String,
+    pub offset: u64,
 }
 
 #[derive(Debug, Deserialize)]
