@@ -2,7 +2,7 @@
 //! terminate a user's connections. Every request is signed; every error is JSON.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -116,18 +116,6 @@ async fn verify(
         params,
         body: body.freeze(),
     })
-}
-
-/// Counts and times a request under its route pattern.
-fn observed(node: &Node, req: &HttpRequest, started: Instant, result: ApiResult) -> ApiResult {
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let status = match &result {
-        Ok(r) => r.status(),
-        Err(e) => e.status,
-    };
-    node.metrics
-        .http_request(&route, status.as_u16(), started.elapsed().as_secs_f64());
-    result
 }
 
 /// One event as published over the API.
@@ -329,25 +317,20 @@ pub async fn events(
     app_id: web::Path<String>,
     payload: web::Payload,
 ) -> ApiResult {
-    let started = Instant::now();
-    let result = async {
-        let v = verify(&node, &req, &app_id, payload).await?;
-        let body: EventBody = v.json()?;
-        let trigger = validate_event(&v.app, body, false)?;
-        let wanted = trigger.info.any();
-        let mut stored = false;
-        let channels = publish(&v.app, trigger, &mut stored).await?;
-        if stored {
-            flush(&v.app).await?;
-        }
-        Ok(HttpResponse::Ok().json(if wanted {
-            json!({ "channels": channels })
-        } else {
-            json!({})
-        }))
+    let v = verify(&node, &req, &app_id, payload).await?;
+    let body: EventBody = v.json()?;
+    let trigger = validate_event(&v.app, body, false)?;
+    let wanted = trigger.info.any();
+    let mut stored = false;
+    let channels = publish(&v.app, trigger, &mut stored).await?;
+    if stored {
+        flush(&v.app).await?;
     }
-    .await;
-    observed(&node, &req, started, result)
+    Ok(HttpResponse::Ok().json(if wanted {
+        json!({ "channels": channels })
+    } else {
+        json!({})
+    }))
 }
 
 /// `POST /apps/{app_id}/batch_events`
@@ -357,41 +340,36 @@ pub async fn batch_events(
     app_id: web::Path<String>,
     payload: web::Payload,
 ) -> ApiResult {
-    let started = Instant::now();
-    let result = async {
-        let v = verify(&node, &req, &app_id, payload).await?;
-        let body: BatchBody = v.json()?;
-        let max = v.app.limits.max_batch_events;
-        if body.batch.len() > max {
-            return Err(ApiError::bad_request(format!(
-                "at most {max} events per batch"
-            )));
-        }
-        // Validate all before publishing any: a batch is all or nothing.
-        let triggers = body
-            .batch
-            .into_iter()
-            .map(|e| validate_event(&v.app, e, true))
-            .collect::<Result<Vec<_>, _>>()?;
-        let wanted = triggers.iter().any(|t| t.info.any());
-        let mut answers = Vec::with_capacity(triggers.len());
-        let mut stored = false;
-        for t in triggers {
-            let channel = t.channels[0].clone();
-            let mut info = publish(&v.app, t, &mut stored).await?;
-            answers.push(info.remove(&channel).unwrap_or_else(|| json!({})));
-        }
-        if stored {
-            flush(&v.app).await?;
-        }
-        Ok(HttpResponse::Ok().json(if wanted {
-            json!({ "batch": answers })
-        } else {
-            json!({})
-        }))
+    let v = verify(&node, &req, &app_id, payload).await?;
+    let body: BatchBody = v.json()?;
+    let max = v.app.limits.max_batch_events;
+    if body.batch.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "at most {max} events per batch"
+        )));
     }
-    .await;
-    observed(&node, &req, started, result)
+    // Validate all before publishing any: a batch is all or nothing.
+    let triggers = body
+        .batch
+        .into_iter()
+        .map(|e| validate_event(&v.app, e, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wanted = triggers.iter().any(|t| t.info.any());
+    let mut answers = Vec::with_capacity(triggers.len());
+    let mut stored = false;
+    for t in triggers {
+        let channel = t.channels[0].clone();
+        let mut info = publish(&v.app, t, &mut stored).await?;
+        answers.push(info.remove(&channel).unwrap_or_else(|| json!({})));
+    }
+    if stored {
+        flush(&v.app).await?;
+    }
+    Ok(HttpResponse::Ok().json(if wanted {
+        json!({ "batch": answers })
+    } else {
+        json!({})
+    }))
 }
 
 /// `GET /apps/{app_id}/channels`
@@ -401,25 +379,20 @@ pub async fn channels(
     app_id: web::Path<String>,
     payload: web::Payload,
 ) -> ApiResult {
-    let started = Instant::now();
-    let result = async {
-        let v = verify(&node, &req, &app_id, payload).await?;
-        let prefix = v.param("filter_by_prefix").unwrap_or("");
-        let wanted = InfoWanted::parse(v.param("info"))?;
-        if wanted.user_count && !prefix.starts_with("presence-") {
-            return Err(ApiError::bad_request(
-                "info=user_count needs filter_by_prefix=presence-",
-            ));
-        }
-        let mut channels = Map::new();
-        for summary in v.app.channels.list(prefix) {
-            let info = channel_info(&v.app, &summary.name, wanted).await;
-            channels.insert(summary.name, Value::Object(info));
-        }
-        Ok(HttpResponse::Ok().json(json!({ "channels": channels })))
+    let v = verify(&node, &req, &app_id, payload).await?;
+    let prefix = v.param("filter_by_prefix").unwrap_or("");
+    let wanted = InfoWanted::parse(v.param("info"))?;
+    if wanted.user_count && !prefix.starts_with("presence-") {
+        return Err(ApiError::bad_request(
+            "info=user_count needs filter_by_prefix=presence-",
+        ));
     }
-    .await;
-    observed(&node, &req, started, result)
+    let mut channels = Map::new();
+    for summary in v.app.channels.list(prefix) {
+        let info = channel_info(&v.app, &summary.name, wanted).await;
+        channels.insert(summary.name, Value::Object(info));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "channels": channels })))
 }
 
 /// `GET /apps/{app_id}/channels/{channel_name}`
@@ -429,25 +402,20 @@ pub async fn channel(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> ApiResult {
-    let started = Instant::now();
     let (app_id, name) = path.into_inner();
-    let result = async {
-        let v = verify(&node, &req, &app_id, payload).await?;
-        channel::validate_channel_name(&name, v.app.limits.max_channel_name_len)
-            .map_err(|e| ApiError::bad_request(format!("invalid channel name: {e}")))?;
-        let wanted = InfoWanted::parse(v.param("info"))?;
-        if wanted.user_count && !ChannelKind::of(&name).is_presence() {
-            return Err(ApiError::bad_request(
-                "info=user_count is only for presence channels",
-            ));
-        }
-        let mut info = channel_info(&v.app, &name, wanted).await;
-        let occupied = v.app.channels.subscription_count(&name) > 0;
-        info.insert("occupied".into(), occupied.into());
-        Ok(HttpResponse::Ok().json(Value::Object(info)))
+    let v = verify(&node, &req, &app_id, payload).await?;
+    channel::validate_channel_name(&name, v.app.limits.max_channel_name_len)
+        .map_err(|e| ApiError::bad_request(format!("invalid channel name: {e}")))?;
+    let wanted = InfoWanted::parse(v.param("info"))?;
+    if wanted.user_count && !ChannelKind::of(&name).is_presence() {
+        return Err(ApiError::bad_request(
+            "info=user_count is only for presence channels",
+        ));
     }
-    .await;
-    observed(&node, &req, started, result)
+    let mut info = channel_info(&v.app, &name, wanted).await;
+    let occupied = v.app.channels.subscription_count(&name) > 0;
+    info.insert("occupied".into(), occupied.into());
+    Ok(HttpResponse::Ok().json(Value::Object(info)))
 }
 
 /// `GET /apps/{app_id}/channels/{channel_name}/users`
@@ -457,24 +425,19 @@ pub async fn channel_users(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> ApiResult {
-    let started = Instant::now();
     let (app_id, name) = path.into_inner();
-    let result = async {
-        let v = verify(&node, &req, &app_id, payload).await?;
-        if !ChannelKind::of(&name).is_presence() {
-            return Err(ApiError::bad_request(
-                "users are listed only for presence channels",
-            ));
-        }
-        let ids = match v.app.channels.get(&name).map(|s| s.addr) {
-            Some(ChannelAddr::Presence(addr)) => addr.send(GetMembers).await.unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
-        Ok(HttpResponse::Ok().json(json!({ "users": users })))
+    let v = verify(&node, &req, &app_id, payload).await?;
+    if !ChannelKind::of(&name).is_presence() {
+        return Err(ApiError::bad_request(
+            "users are listed only for presence channels",
+        ));
     }
-    .await;
-    observed(&node, &req, started, result)
+    let ids = match v.app.channels.get(&name).map(|s| s.addr) {
+        Some(ChannelAddr::Presence(addr)) => addr.send(GetMembers).await.unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+    Ok(HttpResponse::Ok().json(json!({ "users": users })))
 }
 
 /// `POST /apps/{app_id}/users/{user_id}/terminate_connections`
@@ -484,17 +447,12 @@ pub async fn terminate_connections(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> ApiResult {
-    let started = Instant::now();
     let (app_id, user_id) = path.into_inner();
-    let result = async {
-        let v = verify(&node, &req, &app_id, payload).await?;
-        channel::validate_user_id(&user_id, v.app.limits.max_user_id_len)
-            .map_err(|e| ApiError::bad_request(format!("invalid user id: {e}")))?;
-        v.app.terminate_user(&user_id);
-        Ok(HttpResponse::Ok().json(json!({})))
-    }
-    .await;
-    observed(&node, &req, started, result)
+    let v = verify(&node, &req, &app_id, payload).await?;
+    channel::validate_user_id(&user_id, v.app.limits.max_user_id_len)
+        .map_err(|e| ApiError::bad_request(format!("invalid user id: {e}")))?;
+    v.app.terminate_user(&user_id);
+    Ok(HttpResponse::Ok().json(json!({})))
 }
 
 /// `GET /apps/{app_id}/channels/{channel_name}/history?after=N&limit=M`: the stored events after
@@ -506,56 +464,49 @@ pub async fn channel_history(
     payload: web::Payload,
 ) -> ApiResult {
     const MAX_LIMIT: usize = 1000;
-    let started = Instant::now();
     let (app_id, name) = path.into_inner();
-    let result = async {
-        let v = verify(&node, &req, &app_id, payload).await?;
-        channel::validate_channel_name(&name, v.app.limits.max_channel_name_len)
-            .map_err(|e| ApiError::bad_request(format!("invalid channel name: {e}")))?;
-        if !v.app.history.keeps(&name) {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("channel {name} keeps no history (no [[apps.history]] rule matches it)"),
-            ));
-        }
-        let number = |param: &str, default: u64| -> Result<u64, ApiError> {
-            v.param(param).map_or(Ok(default), |s| {
-                s.parse().map_err(|_| {
-                    ApiError::bad_request(format!("{param} must be a non-negative integer"))
-                })
-            })
-        };
-        let after = number("after", 0)?;
-        let limit = number("limit", MAX_LIMIT as u64)?.min(MAX_LIMIT as u64) as usize;
-        let replay = v
-            .app
-            .history
-            .store
-            .history()
-            .replay(&v.app.id, &name, after, limit)
-            .map_err(storage_error)?;
-        let (epoch, events) = match replay {
-            Some(r) => (Value::String(r.channel.epoch), r.events),
-            None => (Value::Null, Vec::new()),
-        };
-        let events: Vec<Value> = events
-            .into_iter()
-            .map(|(offset, e)| {
-                json!({"offset": offset, "event": e.event, "data": e.data, "time_ms": e.time_ms})
-            })
-            .collect();
-        Ok(HttpResponse::Ok().json(json!({ "epoch": epoch, "events": events })))
+    let v = verify(&node, &req, &app_id, payload).await?;
+    channel::validate_channel_name(&name, v.app.limits.max_channel_name_len)
+        .map_err(|e| ApiError::bad_request(format!("invalid channel name: {e}")))?;
+    if !v.app.history.keeps(&name) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("channel {name} keeps no history (no [[apps.history]] rule matches it)"),
+        ));
     }
-    .await;
-    observed(&node, &req, started, result)
+    let number = |param: &str, default: u64| -> Result<u64, ApiError> {
+        v.param(param).map_or(Ok(default), |s| {
+            s.parse().map_err(|_| {
+                ApiError::bad_request(format!("{param} must be a non-negative integer"))
+            })
+        })
+    };
+    let after = number("after", 0)?;
+    let limit = number("limit", MAX_LIMIT as u64)?.min(MAX_LIMIT as u64) as usize;
+    let replay = v
+        .app
+        .history
+        .store
+        .history()
+        .replay(&v.app.id, &name, after, limit)
+        .map_err(storage_error)?;
+    let (epoch, events) = match replay {
+        Some(r) => (Value::String(r.channel.epoch), r.events),
+        None => (Value::Null, Vec::new()),
+    };
+    let events: Vec<Value> = events
+        .into_iter()
+        .map(|(offset, e)| {
+            json!({"offset": offset, "event": e.event, "data": e.data, "time_ms": e.time_ms})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "epoch": epoch, "events": events })))
 }
 
 /// Any other path under `/apps/`: 404 with a JSON message.
-pub async fn not_found(node: web::Data<Node>, req: HttpRequest) -> ApiResult {
-    let started = Instant::now();
-    let result = Err(ApiError::new(
+pub async fn not_found(req: HttpRequest) -> ApiResult {
+    Err(ApiError::new(
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {} {}", req.method(), req.path()),
-    ));
-    observed(&node, &req, started, result)
+    ))
 }

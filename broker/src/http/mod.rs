@@ -3,6 +3,9 @@
 pub mod api;
 pub mod websocket;
 
+use std::time::Instant;
+
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
@@ -15,6 +18,7 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .service(
             web::scope("/apps/{app_id}")
+                .wrap_fn(observe)
                 .route("/events", web::post().to(api::events))
                 .route("/batch_events", web::post().to(api::batch_events))
                 .route("/channels", web::get().to(api::channels))
@@ -34,6 +38,34 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(api::not_found)),
         )
         .default_service(web::to(not_found));
+}
+
+/// Counts and times every HTTP API request under its route pattern (never the concrete path,
+/// which holds channel names).
+fn observe<S>(
+    req: ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse, actix_web::Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let started = Instant::now();
+    let response = service.call(req);
+    async move {
+        let response = response.await?;
+        let request = response.request();
+        if let Some(node) = request.app_data::<web::Data<Node>>() {
+            let route = request
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".into());
+            node.metrics.http_request(
+                &route,
+                response.status().as_u16(),
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        Ok(response)
+    }
 }
 
 /// Routes of the metrics port.
