@@ -53,6 +53,8 @@ pub struct Config {
     pub activity_timeout_secs: u64,
     /// Seconds the server waits for a pong before closing with 4201.
     pub pong_timeout_secs: u64,
+    /// Seconds between heartbeat comments on an SSE stream (keeps proxies from closing it).
+    pub sse_heartbeat_secs: u64,
     /// Seconds a graceful shutdown waits for connections to close.
     pub shutdown_timeout_secs: u64,
     /// Bytes queued towards one connection before it is cut off as a slow reader (4100).
@@ -73,6 +75,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./chorus-data"),
             activity_timeout_secs: 120,
             pong_timeout_secs: 30,
+            sse_heartbeat_secs: 15,
             shutdown_timeout_secs: 10,
             max_outbound_bytes: 1024 * 1024,
             max_request_bytes: 256 * 1024,
@@ -270,6 +273,9 @@ impl Config {
         }
         if self.pong_timeout_secs == 0 {
             return Err(invalid("pong_timeout_secs", "must be at least 1"));
+        }
+        if self.sse_heartbeat_secs == 0 {
+            return Err(invalid("sse_heartbeat_secs", "must be at least 1"));
         }
         if self.max_outbound_bytes < 16 * 1024 {
             return Err(invalid("max_outbound_bytes", "must be at least 16384"));

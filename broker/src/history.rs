@@ -54,7 +54,8 @@ impl Histories {
     }
 
     /// What a new subscriber of a history channel is told: the current epoch and offset and, when
-    /// it gave `since`, whether it is recovered and the events after it. Recovery fails (the
+    /// it gave `since`, whether it is recovered and the events after it. A subscriber told epoch
+    /// `null` (no history yet) resumes with epoch `""` and offset 0. Recovery fails (the
     /// client must re-fetch its state) when the epoch differs, history no longer holds
     /// everything after the offset, the offset is in the future, or the missed events are more
     /// than `budget` bytes. The caller holds [`Histories::order`], so no event is stored between
@@ -82,9 +83,12 @@ impl Histories {
             });
         };
         let mut replay = Vec::new();
+        // An empty epoch is where a subscriber started when the channel had no history yet:
+        // whatever epoch exists now began after it, so it missed all of it.
         let mut recovered = match &current {
+            Some(c) if since.epoch.is_empty() => since.offset == 0 && c.covers_after(0),
             Some(c) => c.epoch == since.epoch && c.covers_after(since.offset),
-            None => false,
+            None => since.epoch.is_empty() && since.offset == 0,
         };
         if recovered && since.offset < last {
             let missed = history

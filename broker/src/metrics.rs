@@ -14,6 +14,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     connections: IntGaugeVec,
+    sse_connections: IntGaugeVec,
     subscriptions: IntGaugeVec,
     channels: IntGaugeVec,
     messages_received: IntCounterVec,
@@ -33,6 +34,7 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct AppMetrics {
     pub connections: IntGauge,
+    pub sse_connections: IntGauge,
     pub subscriptions: IntGauge,
     pub channels: IntGauge,
     pub ws_messages_received: IntCounter,
@@ -83,6 +85,10 @@ impl Metrics {
         let connections = gauge(
             "chorus_connections",
             "Open client connections (WebSocket and SSE).",
+        );
+        let sse_connections = gauge(
+            "chorus_sse_connections",
+            "Open Server-Sent Events streams (also counted in chorus_connections).",
         );
         let subscriptions = gauge(
             "chorus_subscriptions",
@@ -163,6 +169,7 @@ impl Metrics {
         Metrics {
             registry,
             connections,
+            sse_connections,
             subscriptions,
             channels,
             messages_received,
@@ -182,6 +189,7 @@ impl Metrics {
     pub fn for_app(&self, app_id: &str) -> AppMetrics {
         AppMetrics {
             connections: self.connections.with_label_values(&[app_id]),
+            sse_connections: self.sse_connections.with_label_values(&[app_id]),
             subscriptions: self.subscriptions.with_label_values(&[app_id]),
             channels: self.channels.with_label_values(&[app_id]),
             ws_messages_received: self.messages_received.with_label_values(&[app_id, "ws"]),

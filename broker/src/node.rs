@@ -72,6 +72,7 @@ impl Node {
         Timeouts {
             activity: Duration::from_secs(self.config.activity_timeout_secs),
             pong: Duration::from_secs(self.config.pong_timeout_secs),
+            heartbeat: Duration::from_secs(self.config.sse_heartbeat_secs),
         }
     }
 

@@ -1,5 +1,6 @@
-//! A connection's outbound path: frames go straight into its WebSocket session, and only what
-//! the socket cannot take yet waits in a backlog bounded in bytes.
+//! A connection's outbound path: frames go straight into its transport (a WebSocket session or
+//! an SSE response body), and only what the socket cannot take yet waits in a backlog bounded in
+//! bytes.
 //!
 //! Channel actors push shared [`Frame`]s into a subscriber's [`Outbox`] from whatever thread
 //! they run on. When the session has room (the usual case), the frame is handed to it at once:
@@ -15,13 +16,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix_ws::{CloseCode, CloseReason, Message, Session};
+use bytes::Bytes;
 use bytestring::ByteString;
+use futures_channel::mpsc;
 use futures_util::task::noop_waker_ref;
 use futures_util::Sink;
 use parking_lot::Mutex;
 use prometheus::Histogram;
 
 use crate::protocol::frame::Frame;
+use crate::protocol::sse::{self, Cursor};
 
 /// What a queued pong counts against the bound.
 const PONG_COST: usize = 16;
@@ -32,7 +36,9 @@ enum Outbound {
     /// A published event: its latency is observed when it is handed over.
     Event(Frame),
     Protocol(ByteString),
-    Pong(bytes::Bytes),
+    Pong(Bytes),
+    /// Keeps an idle SSE stream open; nothing on a WebSocket (Pusher pings do that there).
+    Heartbeat,
     Close(u16, String),
 }
 
@@ -41,26 +47,68 @@ impl Outbound {
         match self {
             Outbound::Event(f) => f.len(),
             Outbound::Protocol(t) => t.len(),
-            Outbound::Pong(_) => PONG_COST,
+            Outbound::Pong(_) | Outbound::Heartbeat => PONG_COST,
             Outbound::Close(..) => 0,
         }
     }
+}
 
-    fn into_message(self) -> Message {
+/// Where an outbox's frames are written.
+pub enum Transport {
+    WebSocket(Session),
+    /// An SSE response body, fed through a bounded channel. Frames are rewritten as SSE events
+    /// on the way in, and the stream's cursor follows the history events it passes.
+    EventStream {
+        body: mpsc::Sender<Bytes>,
+        cursor: Cursor,
+    },
+}
+
+impl Transport {
+    /// Asks for room for one more message; an error means the client is gone.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         match self {
-            Outbound::Event(f) => Message::Text(f.text),
-            Outbound::Protocol(t) => Message::Text(t),
-            Outbound::Pong(p) => Message::Pong(p),
-            Outbound::Close(code, reason) => Message::Close(Some(CloseReason {
-                code: CloseCode::Other(code),
-                description: Some(reason),
-            })),
+            Transport::WebSocket(session) => Pin::new(session).poll_ready(cx).map_err(|_| ()),
+            Transport::EventStream { body, .. } => body.poll_ready(cx).map_err(|_| ()),
+        }
+    }
+
+    /// Writes one message; [`Transport::poll_ready`] said there is room.
+    fn start_send(&mut self, item: Outbound) {
+        match self {
+            Transport::WebSocket(session) => {
+                let message = match item {
+                    Outbound::Event(f) => Message::Text(f.text),
+                    Outbound::Protocol(t) => Message::Text(t),
+                    Outbound::Pong(p) => Message::Pong(p),
+                    Outbound::Heartbeat => return,
+                    Outbound::Close(code, reason) => Message::Close(Some(CloseReason {
+                        code: CloseCode::Other(code),
+                        description: Some(reason),
+                    })),
+                };
+                let _ = Pin::new(session).start_send(message);
+            }
+            Transport::EventStream { body, cursor } => {
+                let bytes = match item {
+                    Outbound::Event(f) => sse::event(&f.text, cursor),
+                    Outbound::Protocol(t) => sse::event(&t, cursor),
+                    Outbound::Pong(_) => return,
+                    Outbound::Heartbeat => Bytes::from_static(sse::HEARTBEAT),
+                    Outbound::Close(code, reason) => {
+                        let _ = body.start_send(sse::closing(code, &reason));
+                        body.close_channel();
+                        return;
+                    }
+                };
+                let _ = body.start_send(bytes);
+            }
         }
     }
 }
 
 struct State {
-    session: Session,
+    transport: Transport,
     backlog: VecDeque<Outbound>,
     backlog_bytes: usize,
     /// A drain task is feeding the backlog to the session; pushes must queue behind it.
@@ -94,19 +142,19 @@ pub enum Pushed {
     Dropped,
 }
 
-/// Asks the session for room without waiting.
-fn ready_now(session: &mut Session) -> Poll<Result<(), actix_ws::Closed>> {
+/// Asks the transport for room without waiting.
+fn ready_now(transport: &mut Transport) -> Poll<Result<(), ()>> {
     let mut cx = Context::from_waker(noop_waker_ref());
-    Pin::new(session).poll_ready(&mut cx)
+    transport.poll_ready(&mut cx)
 }
 
 impl Outbox {
-    /// An outbox feeding `session`, whose backlog holds at most `limit` bytes.
+    /// An outbox feeding `transport`, whose backlog holds at most `limit` bytes.
     /// `latency` receives the publish-to-hand-over time of events sent from the backlog.
-    pub fn new(session: Session, limit: usize, latency: Histogram) -> Outbox {
+    pub fn new(transport: Transport, limit: usize, latency: Histogram) -> Outbox {
         Outbox(Arc::new(Inner {
             state: Mutex::new(State {
-                session,
+                transport,
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
                 draining: false,
@@ -132,8 +180,18 @@ impl Outbox {
         self.push(Outbound::Protocol(frame.text), true)
     }
 
-    pub fn push_pong(&self, payload: bytes::Bytes) {
+    pub fn push_pong(&self, payload: Bytes) {
         let _ = self.push(Outbound::Pong(payload), true);
+    }
+
+    /// Pushes an SSE heartbeat comment (nothing on a WebSocket).
+    pub fn push_heartbeat(&self) {
+        let _ = self.push(Outbound::Heartbeat, true);
+    }
+
+    /// The client is gone or a close was queued: nothing more will be written.
+    pub fn is_closed(&self) -> bool {
+        self.0.state.lock().closing
     }
 
     /// Closes the connection after what is already queued.
@@ -175,9 +233,9 @@ impl Outbox {
         bounded: bool,
     ) -> Result<Pushed, Overflow> {
         if state.backlog.is_empty() && !state.draining {
-            match ready_now(&mut state.session) {
+            match ready_now(&mut state.transport) {
                 Poll::Ready(Ok(())) => {
-                    let _ = Pin::new(&mut state.session).start_send(item.into_message());
+                    state.transport.start_send(item);
                     return Ok(Pushed::Sent);
                 }
                 Poll::Ready(Err(_)) => {
@@ -206,7 +264,7 @@ impl Outbox {
 async fn drain(outbox: Outbox) {
     let inner = &outbox.0;
     loop {
-        let ready = poll_fn(|cx| Pin::new(&mut inner.state.lock().session).poll_ready(cx)).await;
+        let ready = poll_fn(|cx| inner.state.lock().transport.poll_ready(cx)).await;
         let mut state = inner.state.lock();
         if ready.is_err() {
             state.backlog.clear();
@@ -226,7 +284,7 @@ async fn drain(outbox: Outbox) {
                 .observe(frame.published_at.elapsed().as_secs_f64());
         }
         let is_close = matches!(item, Outbound::Close(..));
-        let _ = Pin::new(&mut state.session).start_send(item.into_message());
+        state.transport.start_send(item);
         if is_close || state.backlog.is_empty() {
             state.backlog.clear();
             state.draining = false;
@@ -299,7 +357,7 @@ mod tests {
             .map(|i| frame::event("c", "e", &format!("{i:04}")))
             .collect();
         let len = frames[0].len();
-        let outbox = Outbox::new(session, 3 * len, histogram());
+        let outbox = Outbox::new(Transport::WebSocket(session), 3 * len, histogram());
         for f in &frames[..SESSION_CAPACITY] {
             assert_eq!(outbox.push_event(f), Ok(Pushed::Sent));
         }
@@ -332,7 +390,7 @@ mod tests {
     async fn abort_drops_the_backlog_and_closing_takes_nothing_more() {
         let (session, mut peer) = session().await;
         let f = frame::event("c", "e", "d");
-        let outbox = Outbox::new(session, 1 << 20, histogram());
+        let outbox = Outbox::new(Transport::WebSocket(session), 1 << 20, histogram());
         for _ in 0..SESSION_CAPACITY + 10 {
             outbox.push_event(&f).unwrap();
         }

@@ -32,6 +32,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .backlog(4096)
     .max_connections(100_000)
     .max_connection_rate(2_048)
+    // A client that closes its side has gone: an SSE stream it held is dropped at once rather
+    // than at the next failed write.
+    .h1_allow_half_closed(false)
     .shutdown_timeout(cfg.shutdown_timeout_secs)
     .disable_signals()
     .bind((cfg.host, cfg.port))

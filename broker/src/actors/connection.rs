@@ -1,9 +1,11 @@
-//! The connection actor: one per client WebSocket. It reads the client's frames, answers pings,
-//! keeps the connection's subscriptions and signed-in user, enforces the per-connection limits
-//! (frame size, subscriptions, client-event rate) and closes the connection when told to.
+//! The connection actor: one per client, WebSocket or Server-Sent Events. On a WebSocket it reads
+//! the client's frames, answers pings, keeps the connection's subscriptions and signed-in user,
+//! and enforces the per-connection limits (frame size, subscriptions, client-event rate). An SSE
+//! client is listen-only: it joins the channels its request named (checked by `http/sse.rs`)
+//! and gets heartbeats instead of pings. Either closes when told to.
 //!
-//! It never writes to the socket itself: everything goes through its [`Outbox`], which the
-//! writer task drains. Published events reach the outbox straight from channel actors.
+//! It never writes to the socket itself: everything goes through its [`Outbox`]. Published events
+//! reach the outbox straight from channel actors.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use crate::apps::App;
 use crate::outbox::Outbox;
 use crate::protocol::channel::{self, Access, ChannelKind, USER_CHANNEL_PREFIX};
 use crate::protocol::code;
-use crate::protocol::frame::{self, ClientMessage, Frame, SocketId, SubscribeData};
+use crate::protocol::frame::{self, ClientMessage, Frame, Since, SocketId, SubscribeData};
 use crate::protocol::signature;
 use crate::router;
 
@@ -31,6 +33,8 @@ pub struct Timeouts {
     pub activity: Duration,
     /// Time a ping may go unanswered before the connection is closed with 4201.
     pub pong: Duration,
+    /// Interval of the heartbeat comments on an idle SSE stream.
+    pub heartbeat: Duration,
 }
 
 /// Closes the connection with a code. Sent by the REST API (terminate), channel actors (slow
@@ -65,6 +69,16 @@ impl Disconnect {
         }
     }
 
+    /// An SSE client closed its stream (its response body was dropped).
+    pub fn client_gone() -> Disconnect {
+        Disconnect {
+            code: 1000,
+            message: "client gone",
+            reason: "client_closed",
+            announce: false,
+        }
+    }
+
     pub fn shutdown() -> Disconnect {
         Disconnect {
             code: code::RECONNECT,
@@ -80,6 +94,20 @@ impl Disconnect {
 #[rtype(result = "()")]
 pub struct SubscriptionRejected {
     pub channel: String,
+}
+
+/// A channel an SSE stream joins when it starts, already checked and authorised.
+pub struct Join {
+    pub channel: String,
+    pub member: Option<Member>,
+    pub since: Option<Since>,
+}
+
+/// How the client is connected.
+enum Client {
+    WebSocket,
+    /// Listen-only; the channels still to join when the actor starts.
+    EventStream(Vec<Join>),
 }
 
 /// What the connection remembers of one subscription.
@@ -119,6 +147,7 @@ impl RateWindow {
 
 pub struct Connection {
     id: SocketId,
+    client: Client,
     app: Arc<App>,
     outbox: Outbox,
     timeouts: Timeouts,
@@ -138,10 +167,33 @@ fn frame_limit(app: &App) -> usize {
 }
 
 impl Connection {
+    /// A WebSocket client's connection.
     pub fn new(id: SocketId, app: Arc<App>, outbox: Outbox, timeouts: Timeouts) -> Connection {
+        Connection::with_client(id, Client::WebSocket, app, outbox, timeouts)
+    }
+
+    /// An SSE client's connection, which joins `joins` as it starts.
+    pub fn event_stream(
+        id: SocketId,
+        joins: Vec<Join>,
+        app: Arc<App>,
+        outbox: Outbox,
+        timeouts: Timeouts,
+    ) -> Connection {
+        Connection::with_client(id, Client::EventStream(joins), app, outbox, timeouts)
+    }
+
+    fn with_client(
+        id: SocketId,
+        client: Client,
+        app: Arc<App>,
+        outbox: Outbox,
+        timeouts: Timeouts,
+    ) -> Connection {
         let now = Instant::now();
         Connection {
             id,
+            client,
             app,
             outbox,
             timeouts,
@@ -259,6 +311,19 @@ impl Connection {
         } else {
             None
         };
+        self.join(name, kind, member, data.since.as_ref(), ctx);
+    }
+
+    /// Joins a channel the client may join: records the subscription and hands it to the
+    /// channel, with what it missed on a history channel.
+    fn join(
+        &mut self,
+        name: String,
+        kind: ChannelKind,
+        member: Option<Member>,
+        since: Option<&Since>,
+        ctx: &mut Context<Self>,
+    ) {
         self.subscriptions.insert(
             name.clone(),
             Subscription {
@@ -277,10 +342,7 @@ impl Connection {
         let _in_order = app.history.keeps(&name).then(|| app.history.order.lock());
         let recovery = if app.history.keeps(&name) {
             let budget = self.outbox.limit() / 2;
-            match app
-                .history
-                .recovery(&app.id, &name, data.since.as_ref(), budget)
-            {
+            match app.history.recovery(&app.id, &name, since, budget) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::error!(error = %e, "reading history failed");
@@ -410,8 +472,20 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Keeps an SSE stream open through proxies, and notices a client that left.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.outbox.is_closed() {
+            self.closing.get_or_insert(("client_closed", 1000));
+            ctx.stop();
+            return;
+        }
+        self.outbox.push_heartbeat();
+    }
+}
+
 /// Parses and checks presence `channel_data`: `{"user_id": ..., "user_info"?: ...}`.
-fn parse_member(channel_data: &str, app: &App) -> Result<Member, String> {
+pub fn parse_member(channel_data: &str, app: &App) -> Result<Member, String> {
     #[derive(Deserialize)]
     struct ChannelData {
         user_id: serde_json::Value,
@@ -449,12 +523,28 @@ impl Actor for Connection {
             self.id,
             self.timeouts.activity.as_secs(),
         ));
-        let tick =
-            (self.timeouts.activity.min(self.timeouts.pong) / 2).max(Duration::from_millis(100));
-        ctx.run_interval(tick, Self::check_liveness);
+        match std::mem::replace(&mut self.client, Client::EventStream(Vec::new())) {
+            Client::WebSocket => {
+                self.client = Client::WebSocket;
+                let tick = (self.timeouts.activity.min(self.timeouts.pong) / 2)
+                    .max(Duration::from_millis(100));
+                ctx.run_interval(tick, Self::check_liveness);
+            }
+            Client::EventStream(joins) => {
+                self.app.metrics.sse_connections.inc();
+                for j in joins {
+                    let kind = ChannelKind::of(&j.channel);
+                    self.join(j.channel, kind, j.member, j.since.as_ref(), ctx);
+                }
+                ctx.run_interval(self.timeouts.heartbeat, Self::heartbeat);
+            }
+        }
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        if matches!(self.client, Client::EventStream(_)) {
+            self.app.metrics.sse_connections.dec();
+        }
         for channel in self.subscriptions.keys() {
             self.app.channels.unsubscribe(channel, self.id);
         }

@@ -1,11 +1,13 @@
 //! The node's HTTP listeners: the public port (WebSocket, HTTP API, health) and the metrics port.
 
 pub mod api;
+pub mod sse;
 pub mod websocket;
 
 use std::time::Instant;
 
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
@@ -14,6 +16,11 @@ use crate::node::Node;
 /// Routes of the public port.
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/app/{key}", web::get().to(websocket::connect))
+        .route("/app/{key}/sse", web::get().to(sse::stream))
+        .route(
+            "/app/{key}/sse",
+            web::method(Method::OPTIONS).to(sse::preflight),
+        )
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .service(

@@ -9,7 +9,7 @@ use actix_ws::{CloseCode, CloseReason};
 use crate::actors::connection::Connection;
 use crate::apps::App;
 use crate::node::Node;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Transport};
 use crate::protocol::code;
 use crate::protocol::frame;
 
@@ -105,7 +105,7 @@ pub async fn connect(
         }
     };
     let outbox = Outbox::new(
-        session,
+        Transport::WebSocket(session),
         node.config.max_outbound_bytes,
         app.metrics.publish_to_write.clone(),
     );

@@ -3,6 +3,7 @@
 pub mod channel;
 pub mod frame;
 pub mod signature;
+pub mod sse;
 
 /// Close and error codes of the Pusher protocol used by Chorus.
 pub mod code {

@@ -297,3 +297,107 @@ impl Client {
         self.expect("pusher:pong").await;
     }
 }
+
+/// One event of an SSE stream.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+impl SseEvent {
+    /// The Pusher `data` inside the SSE data object, decoded when it is a JSON string.
+    pub fn pusher_data(&self) -> serde_json::Value {
+        data(&self.data)
+    }
+}
+
+/// A Server-Sent Events client that parses the stream as a browser would (comments and `retry`
+/// skipped) and remembers the last `id`, like `EventSource.lastEventId`.
+pub struct SseClient {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: Vec<u8>,
+    pub last_id: Option<String>,
+}
+
+impl Server {
+    /// The SSE URL of app 1 with `query`.
+    pub fn sse_url(&self, query: &str) -> String {
+        self.url(&format!("/app/{KEY}/sse?{query}"))
+    }
+
+    /// Opens an SSE stream; `Err((status, body))` when refused.
+    pub async fn sse(
+        &self,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<SseClient, (u16, String)> {
+        let mut request = reqwest::Client::new().get(self.sse_url(query));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        if response.status() != 200 {
+            return Err((
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            ));
+        }
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Ok(SseClient {
+            body: Box::pin(response.bytes_stream()),
+            buf: Vec::new(),
+            last_id: None,
+        })
+    }
+}
+
+impl SseClient {
+    /// The next event (bounded wait); `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let block = String::from_utf8(block).expect("SSE is UTF-8");
+                let (mut id, mut event, mut data) = (None, None, String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if id.is_some() {
+                    self.last_id = id.clone();
+                }
+                if let Some(event) = event {
+                    let data = serde_json::from_str(&data).expect("SSE data is JSON");
+                    return Some(SseEvent { id, event, data });
+                }
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(5), self.body.next())
+                .await
+                .expect("an SSE chunk within 5 s");
+            match chunk {
+                Some(Ok(bytes)) => self.buf.extend_from_slice(&bytes),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Reads events until one named `event`, and returns it.
+    pub async fn expect(&mut self, event: &str) -> SseEvent {
+        loop {
+            let e = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("stream ended waiting for {event}"));
+            if e.event == event {
+                return e;
+            }
+        }
+    }
+}
