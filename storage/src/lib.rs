@@ -1,14 +1,17 @@
 //! Everything a Chorus node keeps on disk, in one sled database in its data directory.
 //!
-//! Today that is per-channel history ([`history`]): every event of a history channel, keyed so
-//! that a range scan is a replay, with an epoch that changes whenever the history is lost or
-//! reset. The crate knows nothing of HTTP, actors or the protocol: it stores bytes and offsets.
+//! Per-channel history ([`history`]): every event of a history channel, keyed so that a range
+//! scan is a replay, with an epoch that changes whenever the history is lost or reset. And the
+//! cluster's Raft log, vote and snapshot ([`raft_store`]). The crate knows nothing of HTTP,
+//! actors, Raft or the protocol: it stores bytes, offsets and serialised records.
 
 pub mod history;
+pub mod raft_store;
 
 use std::path::Path;
 
 pub use history::{ChannelHistory, History, Replay, Retention, StoredEvent};
+pub use raft_store::{RaftMeta, RaftStore, StoredSnapshot};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +20,8 @@ pub enum StorageError {
     Sled(#[from] sled::Error),
     #[error("corrupt record under {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("cannot encode {what}: {reason}")]
+    Unencodable { what: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -26,6 +31,7 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 pub struct Store {
     db: sled::Db,
     history: History,
+    raft: RaftStore,
 }
 
 impl Store {
@@ -36,18 +42,25 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let history = History::open(&db)?;
-        Ok(Store { db, history })
+        let raft = RaftStore::open(&db)?;
+        Ok(Store { db, history, raft })
     }
 
     /// A database that lives in memory and disappears when dropped (for tests).
     pub fn temporary() -> Result<Store> {
         let db = sled::Config::new().temporary(true).open()?;
         let history = History::open(&db)?;
-        Ok(Store { db, history })
+        let raft = RaftStore::open(&db)?;
+        Ok(Store { db, history, raft })
     }
 
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// The Raft log, vote and snapshot of this node's cluster membership.
+    pub fn raft(&self) -> &RaftStore {
+        &self.raft
     }
 
     /// Makes everything written so far durable.

@@ -1,0 +1,442 @@
+//! The replicated state: what every node agrees on once a log entry is applied.
+//!
+//! Cluster members and their addresses, channel interest (which nodes have local subscribers of
+//! which channel), presence sets (each user with a connection count per node, so a node's death
+//! removes exactly the users that were only there), and the position (epoch, next offset) of every
+//! history channel. Applying a [`Request`] is a pure, deterministic function of the state and the
+//! request; the whole state is what a snapshot holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{NodeId, PresenceUserRef, Request, Response};
+
+/// A channel of an app.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChannelKey {
+    pub app: String,
+    pub channel: String,
+}
+
+impl ChannelKey {
+    pub fn new(app: &str, channel: &str) -> ChannelKey {
+        ChannelKey {
+            app: app.to_owned(),
+            channel: channel.to_owned(),
+        }
+    }
+}
+
+/// A user in a presence channel: the info its first connection gave, and how many of its
+/// connections are in the channel on each node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceMember {
+    pub user_info: String,
+    pub connections: BTreeMap<NodeId, u64>,
+}
+
+/// Where a history channel stands, cluster-wide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPosition {
+    pub epoch: String,
+    /// The offset the next event will get (offsets start at 1).
+    pub next_offset: u64,
+}
+
+/// Maps keyed by a struct cannot be JSON objects: they are written as lists of pairs.
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}
+
+/// The state every node holds in memory and rebuilds from a snapshot and the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicatedState {
+    members: BTreeMap<NodeId, String>,
+    #[serde(with = "as_pairs")]
+    interest: BTreeMap<ChannelKey, BTreeSet<NodeId>>,
+    #[serde(with = "as_pairs")]
+    presence: BTreeMap<ChannelKey, BTreeMap<String, PresenceMember>>,
+    #[serde(with = "as_pairs")]
+    history: BTreeMap<ChannelKey, HistoryPosition>,
+}
+
+impl ReplicatedState {
+    /// Applies one request and says what it did.
+    pub fn apply(&mut self, request: Request) -> Response {
+        match request {
+            Request::AddMember { id, addr } => {
+                self.members.insert(id, addr);
+                Response::Applied
+            }
+            Request::RemoveMember { id } => Response::MemberRemoved {
+                users_left: self.remove_member(id),
+            },
+            Request::SetInterest {
+                node,
+                app,
+                channel,
+                present,
+            } => {
+                let key = ChannelKey { app, channel };
+                if present {
+                    self.interest.entry(key).or_default().insert(node);
+                } else if let Some(nodes) = self.interest.get_mut(&key) {
+                    nodes.remove(&node);
+                    if nodes.is_empty() {
+                        self.interest.remove(&key);
+                    }
+                }
+                Response::Applied
+            }
+            Request::PresenceJoin {
+                app,
+                channel,
+                user_id,
+                user_info,
+                node,
+            } => {
+                let users = self
+                    .presence
+                    .entry(ChannelKey { app, channel })
+                    .or_default();
+                let user_changed = !users.contains_key(&user_id);
+                let member = users.entry(user_id).or_insert_with(|| PresenceMember {
+                    user_info,
+                    connections: BTreeMap::new(),
+                });
+                *member.connections.entry(node).or_default() += 1;
+                Response::Presence { user_changed }
+            }
+            Request::PresenceLeave {
+                app,
+                channel,
+                user_id,
+                node,
+            } => Response::Presence {
+                user_changed: self.presence_leave(ChannelKey { app, channel }, &user_id, node),
+            },
+            Request::HistoryAppend {
+                app,
+                channel,
+                fresh_epoch,
+                events,
+            } => {
+                let position =
+                    self.history
+                        .entry(ChannelKey { app, channel })
+                        .or_insert(HistoryPosition {
+                            epoch: fresh_epoch,
+                            next_offset: 1,
+                        });
+                let first_offset = position.next_offset;
+                position.next_offset += events.len() as u64;
+                Response::HistoryAppended {
+                    epoch: position.epoch.clone(),
+                    first_offset,
+                }
+            }
+        }
+    }
+
+    /// Drops one connection of a user on a node; true when it was the user's last anywhere.
+    fn presence_leave(&mut self, key: ChannelKey, user_id: &str, node: NodeId) -> bool {
+        let Some(users) = self.presence.get_mut(&key) else {
+            return false;
+        };
+        let Some(member) = users.get_mut(user_id) else {
+            return false;
+        };
+        let Some(count) = member.connections.get_mut(&node) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            member.connections.remove(&node);
+        }
+        let user_left = member.connections.is_empty();
+        if user_left {
+            users.remove(user_id);
+            if users.is_empty() {
+                self.presence.remove(&key);
+            }
+        }
+        user_left
+    }
+
+    /// Drops a member with its interest and presence connections; returns the users whose last
+    /// connection was there.
+    fn remove_member(&mut self, id: NodeId) -> Vec<PresenceUserRef> {
+        self.members.remove(&id);
+        self.interest.retain(|_, nodes| {
+            nodes.remove(&id);
+            !nodes.is_empty()
+        });
+        let mut users_left = Vec::new();
+        self.presence.retain(|key, users| {
+            users.retain(|user_id, member| {
+                member.connections.remove(&id);
+                let keep = !member.connections.is_empty();
+                if !keep {
+                    users_left.push(PresenceUserRef {
+                        app: key.app.clone(),
+                        channel: key.channel.clone(),
+                        user_id: user_id.clone(),
+                    });
+                }
+                keep
+            });
+            !users.is_empty()
+        });
+        users_left
+    }
+
+    /// Every member and its cluster address.
+    pub fn members(&self) -> &BTreeMap<NodeId, String> {
+        &self.members
+    }
+
+    /// The nodes with local subscribers of a channel.
+    pub fn interested_nodes(&self, app: &str, channel: &str) -> Vec<NodeId> {
+        self.interest
+            .get(&ChannelKey::new(app, channel))
+            .map(|nodes| nodes.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The users of a presence channel, by user id.
+    pub fn presence_members(
+        &self,
+        app: &str,
+        channel: &str,
+    ) -> Option<&BTreeMap<String, PresenceMember>> {
+        self.presence.get(&ChannelKey::new(app, channel))
+    }
+
+    /// Where a history channel stands, if it was ever written.
+    pub fn history_position(&self, app: &str, channel: &str) -> Option<&HistoryPosition> {
+        self.history.get(&ChannelKey::new(app, channel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_storage::StoredEvent;
+
+    fn interest(node: NodeId, channel: &str, present: bool) -> Request {
+        Request::SetInterest {
+            node,
+            app: "1".into(),
+            channel: channel.into(),
+            present,
+        }
+    }
+
+    fn join(user: &str, node: NodeId) -> Request {
+        Request::PresenceJoin {
+            app: "1".into(),
+            channel: "presence-room".into(),
+            user_id: user.into(),
+            user_info: format!("{{\"name\":\"{user}@{node}\"}}"),
+            node,
+        }
+    }
+
+    fn leave(user: &str, node: NodeId) -> Request {
+        Request::PresenceLeave {
+            app: "1".into(),
+            channel: "presence-room".into(),
+            user_id: user.into(),
+            node,
+        }
+    }
+
+    fn changed(state: &mut ReplicatedState, request: Request) -> bool {
+        match state.apply(request) {
+            Response::Presence { user_changed } => user_changed,
+            other => panic!("presence request answered {other:?}"),
+        }
+    }
+
+    fn user_ids(state: &ReplicatedState) -> Vec<String> {
+        state
+            .presence_members("1", "presence-room")
+            .map(|users| users.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn history(channel: &str, epoch: &str, events: usize) -> Request {
+        Request::HistoryAppend {
+            app: "1".into(),
+            channel: channel.into(),
+            fresh_epoch: epoch.into(),
+            events: (0..events)
+                .map(|n| StoredEvent {
+                    event: "e".into(),
+                    data: n.to_string(),
+                    time_ms: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn interest_is_added_per_node_and_removed_when_the_last_node_goes() {
+        let mut state = ReplicatedState::default();
+        state.apply(interest(1, "news", true));
+        state.apply(interest(2, "news", true));
+        state.apply(interest(2, "news", true));
+        state.apply(interest(3, "sport", true));
+        assert_eq!(state.interested_nodes("1", "news"), vec![1, 2]);
+        assert_eq!(state.interested_nodes("2", "news"), Vec::<NodeId>::new());
+        state.apply(interest(1, "news", false));
+        assert_eq!(state.interested_nodes("1", "news"), vec![2]);
+        state.apply(interest(2, "news", false));
+        state.apply(interest(2, "never", false));
+        assert_eq!(state.interested_nodes("1", "news"), Vec::<NodeId>::new());
+        assert_eq!(
+            state.interest.len(),
+            1,
+            "an unwatched channel leaves no entry"
+        );
+    }
+
+    #[test]
+    fn presence_counts_connections_per_node() {
+        let mut state = ReplicatedState::default();
+        assert!(changed(&mut state, join("ann", 1)), "first connection");
+        assert!(
+            !changed(&mut state, join("ann", 1)),
+            "second tab, same node"
+        );
+        assert!(!changed(&mut state, join("ann", 2)), "another node");
+        assert!(changed(&mut state, join("bob", 2)));
+        let users = state.presence_members("1", "presence-room").unwrap();
+        assert_eq!(users["ann"].connections, BTreeMap::from([(1, 2), (2, 1)]));
+        assert_eq!(
+            users["ann"].user_info, "{\"name\":\"ann@1\"}",
+            "the first connection's info is kept"
+        );
+
+        assert!(!changed(&mut state, leave("ann", 1)));
+        assert!(!changed(&mut state, leave("ann", 1)));
+        assert!(
+            !changed(&mut state, leave("ann", 1)),
+            "a leave with no connection on that node changes nothing"
+        );
+        assert!(!changed(&mut state, leave("nobody", 1)));
+        assert_eq!(user_ids(&state), ["ann", "bob"]);
+        assert!(changed(&mut state, leave("ann", 2)), "last connection");
+        assert_eq!(user_ids(&state), ["bob"]);
+        assert!(changed(&mut state, leave("bob", 2)));
+        assert!(state.presence_members("1", "presence-room").is_none());
+    }
+
+    #[test]
+    fn removing_a_member_drops_its_interest_and_the_users_only_it_had() {
+        let mut state = ReplicatedState::default();
+        state.apply(Request::AddMember {
+            id: 1,
+            addr: "10.0.0.1:6002".into(),
+        });
+        state.apply(Request::AddMember {
+            id: 2,
+            addr: "10.0.0.2:6002".into(),
+        });
+        state.apply(interest(1, "news", true));
+        state.apply(interest(2, "news", true));
+        state.apply(interest(2, "sport", true));
+        state.apply(join("ann", 1));
+        state.apply(join("ann", 2));
+        state.apply(join("bob", 2));
+        state.apply(join("bob", 2));
+
+        let response = state.apply(Request::RemoveMember { id: 2 });
+        assert_eq!(
+            response,
+            Response::MemberRemoved {
+                users_left: vec![PresenceUserRef {
+                    app: "1".into(),
+                    channel: "presence-room".into(),
+                    user_id: "bob".into(),
+                }]
+            }
+        );
+        assert_eq!(
+            state.members(),
+            &BTreeMap::from([(1, "10.0.0.1:6002".to_owned())])
+        );
+        assert_eq!(state.interested_nodes("1", "news"), vec![1]);
+        assert_eq!(state.interested_nodes("1", "sport"), Vec::<NodeId>::new());
+        assert_eq!(user_ids(&state), ["ann"]);
+    }
+
+    #[test]
+    fn history_offsets_are_dense_and_the_first_epoch_stays() {
+        let mut state = ReplicatedState::default();
+        assert_eq!(
+            state.apply(history("chat", "e1", 3)),
+            Response::HistoryAppended {
+                epoch: "e1".into(),
+                first_offset: 1
+            }
+        );
+        assert_eq!(
+            state.apply(history("chat", "other", 2)),
+            Response::HistoryAppended {
+                epoch: "e1".into(),
+                first_offset: 4
+            }
+        );
+        assert_eq!(
+            state.apply(history("log", "e2", 1)),
+            Response::HistoryAppended {
+                epoch: "e2".into(),
+                first_offset: 1
+            }
+        );
+        assert_eq!(
+            state.history_position("1", "chat"),
+            Some(&HistoryPosition {
+                epoch: "e1".into(),
+                next_offset: 6
+            })
+        );
+    }
+
+    #[test]
+    fn the_state_round_trips_through_json() {
+        let mut state = ReplicatedState::default();
+        state.apply(Request::AddMember {
+            id: 7,
+            addr: "node-7:6002".into(),
+        });
+        state.apply(interest(7, "news", true));
+        state.apply(join("ann", 7));
+        state.apply(history("chat", "e1", 2));
+        let json = serde_json::to_vec(&state).unwrap();
+        let back: ReplicatedState = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, state);
+    }
+}
