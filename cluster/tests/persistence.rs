@@ -221,3 +221,23 @@ async fn a_corrupt_snapshot_is_refused_and_the_state_is_kept() {
     assert_eq!(summary(&follower), before);
     assert!(follower.get_current_snapshot().await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_dropped_log_store_releases_the_database_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for index in 1..=20 {
+        // Reopening fails on sled's file lock while the flusher thread still holds the database.
+        let store = Store::open(dir.path()).unwrap();
+        let mut log = LogStore::new(&store).unwrap();
+        log.blocking_append([entry(index, EntryPayload::Blank)])
+            .await
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let mut log = LogStore::new(&store).unwrap();
+    let kept = log.try_get_log_entries(..).await.unwrap();
+    assert_eq!(
+        kept.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>()
+    );
+}
