@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 
 use crate::actors::channel::Recovery;
 use crate::config::HistoryRule;
-use crate::protocol::frame::{self, Since};
+use crate::protocol::frame::{self, Frame, Since};
 
 /// An app's history rules and store.
 pub struct Histories {
@@ -55,11 +55,12 @@ impl Histories {
 
     /// What a new subscriber of a history channel is told: the current epoch and offset and, when
     /// it gave `since`, whether it is recovered and the events after it. A subscriber told epoch
-    /// `null` (no history yet) resumes with epoch `""` and offset 0. Recovery fails (the
-    /// client must re-fetch its state) when the epoch differs, history no longer holds
-    /// everything after the offset, the offset is in the future, or the missed events are more
-    /// than `budget` bytes. The caller holds [`Histories::order`], so no event is stored between
-    /// this read and the subscription: nothing is missed and nothing comes twice.
+    /// `null` (no history yet) resumes with epoch `""` and offset 0. Recovery fails (the client
+    /// must re-fetch its state) when the epoch differs, history no longer holds everything after
+    /// the offset, or the offset is in the future. At most `budget` bytes of missed events are
+    /// read; when more remain, [`Recovery::more_after`] says where the rest starts. The caller
+    /// holds [`Histories::order`], so no event is stored between this read and the
+    /// subscription: nothing is missed and nothing comes twice.
     pub fn recovery(
         &self,
         app: &str,
@@ -67,8 +68,7 @@ impl Histories {
         since: Option<&Since>,
         budget: usize,
     ) -> Result<Recovery, StorageError> {
-        let history = self.store.history();
-        let current = history.channel(app, channel)?;
+        let current = self.store.history().channel(app, channel)?;
         let mut fields = serde_json::Map::new();
         let last = current.as_ref().map_or(0, |c| c.next_offset - 1);
         fields.insert(
@@ -76,41 +76,91 @@ impl Histories {
             current.as_ref().map(|c| c.epoch.clone()).into(),
         );
         fields.insert("offset".into(), last.into());
-        let Some(since) = since else {
-            return Ok(Recovery {
-                fields,
-                replay: Vec::new(),
-            });
+        let mut recovery = Recovery::default();
+        if let Some(since) = since {
+            // An empty epoch is where a subscriber started when the channel had no history yet:
+            // whatever epoch exists now began after it, so it missed all of it.
+            let recovered = match &current {
+                Some(c) if since.epoch.is_empty() => since.offset == 0 && c.covers_after(0),
+                Some(c) => c.epoch == since.epoch && c.covers_after(since.offset),
+                None => since.epoch.is_empty() && since.offset == 0,
+            };
+            if let (true, Some(c)) = (recovered, &current) {
+                let missed = self.missed(app, channel, &c.epoch, since.offset, budget)?;
+                recovery.replay = missed.frames;
+                recovery.more_after = missed.more.then_some(missed.last);
+            }
+            fields.insert("recovered".into(), recovered.into());
+        }
+        recovery.fields = Some(fields);
+        Ok(recovery)
+    }
+
+    /// The next part of a subscriber's catch-up: the events after `after`, at most `budget`
+    /// bytes. `None` when the channel is no longer in `epoch` or no longer holds them all.
+    pub fn catch_up(
+        &self,
+        app: &str,
+        channel: &str,
+        epoch: &str,
+        after: u64,
+        budget: usize,
+    ) -> Result<Option<Missed>, StorageError> {
+        match self.store.history().channel(app, channel)? {
+            Some(c) if c.epoch == epoch && c.covers_after(after) => {
+                self.missed(app, channel, epoch, after, budget).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads the events after `after` as frames, up to `budget` bytes (at least one event).
+    fn missed(
+        &self,
+        app: &str,
+        channel: &str,
+        epoch: &str,
+        after: u64,
+        budget: usize,
+    ) -> Result<Missed, StorageError> {
+        const PAGE: usize = 1024;
+        let history = self.store.history();
+        let mut missed = Missed {
+            frames: Vec::new(),
+            last: after,
+            more: false,
         };
-        let mut replay = Vec::new();
-        // An empty epoch is where a subscriber started when the channel had no history yet:
-        // whatever epoch exists now began after it, so it missed all of it.
-        let mut recovered = match &current {
-            Some(c) if since.epoch.is_empty() => since.offset == 0 && c.covers_after(0),
-            Some(c) => c.epoch == since.epoch && c.covers_after(since.offset),
-            None => since.epoch.is_empty() && since.offset == 0,
-        };
-        if recovered && since.offset < last {
-            let missed = history
-                .replay(app, channel, since.offset, usize::MAX)?
-                .map(|r| r.events)
-                .unwrap_or_default();
-            let epoch = current.as_ref().map_or("", |c| c.epoch.as_str());
-            let mut bytes = 0;
-            for (offset, e) in missed {
+        let mut bytes = 0;
+        loop {
+            let Some(page) = history.replay(app, channel, missed.last, PAGE)? else {
+                return Ok(missed);
+            };
+            let full = page.events.len() == PAGE;
+            for (offset, e) in page.events {
                 let f = frame::history_event(channel, &e.event, &e.data, offset, epoch);
-                bytes += f.len();
-                if bytes > budget {
-                    recovered = false;
-                    replay.clear();
-                    break;
+                if bytes + f.len() > budget && !missed.frames.is_empty() {
+                    missed.more = true;
+                    return Ok(missed);
                 }
-                replay.push(f);
+                bytes += f.len();
+                missed.last = offset;
+                missed.frames.push(f);
+            }
+            if !full {
+                return Ok(missed);
             }
         }
-        fields.insert("recovered".into(), recovered.into());
-        Ok(Recovery { fields, replay })
     }
+}
+
+/// Missed events of a history channel, as frames ready to send.
+#[derive(Debug)]
+pub struct Missed {
+    pub frames: Vec<Frame>,
+    /// The offset of the last frame (the position asked for when there are none).
+    pub last: u64,
+    /// More events follow `last`.
+    pub more: bool,
 }
 
 /// Milliseconds since the Unix epoch.

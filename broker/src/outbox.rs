@@ -121,6 +121,8 @@ struct Inner {
     state: Mutex<State>,
     limit: usize,
     latency: Histogram,
+    /// Woken when a drain task ends (the backlog is empty, or the connection closed).
+    drained: tokio::sync::Notify,
 }
 
 /// The sending side of a connection, cloned into every channel it subscribes to.
@@ -162,7 +164,25 @@ impl Outbox {
             }),
             limit,
             latency,
+            drained: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Resolves once nothing waits in the backlog (or the connection is closing): the moment to
+    /// push another part of a long replay.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.0.drained.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.0.state.lock();
+                if !state.draining || state.closing {
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     /// The most bytes the backlog holds.
@@ -262,6 +282,11 @@ impl Outbox {
 
 /// Feeds the backlog to the session as it makes room, then ends; pushes go direct again.
 async fn drain(outbox: Outbox) {
+    feed(&outbox).await;
+    outbox.0.drained.notify_waiters();
+}
+
+async fn feed(outbox: &Outbox) {
     let inner = &outbox.0;
     loop {
         let ready = poll_fn(|cx| inner.state.lock().transport.poll_ready(cx)).await;

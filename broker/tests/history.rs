@@ -246,3 +246,72 @@ async fn recovery_that_cannot_be_exact_says_so() {
     let e = c.expect("e").await;
     assert_eq!(e["offset"], last + 1);
 }
+
+#[tokio::test]
+async fn a_catch_up_larger_than_the_outbound_bound_is_sent_in_parts_while_publishes_go_on() {
+    // Half of a 32 KiB outbound bound is far less than 4000 missed events of ~130 bytes.
+    let server =
+        Server::start_with("history-parts", "max_outbound_bytes = 32768", "", HISTORY).await;
+    let mut client = server.connect(None).await;
+    let start = subscribe_since(&mut client, "chat-big", json!(null)).await;
+    assert_eq!(start["offset"], 0);
+    drop(client);
+    for batch in 0..400 {
+        let events: Vec<_> = (0..10)
+            .map(|i| json!({"name": "e", "channel": "chat-big", "data": format!("away {:04} {}", batch * 10 + i, "x".repeat(40))}))
+            .collect();
+        let (status, body) = server
+            .post("/apps/1/batch_events", json!({"batch": events}).to_string())
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let epoch = read_history(&server, "chat-big").await.0;
+
+    // One client starts a catch-up and leaves in the middle of it: nothing is left behind.
+    let mut leaver = server.connect(None).await;
+    let since = json!({"epoch": epoch, "offset": 0});
+    subscribe_since(&mut leaver, "chat-big", since.clone()).await;
+    leaver
+        .send_json(json!({"event": "pusher:unsubscribe", "data": {"channel": "chat-big"}}))
+        .await;
+    leaver.ping().await;
+
+    let publisher = async {
+        for i in 0..300 {
+            while !server.publish("chat-big", &format!("during {i}")).await {}
+        }
+    };
+    let resubscribe = async {
+        let mut client = server.connect(None).await;
+        let confirmation = subscribe_since(&mut client, "chat-big", since.clone()).await;
+        assert_eq!(confirmation["recovered"], true, "{confirmation}");
+        client
+    };
+    let ((), mut client) = tokio::join!(publisher, resubscribe);
+    let mut offsets = Vec::new();
+    while offsets.last() != Some(&4300) {
+        let e = client.expect("e").await;
+        offsets.push(e["offset"].as_u64().unwrap());
+    }
+    assert_eq!(
+        offsets,
+        (1..=4300).collect::<Vec<_>>(),
+        "every offset once, in order"
+    );
+    assert_eq!(
+        server.metric("chorus_slow_reader_disconnects_total{").await,
+        0.0
+    );
+
+    // Only the client that caught up holds a subscription.
+    let url = server.signed_url(
+        "GET",
+        "/apps/1/channels/chat-big",
+        &[("info", "subscription_count")],
+        b"",
+    );
+    let info: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    assert_eq!(info["subscription_count"], 1, "{info}");
+    drop(client);
+    drop(leaver);
+}

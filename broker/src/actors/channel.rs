@@ -149,7 +149,8 @@ impl Subscribers {
     /// Confirms a subscription and, on a cache channel, replays the cached event or says there
     /// is none.
     /// On a history channel the confirmation also carries the channel's epoch and offset (and
-    /// whether the subscriber's `since` was recovered), followed by the events it missed.
+    /// whether the subscriber's `since` was recovered), followed by the events it missed. A
+    /// subscriber that caught up in parts was confirmed before its first part.
     pub fn confirm(
         &self,
         channel: &str,
@@ -158,18 +159,18 @@ impl Subscribers {
         cached: Option<Option<Frame>>,
         recovery: Option<Recovery>,
     ) {
-        let mut data = data.clone();
-        let replay = match recovery {
-            Some(r) => {
-                if let Some(object) = data.as_object_mut() {
-                    object.extend(r.fields);
-                }
-                r.replay
+        let recovery = recovery.unwrap_or_else(|| Recovery {
+            fields: Some(serde_json::Map::new()),
+            ..Recovery::default()
+        });
+        if let Some(fields) = recovery.fields {
+            let mut data = data.clone();
+            if let Some(object) = data.as_object_mut() {
+                object.extend(fields);
             }
-            None => Vec::new(),
-        };
-        self.send_protocol(s, frame::subscription_succeeded(channel, &data));
-        for missed in &replay {
+            self.send_protocol(s, frame::subscription_succeeded(channel, &data));
+        }
+        for missed in &recovery.replay {
             if s.outbox.push_event(missed).is_err() {
                 s.outbox.abort(
                     crate::protocol::code::OVER_CAPACITY,
@@ -188,11 +189,14 @@ impl Subscribers {
 }
 
 /// What a history channel's new subscriber gets with its confirmation: fields for the
-/// `subscription_succeeded` data (`epoch`, `offset`, `recovered`) and the events it missed.
+/// `subscription_succeeded` data (`epoch`, `offset`, `recovered`; `None` when it was already
+/// confirmed) and the events it missed.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
     pub replay: Vec<Frame>,
+    /// The replay is only the first part: the events after this offset are still to be sent.
+    pub more_after: Option<u64>,
 }
 
 /// Adds a subscriber. For cache channels `cached` is `Some(last event or None)`.

@@ -11,12 +11,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, StreamHandler};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, StreamHandler,
+    WrapFuture,
+};
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::actors::channel::Subscriber;
+use crate::actors::channel::{Recovery, Subscriber};
 use crate::actors::presence::Member;
 use crate::apps::App;
 use crate::outbox::Outbox;
@@ -152,6 +155,9 @@ pub struct Connection {
     outbox: Outbox,
     timeouts: Timeouts,
     subscriptions: HashMap<String, Subscription>,
+    /// History channels whose missed events are being sent in parts before the connection joins
+    /// them live: channel -> (epoch, offset of the last event sent).
+    catching_up: HashMap<String, (String, u64)>,
     /// The user id after `pusher:signin`.
     user: Option<String>,
     last_heard: Instant,
@@ -198,6 +204,7 @@ impl Connection {
             outbox,
             timeouts,
             subscriptions: HashMap::new(),
+            catching_up: HashMap::new(),
             user: None,
             last_heard: now,
             ping_sent: None,
@@ -331,39 +338,144 @@ impl Connection {
                 user_id: member.as_ref().map(|m| m.user_id.clone()),
             },
         );
-        let subscriber = Subscriber {
-            socket_id: self.id,
-            outbox: self.outbox.clone(),
-            connection: ctx.address(),
-        };
         // On a history channel, reading what the subscriber missed and joining the channel
         // happen under the channel order lock: no event is stored in between.
         let app = self.app.clone();
-        let _in_order = app.history.keeps(&name).then(|| app.history.order.lock());
-        let recovery = if app.history.keeps(&name) {
+        let in_order = app.history.keeps(&name).then(|| app.history.order.lock());
+        let mut recovery = None;
+        if in_order.is_some() {
             let budget = self.outbox.limit() / 2;
             match app.history.recovery(&app.id, &name, since, budget) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(error = %e, "reading history failed");
-                    self.subscriptions.remove(&name);
-                    let error = "history could not be read";
-                    return self.send(frame::subscription_error(
-                        &name,
-                        "HistoryUnavailable",
-                        error,
-                        503,
-                    ));
-                }
+                Ok(r) => recovery = Some(r),
+                Err(e) => return self.history_failed(&name, &e),
             }
-        } else {
-            None
+        }
+        if let Some(r) = recovery.as_mut().filter(|r| r.more_after.is_some()) {
+            if kind.is_presence() {
+                // A presence channel's confirmation comes from its actor: no replay in parts.
+                r.replay.clear();
+                r.more_after = None;
+                if let Some(fields) = r.fields.as_mut() {
+                    fields.insert("recovered".into(), false.into());
+                }
+            } else {
+                drop(in_order);
+                let r = recovery.take().expect("checked above");
+                return self.start_catch_up(name, r, ctx);
+            }
+        }
+        app.channels
+            .subscribe(&name, self.subscriber(ctx), member, recovery);
+    }
+
+    fn subscriber(&self, ctx: &mut Context<Self>) -> Subscriber {
+        Subscriber {
+            socket_id: self.id,
+            outbox: self.outbox.clone(),
+            connection: ctx.address(),
+        }
+    }
+
+    fn history_failed(&mut self, channel: &str, e: &chorus_storage::StorageError) {
+        tracing::error!(error = %e, "reading history failed");
+        self.subscriptions.remove(channel);
+        self.catching_up.remove(channel);
+        let error = "history could not be read";
+        self.send(frame::subscription_error(
+            channel,
+            "HistoryUnavailable",
+            error,
+            503,
+        ));
+    }
+
+    /// More was missed than half the outbound bound: confirm now, send the first part, and the
+    /// rest part by part as the connection drains; join live once caught up.
+    fn start_catch_up(&mut self, channel: String, r: Recovery, ctx: &mut Context<Self>) {
+        let fields = r.fields.unwrap_or_default();
+        let epoch = fields["epoch"].as_str().unwrap_or_default().to_owned();
+        self.send(frame::subscription_succeeded(
+            &channel,
+            &serde_json::Value::Object(fields),
+        ));
+        let after = r.more_after.expect("a catch-up has more to send");
+        self.catching_up.insert(channel.clone(), (epoch, after));
+        self.send_part(channel, &r.replay, ctx);
+    }
+
+    /// Pushes one part of a catch-up and waits for the outbox to drain before the next.
+    fn send_part(&mut self, channel: String, frames: &[Frame], ctx: &mut Context<Self>) {
+        for f in frames {
+            if self.outbox.push_event(f).is_err() {
+                return ctx.notify(Disconnect::slow_reader());
+            }
+        }
+        let outbox = self.outbox.clone();
+        ctx.spawn(
+            async move { outbox.drained().await }
+                .into_actor(self)
+                .map(move |(), act, ctx| act.catch_up(channel, ctx)),
+        );
+    }
+
+    /// The next part of a catch-up; the last one is read under the order lock and joins live.
+    fn catch_up(&mut self, channel: String, ctx: &mut Context<Self>) {
+        let Some((epoch, after)) = self.catching_up.get(&channel).cloned() else {
+            return; // unsubscribed meanwhile
         };
-        app.channels.subscribe(&name, subscriber, member, recovery);
+        if self.outbox.is_closed() {
+            return;
+        }
+        let app = self.app.clone();
+        let budget = self.outbox.limit() / 2;
+        let mut in_order = None;
+        loop {
+            let missed = match app
+                .history
+                .catch_up(&app.id, &channel, &epoch, after, budget)
+            {
+                Ok(missed) => missed,
+                Err(e) => return self.history_failed(&channel, &e),
+            };
+            let recovery = match missed {
+                Some(m) if m.more => {
+                    drop(in_order);
+                    self.catching_up.insert(channel.clone(), (epoch, m.last));
+                    return self.send_part(channel, &m.frames, ctx);
+                }
+                // Near the end: read again under the lock, so nothing lands between the read
+                // and joining live.
+                Some(_) if in_order.is_none() => {
+                    in_order = Some(app.history.order.lock());
+                    continue;
+                }
+                Some(m) => Recovery {
+                    fields: None,
+                    replay: m.frames,
+                    more_after: None,
+                },
+                // History was lost meanwhile: confirm again, unrecovered.
+                None => match app.history.recovery(&app.id, &channel, None, 0) {
+                    Ok(mut r) => {
+                        if let Some(fields) = r.fields.as_mut() {
+                            fields.insert("recovered".into(), false.into());
+                        }
+                        r
+                    }
+                    Err(e) => return self.history_failed(&channel, &e),
+                },
+            };
+            self.catching_up.remove(&channel);
+            let subscriber = self.subscriber(ctx);
+            app.channels
+                .subscribe(&channel, subscriber, None, Some(recovery));
+            return;
+        }
     }
 
     fn unsubscribe(&mut self, channel: &str) {
-        if self.subscriptions.remove(channel).is_some() {
+        let caught_up = self.catching_up.remove(channel).is_none();
+        if self.subscriptions.remove(channel).is_some() && caught_up {
             self.app.channels.unsubscribe(channel, self.id);
         }
     }
@@ -546,7 +658,9 @@ impl Actor for Connection {
             self.app.metrics.sse_connections.dec();
         }
         for channel in self.subscriptions.keys() {
-            self.app.channels.unsubscribe(channel, self.id);
+            if !self.catching_up.contains_key(channel) {
+                self.app.channels.unsubscribe(channel, self.id);
+            }
         }
         self.app.connection_closed(self.id, self.user.as_deref());
         let (reason, code) = self.closing.unwrap_or(("client_closed", 0));
