@@ -132,20 +132,34 @@ pub fn charts(r: &Report) -> Result<Vec<String>> {
         )?);
     }
     if !r.latency_distribution.is_empty() {
-        // x: "nines" of the percentile (0 = p0, 1 = p90, 2 = p99, ...), so the tail is readable.
-        let pts: Vec<(f64, f64)> = r
-            .latency_distribution
-            .iter()
-            .map(|&(p, ms)| ((-(1.0 - p / 100.0).max(1e-6).log10()), ms))
-            .collect();
         out.push(line_chart(
             "Latency by percentile (x: 1 = p90, 2 = p99, 3 = p99.9, ...)",
             "nines",
             "milliseconds",
-            &[("latency".into(), BLUE, pts)],
+            &[("latency".into(), BLUE, nines(&r.latency_distribution))],
+        )?);
+    }
+    if let Some(h) = r
+        .history
+        .as_ref()
+        .filter(|h| !h.recover_distribution.is_empty())
+    {
+        out.push(line_chart(
+            "Time to recover by percentile (x: 1 = p90, 2 = p99, ...)",
+            "nines",
+            "milliseconds",
+            &[("recovery".into(), MAGENTA, nines(&h.recover_distribution))],
         )?);
     }
     Ok(out)
+}
+
+/// x: "nines" of the percentile (0 = p0, 1 = p90, 2 = p99, ...), so the tail is readable.
+fn nines(distribution: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    distribution
+        .iter()
+        .map(|&(p, ms)| ((-(1.0 - p / 100.0).max(1e-6).log10()), ms))
+        .collect()
 }
 
 fn escape(s: &str) -> String {
@@ -206,6 +220,21 @@ mod tests {
         let html = render(&r).unwrap();
         assert_eq!(html.matches("<svg").count(), 5);
         assert!(html.contains("deliveries/s"));
+        // A history run adds the time to recover, and its figures in the summary.
+        let r = Report {
+            scenario: "history".into(),
+            history: Some(crate::report::HistoryStats {
+                reconnects: 7,
+                recovered_true: 7,
+                recover_distribution: vec![(0.0, 1.0), (50.0, 5.0), (100.0, 9.0)],
+                ..Default::default()
+            }),
+            ..r
+        };
+        let html = render(&r).unwrap();
+        assert_eq!(html.matches("<svg").count(), 6);
+        assert!(html.contains("Time to recover"));
+        assert!(html.contains("7 reconnects"));
     }
 
     #[test]

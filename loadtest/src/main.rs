@@ -8,11 +8,13 @@ mod error;
 mod fleet;
 mod html;
 mod limits;
+mod offsets;
 mod payload;
 mod proc_stats;
 mod publisher;
 mod pusher;
 mod ramp;
+mod recovering;
 mod report;
 mod sampler;
 mod scenario;
@@ -26,7 +28,7 @@ use clap::{Parser, Subcommand};
 use crate::common::CommonArgs;
 use crate::error::Result;
 use crate::report::Report;
-use crate::scenario::{compare, connections, fanout, latency, presence};
+use crate::scenario::{compare, connections, fanout, history, latency, presence};
 
 #[derive(Debug, Parser)]
 #[command(name = "chorus-loadtest", version, about)]
@@ -48,6 +50,8 @@ enum Command {
     Connections(connections::ConnectionsArgs),
     /// Members joining and leaving presence channels; checks member_added / member_removed.
     Presence(presence::PresenceArgs),
+    /// Publishes to history channels while subscribers go through disconnect storms and resubscribe with `since`; checks every offset arrives exactly once, in order.
+    History(history::HistoryArgs),
     /// Run a scenario against two targets in turn (A B A B) and compare the medians.
     Compare(compare::CompareArgs),
     /// Internal: one worker process of `connections`.
@@ -62,6 +66,7 @@ impl Command {
             Command::Latency(a) => Some(&a.common),
             Command::Connections(a) => Some(&a.common),
             Command::Presence(a) => Some(&a.common),
+            Command::History(a) => Some(&a.common),
             Command::Compare(_) | Command::ConnectionsWorker(_) => None,
         }
     }
@@ -73,6 +78,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Latency(a) => latency::run(a).await?,
         Command::Connections(a) => connections::run(a).await?,
         Command::Presence(a) => presence::run(a).await?,
+        Command::History(a) => history::run(a).await?,
         Command::Compare(a) => return compare::run(a).await,
         Command::ConnectionsWorker(a) => return connections::run_worker(a).await,
     };

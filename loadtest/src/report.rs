@@ -104,6 +104,55 @@ pub struct PresenceStats {
     pub member_added_ms: LatencySummary,
 }
 
+/// The `history` scenario's own figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryStats {
+    pub subscribers: u64,
+    pub storms: u64,
+    /// Reconnections (storms and unexpected drops), each a resubscription with `since`.
+    pub reconnects: u64,
+    /// Reconnections that did not succeed within the setup timeout.
+    pub reconnect_failures: u64,
+    /// Connections the server closed without being asked to.
+    pub unexpected_disconnects: u64,
+    pub recovered_true: u64,
+    pub recovered_false: u64,
+    /// Resubscriptions whose confirmation said nothing about recovery.
+    pub recovered_unknown: u64,
+    /// Times a subscriber's offsets jumped (missed events, or a refused recovery).
+    pub gaps: u64,
+    /// Events received from another epoch than the subscriber's.
+    pub other_epoch: u64,
+    /// Events of the history channels without an offset.
+    pub without_offset: u64,
+    /// Events received while catching up after a resubscription.
+    pub replayed: u64,
+    /// Events the channels stored during the run (their last offset minus their first).
+    pub stored: u64,
+    /// From starting to reconnect to having every event published before the resubscription.
+    pub recover_ms: LatencySummary,
+    /// `(percentile, milliseconds)` points of the time to recover, for plotting.
+    pub recover_distribution: Vec<(f64, f64)>,
+    /// Each channel's last offset at the end.
+    pub last_offsets: Vec<u64>,
+}
+
+impl HistoryStats {
+    /// Adds one subscriber's counters (its reconnects, recoveries, replayed and offset-less events).
+    pub fn add_counts(&mut self, other: &HistoryStats) {
+        self.reconnects += other.reconnects;
+        self.reconnect_failures += other.reconnect_failures;
+        self.unexpected_disconnects += other.unexpected_disconnects;
+        self.recovered_true += other.recovered_true;
+        self.recovered_false += other.recovered_false;
+        self.recovered_unknown += other.recovered_unknown;
+        self.gaps += other.gaps;
+        self.other_epoch += other.other_epoch;
+        self.without_offset += other.without_offset;
+        self.replayed += other.replayed;
+    }
+}
+
 /// Every figure of a run. Fields that a scenario does not measure stay at zero / null.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -141,6 +190,9 @@ pub struct Report {
     pub last_error: Option<String>,
     pub connect: Option<ConnectStats>,
     pub presence: Option<PresenceStats>,
+    pub history: Option<HistoryStats>,
+    /// Why the scenario did not run (the server lacks what it measures); the figures are empty.
+    pub skipped: Option<String>,
     pub latency_distribution: Vec<(f64, f64)>,
     pub timeline: Vec<Sample>,
 }
@@ -167,6 +219,10 @@ impl Report {
             self.scenario,
             self.targets.join(", ")
         );
+        if let Some(reason) = &self.skipped {
+            let _ = writeln!(s, "skipped: {reason}");
+            return s;
+        }
         let _ = writeln!(
             s,
             "window        {:.2} s, {} connections, {} channels, payload {} B",
@@ -232,6 +288,21 @@ impl Report {
                 s,
                 "presence ms   join p50 {:.2} p99 {:.2}; member_added p50 {:.2} p99 {:.2}",
                 p.join_ms.p50, p.join_ms.p99, p.member_added_ms.p50, p.member_added_ms.p99
+            );
+        }
+        if let Some(h) = &self.history {
+            let _ = writeln!(
+                s,
+                "history       {} subscribers, {} storms, {} reconnects ({} failed, {} unexpected drops); recovered true {} false {} unknown {}; {} gaps, {} replayed, {} from another epoch, {} without offset; {} stored for {} acknowledged",
+                h.subscribers, h.storms, h.reconnects, h.reconnect_failures, h.unexpected_disconnects,
+                h.recovered_true, h.recovered_false, h.recovered_unknown, h.gaps, h.replayed,
+                h.other_epoch, h.without_offset, h.stored, self.published
+            );
+            let r = &h.recover_ms;
+            let _ = writeln!(
+                s,
+                "recover ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  (n {})",
+                r.p50, r.p90, r.p99, r.max, r.count
             );
         }
         match (self.server_cpu_percent, self.server_cpu_us_per_delivery) {
@@ -349,5 +420,21 @@ mod tests {
         assert_eq!(back.delivered, 10);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(r.human().contains("lost 2"));
+    }
+
+    #[test]
+    fn a_skipped_run_says_why_and_nothing_else() {
+        let r = Report {
+            scenario: "history".into(),
+            targets: vec!["http://127.0.0.1:1".into()],
+            skipped: Some("server does not send offsets".into()),
+            ..Report::default()
+        };
+        let human = r.human();
+        assert!(human.contains("skipped: server does not send offsets"));
+        assert!(!human.contains("delivered"));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["skipped"], "server does not send offsets");
+        assert!(v["history"].is_null());
     }
 }

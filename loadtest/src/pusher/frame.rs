@@ -19,6 +19,25 @@ pub struct Frame {
     pub channel: Option<String>,
     #[serde(default)]
     pub data: Option<Value>,
+    /// The event's offset in its channel's history (Chorus history channels only).
+    #[serde(default)]
+    pub offset: Option<u64>,
+    /// The epoch of that history (Chorus history channels only).
+    #[serde(default)]
+    pub epoch: Option<String>,
+}
+
+/// What a `pusher_internal:subscription_succeeded` of a history channel says about its position
+/// and, after a `since`, about the recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// `None` for a history channel never written (or a server without history).
+    pub epoch: Option<String>,
+    /// The channel's last offset when the subscription took effect.
+    pub offset: Option<u64>,
+    /// `Some(true)`: every event after the `since` offset follows; `None` when no `since` was given
+    /// (or the server does not know the extension).
+    pub recovered: Option<bool>,
 }
 
 impl Frame {
@@ -80,6 +99,16 @@ impl Frame {
         }
     }
 
+    /// The history position a `subscription_succeeded` frame carries.
+    pub fn position(&self) -> Position {
+        let data = self.data_json();
+        Position {
+            epoch: data.get("epoch").and_then(Value::as_str).map(str::to_owned),
+            offset: data.get("offset").and_then(Value::as_u64),
+            recovered: data.get("recovered").and_then(Value::as_bool),
+        }
+    }
+
     /// The member count of a presence `subscription_succeeded` frame.
     pub fn presence_count(&self) -> Option<u64> {
         self.data_json().get("presence")?.get("count")?.as_u64()
@@ -121,6 +150,16 @@ pub fn subscribe(channel: &str, auth: Option<&str>, channel_data: Option<&str>) 
         data["channel_data"] = json!(cd);
     }
     json!({ "event": "pusher:subscribe", "data": data }).to_string()
+}
+
+/// A `pusher:subscribe` to a public history channel with Chorus's `since` extension: replay every
+/// event after `offset` of `epoch`.
+pub fn subscribe_since(channel: &str, epoch: &str, offset: u64) -> String {
+    json!({
+        "event": "pusher:subscribe",
+        "data": { "channel": channel, "since": { "epoch": epoch, "offset": offset } },
+    })
+    .to_string()
 }
 
 pub fn unsubscribe(channel: &str) -> String {
@@ -182,6 +221,39 @@ mod tests {
             Frame::parse(r#"{"event":"pusher_internal:member_removed","data":{"user_id":42}}"#)
                 .unwrap();
         assert_eq!(numeric.member_user_id().as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn history_events_and_positions() {
+        let e = Frame::parse(
+            r#"{"event":"lt-bench","channel":"history-a","data":"x","offset":41,"epoch":"9f2c"}"#,
+        )
+        .unwrap();
+        assert_eq!((e.offset, e.epoch.as_deref()), (Some(41), Some("9f2c")));
+        let plain = Frame::parse(r#"{"event":"lt-bench","channel":"a","data":"x"}"#).unwrap();
+        assert_eq!((plain.offset, plain.epoch), (None, None));
+        let ok = Frame::parse(
+            r#"{"event":"pusher_internal:subscription_succeeded","channel":"history-a","data":"{\"epoch\":\"9f2c\",\"offset\":45,\"recovered\":true}"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.position(),
+            Position {
+                epoch: Some("9f2c".into()),
+                offset: Some(45),
+                recovered: Some(true)
+            }
+        );
+        let fresh = Frame::parse(
+            r#"{"event":"pusher_internal:subscription_succeeded","channel":"history-a","data":"{\"epoch\":null,\"offset\":0}"}"#,
+        )
+        .unwrap();
+        assert_eq!(fresh.position().epoch, None);
+        assert_eq!(fresh.position().recovered, None);
+        let since: Value = serde_json::from_str(&subscribe_since("history-a", "9f2c", 41)).unwrap();
+        assert_eq!(since["data"]["channel"], "history-a");
+        assert_eq!(since["data"]["since"]["epoch"], "9f2c");
+        assert_eq!(since["data"]["since"]["offset"], 41);
     }
 
     #[test]

@@ -73,6 +73,11 @@ const FIGURES: &[&str] = &[
     "harness_cpu_percent",
     "connect.connects_per_sec",
     "connect.setup_ms.p99",
+    "publish_rtt_ms.p99",
+    "history.recovered_false",
+    "history.gaps",
+    "history.recover_ms.p50",
+    "history.recover_ms.p99",
 ];
 
 #[derive(Debug, Serialize)]

@@ -442,6 +442,8 @@ pub async fn run(args: &ConnectionsArgs) -> Result<Report> {
             server_rss_kib_after: rss_after,
         }),
         presence: None,
+        history: None,
+        skipped: None,
         latency_distribution: latency_distribution(&latency),
         timeline,
     })

@@ -283,6 +283,8 @@ pub async fn run_with(common: &CommonArgs, p: &FanoutParams, scenario: &str) -> 
         last_error,
         connect: None,
         presence: None,
+        history: None,
+        skipped: None,
         latency_distribution: latency_distribution(&latency),
         timeline,
     })

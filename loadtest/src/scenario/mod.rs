@@ -3,6 +3,7 @@
 pub mod compare;
 pub mod connections;
 pub mod fanout;
+pub mod history;
 pub mod latency;
 pub mod presence;
 

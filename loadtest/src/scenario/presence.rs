@@ -335,6 +335,8 @@ pub async fn run(args: &PresenceArgs) -> Result<Report> {
         last_error,
         connect: None,
         presence: Some(stats),
+        history: None,
+        skipped: None,
         latency_distribution: crate::report::latency_distribution(&added_us),
         timeline,
     })

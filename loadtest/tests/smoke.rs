@@ -1,0 +1,499 @@
+//! Smoke tests of every scenario of `chorus-loadtest` against a real `chorus` process: each test
+//! starts its own node on free loopback ports with a temporary data directory and a history rule
+//! for `history-*`, runs one scenario for a couple of seconds with small counts and `--json`, and
+//! checks the counting: everything expected was delivered, nothing lost or duplicated, and the
+//! figures are present and sane. They check correctness of the harness, not speed.
+//!
+//! The server binary is `$CHORUS_BIN`, else `<workspace>/target/debug/chorus` (`.ci/run` builds the
+//! workspace before testing; otherwise `cargo build -p chorus-broker` first).
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const CONFIG: &str = r#"
+[[apps]]
+id = "1"
+key = "chorus-dev-key"
+secret = "chorus-dev-secret"
+[[apps.history]]
+channels = "history-*"
+max_events = 100000
+max_age_secs = 86400
+"#;
+
+/// A `chorus` node started for one test; killed (by its PID) and its directory removed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn chorus_bin() -> PathBuf {
+    let bin = std::env::var_os("CHORUS_BIN").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("the loadtest crate lives in the workspace")
+                .join("target/debug/chorus")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        bin.is_file(),
+        "the chorus binary is not at {}: build it first (`cargo build -p chorus-broker`) or set CHORUS_BIN",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// `GET /readyz` answered 200.
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+}
+
+impl Server {
+    fn start(name: &str) -> Server {
+        let bin = chorus_bin();
+        let dir = std::env::temp_dir().join(format!(
+            "chorus-loadtest-smoke-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("chorus.toml"), CONFIG).expect("config");
+        let log = File::create(dir.join("chorus.log")).expect("log file");
+        let (port, metrics_port) = (free_port(), free_port());
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(dir.join("chorus.toml"))
+            .env("CHORUS_HOST", "127.0.0.1")
+            .env("CHORUS_PORT", port.to_string())
+            .env("CHORUS_METRICS_PORT", metrics_port.to_string())
+            .env("CHORUS_DATA_DIR", dir.join("data"))
+            .env("CHORUS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start chorus");
+        let mut server = Server { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready(port) {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("chorus exited with {status}: {}", server.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chorus not ready after 30 s: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("chorus.log")).unwrap_or_default()
+    }
+
+    /// Runs `chorus-loadtest SUBCOMMAND --json FILE ARGS` (killed after 60 s) and returns the JSON
+    /// it wrote.
+    fn run(&self, name: &str, args: &[&str]) -> Value {
+        let json = self.dir.join(format!("{name}.json"));
+        let out = self.dir.join(format!("{name}.out"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chorus-loadtest"))
+            .arg(args[0])
+            .arg("--json")
+            .arg(&json)
+            .args(&args[1..])
+            .stdout(File::create(&out).expect("output file"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chorus-loadtest");
+        let stderr = child.stderr.take().expect("piped");
+        let stderr =
+            std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("chorus-loadtest {args:?} took over 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        assert!(
+            status.success(),
+            "chorus-loadtest {args:?} failed ({status}):\n{stdout}\n{stderr}\nserver log:\n{}",
+            self.log()
+        );
+        let text = std::fs::read_to_string(&json)
+            .unwrap_or_else(|e| panic!("no JSON from {args:?} ({e}):\n{stdout}\n{stderr}"));
+        eprintln!("{stdout}");
+        serde_json::from_str(&text).expect("valid JSON report")
+    }
+}
+
+fn u(v: &Value, path: &str) -> u64 {
+    path.split('.')
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{path} is not a count in {v}"))
+}
+
+fn f(v: &Value, path: &str) -> f64 {
+    path.split('.')
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} is not a number in {v}"))
+}
+
+/// Everything expected delivered exactly once, in order, and the rates and latencies sane.
+fn assert_exact(r: &Value) {
+    let expected = u(r, "expected");
+    assert!(expected > 0, "nothing was expected: {r}");
+    assert_eq!(u(r, "delivered"), expected, "delivered != expected: {r}");
+    assert_eq!(u(r, "lost"), 0, "lost: {r}");
+    assert_eq!(u(r, "duplicates"), 0, "duplicates: {r}");
+    assert_eq!(u(r, "out_of_order"), 0, "out of order: {r}");
+    assert!(f(r, "window_secs") > 0.0);
+    assert!(f(r, "harness_cpu_percent") >= 0.0);
+    assert!(r["timeline"].is_array());
+}
+
+fn assert_latency_sane(l: &Value) {
+    assert!(u(l, "count") > 0, "no latencies: {l}");
+    let (p50, p99, max) = (f(l, "p50"), f(l, "p99"), f(l, "max"));
+    assert!(
+        0.0 < p50 && p50 <= p99 && p99 <= max && max < 60_000.0,
+        "latencies out of order: {l}"
+    );
+}
+
+fn assert_server_sampled(r: &Value) {
+    assert!(f(r, "server_cpu_percent") >= 0.0, "server CPU: {r}");
+    assert!(u(r, "server_rss_kib") > 0, "server RSS: {r}");
+}
+
+#[test]
+fn fanout_counts_every_delivery() {
+    let s = Server::start("fanout");
+    let (url, pid) = (s.url(), s.pid());
+    let r = s.run(
+        "fanout",
+        &[
+            "fanout",
+            "--target",
+            &url,
+            "--server-pid",
+            &pid,
+            "--no-progress",
+            "--subscribers",
+            "20",
+            "--channels",
+            "2",
+            "--window",
+            "2",
+            "--batch",
+            "5",
+            "--duration-secs",
+            "2",
+        ],
+    );
+    assert_exact(&r);
+    assert!(f(&r, "deliveries_per_sec") > 0.0);
+    assert_eq!(r["scenario"], "fanout");
+    assert_eq!(u(&r, "connections"), 20);
+    // Every accepted event reaches the 10 subscribers of its channel.
+    assert_eq!(u(&r, "expected"), u(&r, "published") * 10);
+    assert_eq!(u(&r, "publish_refused"), 0);
+    assert!(f(&r, "publishes_per_sec") > 0.0);
+    assert_latency_sane(&r["latency_ms"]);
+    assert_latency_sane(&r["publish_rtt_ms"]);
+    assert_server_sampled(&r);
+    assert!(f(&r, "server_cpu_us_per_delivery") > 0.0);
+    assert_eq!(r["errors"], serde_json::json!({}));
+}
+
+#[test]
+fn latency_at_a_fixed_rate() {
+    let s = Server::start("latency");
+    let url = s.url();
+    let r = s.run(
+        "latency",
+        &[
+            "latency",
+            "--target",
+            &url,
+            "--no-progress",
+            "--subscribers",
+            "5",
+            "--channels",
+            "5",
+            "--rate",
+            "100",
+            "--duration-secs",
+            "2",
+        ],
+    );
+    assert_exact(&r);
+    // 100 events/s for 2 s, one subscriber per channel.
+    let published = u(&r, "published");
+    assert!((150..=210).contains(&published), "published {published}");
+    assert_eq!(u(&r, "expected"), published);
+    assert_latency_sane(&r["latency_ms"]);
+    assert_eq!(u(&r, "latency_ms.count"), u(&r, "delivered"));
+    assert!(r["latency_distribution"]
+        .as_array()
+        .is_some_and(|d| !d.is_empty()));
+}
+
+#[test]
+fn connections_through_worker_processes() {
+    let s = Server::start("connections");
+    let (url, pid) = (s.url(), s.pid());
+    let r = s.run(
+        "connections",
+        &[
+            "connections",
+            "--target",
+            &url,
+            "--server-pid",
+            &pid,
+            "--no-progress",
+            "--connections",
+            "200",
+            "--per-process",
+            "100",
+            "--rate",
+            "1000",
+            "--channels",
+            "10",
+            "--settle-secs",
+            "1",
+            "--duration-secs",
+            "1",
+        ],
+    );
+    assert_exact(&r);
+    // After the hold, one event per channel reaches every connection.
+    assert_eq!(u(&r, "expected"), 200);
+    let c = &r["connect"];
+    assert_eq!(u(c, "requested"), 200);
+    assert_eq!(u(c, "established"), 200);
+    assert_eq!(u(c, "failed"), 0);
+    assert_eq!(u(c, "dropped_while_idle"), 0);
+    assert_eq!(u(c, "worker_processes"), 2);
+    assert!(f(c, "connects_per_sec") > 0.0);
+    assert_latency_sane(&c["setup_ms"]);
+    assert_server_sampled(&r);
+}
+
+#[test]
+fn presence_joins_and_leaves_are_all_seen() {
+    let s = Server::start("presence");
+    let url = s.url();
+    let r = s.run(
+        "presence",
+        &[
+            "presence",
+            "--target",
+            &url,
+            "--no-progress",
+            "--channels",
+            "2",
+            "--observers",
+            "2",
+            "--members",
+            "6",
+            "--rate",
+            "20",
+            "--hold-ms",
+            "200",
+            "--duration-secs",
+            "2",
+        ],
+    );
+    assert_exact(&r);
+    let p = &r["presence"];
+    let joins = u(p, "joins");
+    assert!(joins >= 20, "joins {joins}");
+    assert_eq!(u(p, "join_failures"), 0);
+    assert_eq!(u(p, "leaves"), joins);
+    assert_eq!(u(p, "member_added_expected"), joins * 2);
+    assert_eq!(u(p, "member_added_seen"), joins * 2);
+    assert_eq!(u(p, "member_removed_seen"), u(p, "member_removed_expected"));
+    assert_eq!(u(p, "unexpected_events"), 0);
+    assert_eq!(u(p, "short_member_counts"), 0);
+    assert_eq!(u(p, "members_left_over"), 0);
+    assert_latency_sane(&p["member_added_ms"]);
+}
+
+#[test]
+fn history_recovers_every_offset_through_storms() {
+    let s = Server::start("history");
+    let (url, pid) = (s.url(), s.pid());
+    let r = s.run(
+        "history",
+        &[
+            "history",
+            "--target",
+            &url,
+            "--server-pid",
+            &pid,
+            "--no-progress",
+            "--channels",
+            "2",
+            "--subscribers",
+            "6",
+            "--rate",
+            "100",
+            "--duration-secs",
+            "3",
+            "--storm-every-ms",
+            "700",
+            "--storm-fraction",
+            "0.5",
+            "--offline-ms",
+            "150",
+        ],
+    );
+    assert!(r["skipped"].is_null(), "skipped: {r}");
+    assert_exact(&r);
+    let h = &r["history"];
+    assert_eq!(u(h, "subscribers"), 6);
+    assert!(u(h, "storms") >= 3, "storms: {h}");
+    let reconnects = u(h, "reconnects");
+    assert!(reconnects > 0, "no storm hit anyone: {h}");
+    assert_eq!(u(h, "recovered_true"), reconnects);
+    assert_eq!(u(h, "recovered_false"), 0);
+    assert_eq!(u(h, "recovered_unknown"), 0);
+    assert_eq!(u(h, "reconnect_failures"), 0);
+    assert_eq!(u(h, "gaps"), 0);
+    assert_eq!(u(h, "other_epoch"), 0);
+    assert_eq!(u(h, "without_offset"), 0);
+    // Every acknowledged publish was stored, and each subscriber expects all of them.
+    let published = u(&r, "published");
+    assert!(published > 200, "published {published}");
+    assert_eq!(u(h, "stored"), published);
+    assert_eq!(u(&r, "expected"), published * 3);
+    assert_latency_sane(&h["recover_ms"]);
+    assert_latency_sane(&r["publish_rtt_ms"]);
+    assert_latency_sane(&r["latency_ms"]);
+    assert!(f(&r, "publishes_per_sec") > 50.0);
+    assert_server_sampled(&r);
+
+    // Channels without a history rule carry no offsets: the scenario says so and exits 0.
+    let r = s.run(
+        "history-skipped",
+        &[
+            "history",
+            "--target",
+            &url,
+            "--no-progress",
+            "--history-prefix",
+            "plain-",
+            "--duration-secs",
+            "1",
+        ],
+    );
+    let skipped = r["skipped"].as_str().expect("a skipped run says why");
+    assert!(
+        skipped.starts_with("server does not send offsets"),
+        "{skipped}"
+    );
+    assert_eq!(u(&r, "delivered"), 0);
+}
+
+#[test]
+fn compare_a_server_with_itself() {
+    let s = Server::start("compare");
+    let url = s.url();
+    let r = s.run(
+        "compare",
+        &[
+            "compare",
+            "--a",
+            &url,
+            "--b",
+            &url,
+            "--a-name",
+            "one",
+            "--b-name",
+            "two",
+            "--rounds",
+            "1",
+            "--pause-secs",
+            "0",
+            "--",
+            "fanout",
+            "--subscribers",
+            "5",
+            "--duration-secs",
+            "1",
+        ],
+    );
+    assert_eq!(r["a"]["name"], "one");
+    assert_eq!(r["b"]["name"], "two");
+    for side in ["a", "b"] {
+        let runs = r[side]["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 1);
+        assert_exact(&runs[0]);
+    }
+    let figures = r["figures"].as_array().expect("figures");
+    let rate = figures
+        .iter()
+        .find(|x| x["figure"] == "deliveries_per_sec")
+        .expect("deliveries_per_sec compared");
+    assert!(f(rate, "a_median") > 0.0 && f(rate, "b_median") > 0.0);
+    assert!(f(rate, "ratio") > 0.0);
+    let lost = figures
+        .iter()
+        .find(|x| x["figure"] == "lost")
+        .expect("lost compared");
+    assert_eq!(f(lost, "a_median"), 0.0);
+    assert_eq!(f(lost, "b_median"), 0.0);
+}
