@@ -81,11 +81,15 @@ export function toToml(top, apps) {
   for (const [k, v] of Object.entries(top)) lines.push(`${k} = ${tomlValue(v)}`);
   for (const app of apps) {
     lines.push('', '[[apps]]');
-    const { limits, ...rest } = app;
+    const { limits, history, ...rest } = app;
     for (const [k, v] of Object.entries(rest)) lines.push(`${k} = ${tomlValue(v)}`);
     if (limits && Object.keys(limits).length) {
       lines.push('[apps.limits]');
       for (const [k, v] of Object.entries(limits)) lines.push(`${k} = ${tomlValue(v)}`);
+    }
+    for (const rule of history ?? []) {
+      lines.push('[[apps.history]]');
+      for (const [k, v] of Object.entries(rule)) lines.push(`${k} = ${tomlValue(v)}`);
     }
   }
   return lines.join('\n') + '\n';
@@ -587,7 +591,7 @@ export async function startChorus({
   const needsFile =
     apps.length > 1 ||
     Object.keys(config).length > 0 ||
-    apps.some((a) => a.limits || a.allowed_origins);
+    apps.some((a) => a.limits || a.allowed_origins || a.history);
   const args = [];
   let configPath = null;
   if (needsFile) {
@@ -609,9 +613,23 @@ export async function startChorus({
   };
   delete childEnv.CHORUS_CONFIG;
   if (configPath && configVia === 'env') childEnv.CHORUS_CONFIG = configPath;
-  const proc = spawn(CHORUS_BIN, args, { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const server = new Chorus({ port, metricsPort, apps, tmpDir, configPath, args, childEnv });
+  try {
+    await server.launch(readyTimeout);
+  } catch (e) {
+    rmSync(tmpDir, { recursive: true, force: true });
+    throw e;
+  }
+  return server;
+}
+
+/** Starts the process of `server` and waits until it is ready. */
+Chorus.prototype.launch = async function launch(readyTimeout = 10000) {
+  const proc = spawn(CHORUS_BIN, this.args, { env: this.childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   LIVE.add(proc);
-  const server = new Chorus({ proc, port, metricsPort, apps, tmpDir, configPath });
+  const server = this;
+  server.proc = proc;
+  server.exitInfo = null;
   proc.stderr.on('data', (d) => {
     server.stderrText += d.toString();
     if (server.stderrText.length > 200_000) server.stderrText = server.stderrText.slice(-100_000);
@@ -631,7 +649,6 @@ export async function startChorus({
   const deadline = Date.now() + readyTimeout;
   for (;;) {
     if (server.exitInfo) {
-      rmSync(tmpDir, { recursive: true, force: true });
       throw new Error(
         `chorus exited early (${JSON.stringify(server.exitInfo)})\n--- stderr ---\n${server.stderrText.slice(-4000)}`,
       );
@@ -645,15 +662,27 @@ export async function startChorus({
     if (Date.now() > deadline) {
       proc.kill('SIGKILL');
       await server.exited;
-      rmSync(tmpDir, { recursive: true, force: true });
       throw new Error(
         `chorus not ready within ${readyTimeout} ms\n--- stderr ---\n${server.stderrText.slice(-4000)}`,
       );
     }
     await sleep(50);
   }
-  return server;
-}
+};
+
+/**
+ * Stops the process with `signal` (SIGKILL: no chance to flush or say goodbye; SIGTERM: the
+ * graceful shutdown) and starts it again on the same ports, data directory and configuration.
+ * Clients are left connected, to see how they reconnect.
+ */
+Chorus.prototype.restart = async function restart({ signal = 'SIGKILL', pauseMs = 0 } = {}) {
+  if (!this.exitInfo) {
+    this.proc.kill(signal);
+    await withTimeout(this.exited, 15000, `chorus to exit after ${signal}`);
+  }
+  if (pauseMs) await sleep(pauseMs);
+  await this.launch();
+};
 
 export const metric = Chorus.metric;
 

@@ -20,6 +20,14 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$lock_hash" ]]; then
   echo "$lock_hash" > "$stamp"
 fi
 
+# Debian's Chromium for the browser test (driven by playwright-core), unless CHROMIUM names one.
+if [[ -z "${CHROMIUM:-}" && ! -x /usr/bin/chromium ]]; then
+  sudo=""
+  [[ "$(id -u)" != 0 ]] && sudo="sudo"
+  $sudo apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+    || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends chromium >/dev/null; }
+fi
+
 # Python dependencies in .venv.
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
