@@ -50,9 +50,11 @@ impl App {
             allowed_origins: config.allowed_origins.clone(),
             limits: config.limits.clone(),
             channels: Registry::new(
+                &config.id,
                 app_metrics.clone(),
                 config.limits.max_presence_members,
                 max_outbound_bytes,
+                store.last_events().clone(),
             ),
             history: Histories::new(&config.history, store),
             metrics: app_metrics,

@@ -58,14 +58,21 @@ impl Node {
         })
     }
 
-    /// Trims every history channel to its app's retention.
+    /// Trims every history channel to its app's retention, and forgets cache channels' last
+    /// events once they are too old to replay.
     pub fn enforce_retention(&self) -> Result<u64, chorus_storage::StorageError> {
         let now_ms = crate::history::now_ms();
-        self.store
+        let expired = self
+            .store
+            .last_events()
+            .expire(crate::registry::CACHE_TTL, now_ms)?;
+        let trimmed = self
+            .store
             .history()
             .enforce_retention(now_ms, |app, channel| {
                 self.apps.by_id(app)?.history.retention(channel)
-            })
+            })?;
+        Ok(expired + trimmed)
     }
 
     pub fn timeouts(&self) -> Timeouts {

@@ -1,5 +1,5 @@
 //! An app's channels on this node: the map from channel name to its actor, and the cache of
-//! cache channels' last events.
+//! cache channels' last events (in memory, and in the node's store so a restart keeps them).
 //!
 //! Every change goes through one lock, and the messages to a channel's actor are sent while it is
 //! held, so the actor sees subscribes, unsubscribes and publishes in the order the lock gave
@@ -10,12 +10,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
+use chorus_storage::{LastEvent, LastEvents};
 use parking_lot::Mutex;
 
 use crate::actors::channel::{
     ChannelActor, InFlight, Publish, Recovery, Subscribe, Subscriber, Unsubscribe, PUBLISH_WEIGHT,
 };
 use crate::actors::presence::{Member, PresenceActor};
+use crate::history::now_ms;
 use crate::metrics::AppMetrics;
 use crate::protocol::channel::ChannelKind;
 use crate::protocol::frame::{Frame, SocketId};
@@ -65,9 +67,8 @@ impl Table {
             .map(|(frame, _)| frame.clone())
     }
 
-    fn remember(&mut self, channel: &str, frame: &Frame) {
-        self.cache
-            .insert(channel.to_owned(), (frame.clone(), Instant::now()));
+    fn remember(&mut self, channel: &str, frame: &Frame, at: Instant) {
+        self.cache.insert(channel.to_owned(), (frame.clone(), at));
         self.cache_writes += 1;
         if self.cache_writes.is_multiple_of(1024) {
             self.cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
@@ -77,10 +78,13 @@ impl Table {
 
 /// The channels of one app on this node.
 pub struct Registry {
+    app_id: String,
     table: Mutex<Table>,
     metrics: AppMetrics,
     max_presence_members: usize,
     max_outbound_bytes: usize,
+    /// Where cache channels' last events outlive the process.
+    last_events: LastEvents,
 }
 
 /// A channel as the HTTP API reports it.
@@ -93,16 +97,42 @@ pub struct ChannelSummary {
 
 impl Registry {
     pub fn new(
+        app_id: &str,
         metrics: AppMetrics,
         max_presence_members: usize,
         max_outbound_bytes: usize,
+        last_events: LastEvents,
     ) -> Registry {
         Registry {
+            app_id: app_id.to_owned(),
             table: Mutex::default(),
             metrics,
             max_presence_members,
             max_outbound_bytes,
+            last_events,
         }
+    }
+
+    /// A cache channel's last event: from memory, or from the store after a restart.
+    fn cached(&self, table: &mut Table, channel: &str) -> Option<Frame> {
+        if let Some(frame) = table.cached(channel) {
+            return Some(frame);
+        }
+        let stored = match self.last_events.get(&self.app_id, channel) {
+            Ok(stored) => stored?,
+            Err(e) => {
+                tracing::error!(error = %e, "reading a cache channel's last event failed");
+                return None;
+            }
+        };
+        let age = Duration::from_millis(now_ms().saturating_sub(stored.time_ms));
+        if age >= CACHE_TTL {
+            return None;
+        }
+        let frame = Frame::from_text(stored.frame);
+        let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        table.remember(channel, &frame, at);
+        Some(frame)
     }
 
     /// Adds a subscriber to a channel, starting the channel's actor if it is the first.
@@ -116,7 +146,7 @@ impl Registry {
     ) {
         let kind = ChannelKind::of(channel);
         let mut table = self.table.lock();
-        let cached = kind.cache.then(|| table.cached(channel));
+        let cached = kind.cache.then(|| self.cached(&mut table, channel));
         let entry = table.live.entry(channel.to_owned()).or_insert_with(|| {
             self.metrics.channels.inc();
             let in_flight = InFlight::new(self.max_outbound_bytes);
@@ -187,7 +217,14 @@ impl Registry {
             });
         }
         if ChannelKind::of(channel).cache {
-            table.remember(channel, &frame);
+            table.remember(channel, &frame, Instant::now());
+            let last = LastEvent {
+                time_ms: now_ms(),
+                frame: frame.text.to_string(),
+            };
+            if let Err(e) = self.last_events.put(&self.app_id, channel, &last) {
+                tracing::error!(error = %e, "storing a cache channel's last event failed");
+            }
         }
         Ok(())
     }

@@ -315,3 +315,25 @@ async fn a_catch_up_larger_than_the_outbound_bound_is_sent_in_parts_while_publis
     drop(client);
     drop(leaver);
 }
+
+#[tokio::test]
+async fn a_cache_channels_last_event_survives_kill_9() {
+    let mut server = Server::start("cache-kill9", "", "").await;
+    assert!(server.publish("cache-price", "1.00").await);
+    assert!(server.publish("cache-price", "1.25").await);
+    server.kill_hard();
+    server.restart().await;
+
+    let mut client = server.connect(None).await;
+    client.subscribe("cache-price").await;
+    let cached = client.next().await.unwrap();
+    assert_eq!(cached["event"], "e", "{cached}");
+    assert_eq!(cached["data"], "1.25");
+
+    // A cache channel never published to still answers cache_miss.
+    client
+        .send_json(json!({"event": "pusher:subscribe", "data": {"channel": "cache-empty"}}))
+        .await;
+    client.expect_channel_answer("cache-empty").await;
+    assert_eq!(client.next().await.unwrap()["event"], "pusher:cache_miss");
+}

@@ -80,7 +80,7 @@ fn push_str(key: &mut Vec<u8>, s: &str) {
     key.extend_from_slice(s.as_bytes());
 }
 
-fn prefix(app: &str, channel: &str) -> Vec<u8> {
+pub(crate) fn prefix(app: &str, channel: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(4 + app.len() + channel.len() + 9);
     push_str(&mut key, app);
     push_str(&mut key, channel);

@@ -1,16 +1,19 @@
 //! Everything a Chorus node keeps on disk, in one sled database in its data directory.
 //!
 //! Per-channel history ([`history`]): every event of a history channel, keyed so that a range
-//! scan is a replay, with an epoch that changes whenever the history is lost or reset. And the
+//! scan is a replay, with an epoch that changes whenever the history is lost or reset. The last
+//! event of each cache channel ([`last_events`]). And the
 //! cluster's Raft log, vote and snapshot ([`raft_store`]). The crate knows nothing of HTTP,
 //! actors, Raft or the protocol: it stores bytes, offsets and serialised records.
 
 pub mod history;
+pub mod last_events;
 pub mod raft_store;
 
 use std::path::Path;
 
 pub use history::{ChannelHistory, History, Replay, Retention, StoredEvent};
+pub use last_events::{LastEvent, LastEvents};
 pub use raft_store::{RaftMeta, RaftStore, StoredSnapshot};
 
 /// Why the store could not do what was asked.
@@ -31,6 +34,7 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 pub struct Store {
     db: sled::Db,
     history: History,
+    last_events: LastEvents,
     raft: RaftStore,
 }
 
@@ -42,20 +46,37 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let history = History::open(&db)?;
+        let last_events = LastEvents::open(&db)?;
         let raft = RaftStore::open(&db)?;
-        Ok(Store { db, history, raft })
+        Ok(Store {
+            db,
+            history,
+            last_events,
+            raft,
+        })
     }
 
     /// A database that lives in memory and disappears when dropped (for tests).
     pub fn temporary() -> Result<Store> {
         let db = sled::Config::new().temporary(true).open()?;
         let history = History::open(&db)?;
+        let last_events = LastEvents::open(&db)?;
         let raft = RaftStore::open(&db)?;
-        Ok(Store { db, history, raft })
+        Ok(Store {
+            db,
+            history,
+            last_events,
+            raft,
+        })
     }
 
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// The last event of each cache channel.
+    pub fn last_events(&self) -> &LastEvents {
+        &self.last_events
     }
 
     /// The Raft log, vote and snapshot of this node's cluster membership.

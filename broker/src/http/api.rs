@@ -265,8 +265,8 @@ fn validate_event(app: &App, body: EventBody, batch: bool) -> Result<Trigger, Ap
 /// Publishes a validated event; returns the requested info per channel. A channel whose
 /// subscribers are too far behind refuses the event (429); the other channels still get it.
 ///
-/// Events on history channels are stored; `stored` is set, and the caller must make them durable
-/// with [`flush`] before answering.
+/// Events on history channels, and the last event of cache channels, are stored; `stored` is set,
+/// and the caller must make them durable with [`flush`] before answering.
 async fn publish(app: &App, t: Trigger, stored: &mut bool) -> Result<Map<String, Value>, ApiError> {
     let mut refused = Vec::new();
     for c in &t.channels {
@@ -277,8 +277,9 @@ async fn publish(app: &App, t: Trigger, stored: &mut bool) -> Result<Map<String,
             continue;
         }
         let frame = frame::event(c, &t.name, &t.data);
-        if let Err(e) = router::publish(app, c, frame, t.except) {
-            refused.push(e.to_string());
+        match router::publish(app, c, frame, t.except) {
+            Ok(()) => *stored |= ChannelKind::of(c).cache,
+            Err(e) => refused.push(e.to_string()),
         }
     }
     if !refused.is_empty() {
@@ -305,7 +306,8 @@ fn storage_error(e: chorus_storage::StorageError) -> ApiError {
     )
 }
 
-/// Makes the stored events durable: a publish to a history channel is acknowledged only then.
+/// Makes the stored events durable: a publish to a history or cache channel is acknowledged only
+/// then.
 async fn flush(app: &App) -> Result<(), ApiError> {
     app.history.store.flush().await.map_err(storage_error)
 }

@@ -76,6 +76,11 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A frame encoded earlier (e.g. a cache channel's last event read back from the store).
+    pub fn from_text(text: String) -> Frame {
+        Frame::from_json(text)
+    }
+
     fn from_json(json: String) -> Frame {
         Frame {
             text: ByteString::from(json),
