@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use chorus_cluster::{ClusterSecret, ClusterSettings, NodeId, Peers};
 use clap::Args;
 use serde::Deserialize;
 
@@ -15,6 +16,15 @@ use serde::Deserialize;
 pub const DEV_APP_ID: &str = "1";
 pub const DEV_APP_KEY: &str = "chorus-dev-key";
 pub const DEV_APP_SECRET: &str = "chorus-dev-secret";
+
+/// The cluster secret of a node with no peers and no secret configured.
+pub const DEV_CLUSTER_SECRET: &str = "chorus-dev-cluster-secret";
+
+/// The cluster port when none is configured.
+pub const DEFAULT_CLUSTER_PORT: u16 = 6002;
+
+/// The shortest cluster secret accepted.
+const MIN_CLUSTER_SECRET_LEN: usize = 16;
 
 /// Why a configuration was refused. Every variant names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +73,16 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// actix-web worker threads; 0 means one per core.
     pub workers: usize,
+    /// This node's id in the cluster. Absent: the number after the last `-` of the hostname (a
+    /// StatefulSet pod's ordinal), else 1. Filled in by [`Config::load`].
+    pub node_id: Option<NodeId>,
+    /// The cluster port (Raft RPCs, `GET /cluster`). Absent: 6002 (see [`Config::cluster_port`]).
+    pub cluster_port: Option<u16>,
+    /// The cluster's nodes: `id@host:port` comma-separated (this node among them), or one DNS
+    /// name whose address records are the nodes. Empty: a one-node cluster.
+    pub peers: String,
+    /// The secret every request to the cluster port carries. Required when `peers` is given.
+    pub cluster_secret: Option<String>,
     pub apps: Vec<AppConfig>,
 }
 
@@ -80,6 +100,10 @@ impl Default for Config {
             max_outbound_bytes: 1024 * 1024,
             max_request_bytes: 256 * 1024,
             workers: 0,
+            node_id: None,
+            cluster_port: None,
+            peers: String::new(),
+            cluster_secret: None,
             apps: Vec::new(),
         }
     }
@@ -176,6 +200,18 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     #[arg(long, env = "CHORUS_WORKERS")]
     pub workers: Option<usize>,
+    /// This node's id in the cluster.
+    #[arg(long, env = "CHORUS_NODE_ID")]
+    pub node_id: Option<NodeId>,
+    /// The cluster port (default 6002).
+    #[arg(long, env = "CHORUS_CLUSTER_PORT")]
+    pub cluster_port: Option<u16>,
+    /// The cluster's nodes: `id@host:port,...` or a DNS name.
+    #[arg(long, env = "CHORUS_PEERS")]
+    pub peers: Option<String>,
+    /// The secret of the cluster port.
+    #[arg(long, env = "CHORUS_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
     /// Id of the default (first) app.
     #[arg(long, env = "CHORUS_APP_ID")]
     pub app_id: Option<String>,
@@ -238,6 +274,26 @@ impl Config {
         if let Some(v) = o.workers {
             self.workers = v;
         }
+        if let Some(v) = o.node_id {
+            self.node_id = Some(v);
+        }
+        if self.node_id.is_none() {
+            self.node_id = Some(
+                hostname()
+                    .as_deref()
+                    .and_then(chorus_cluster::ordinal_of_hostname)
+                    .unwrap_or(1),
+            );
+        }
+        if let Some(v) = o.cluster_port {
+            self.cluster_port = Some(v);
+        }
+        if let Some(v) = &o.peers {
+            self.peers = v.clone();
+        }
+        if let Some(v) = &o.cluster_secret {
+            self.cluster_secret = Some(v.clone());
+        }
         let mut source = AppSource::Configured;
         if self.apps.is_empty() {
             let all_given = o.app_id.is_some() && o.app_key.is_some() && o.app_secret.is_some();
@@ -286,6 +342,7 @@ impl Config {
         if self.port == self.metrics_port && self.port != 0 {
             return Err(invalid("metrics_port", "must differ from port"));
         }
+        self.validate_cluster()?;
         let mut ids = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
@@ -369,6 +426,93 @@ impl Config {
     }
 }
 
+/// This machine's hostname, if it can be read.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}
+
+impl Config {
+    /// This node's id (resolved by [`Config::load`]; 1 if it never ran).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id.unwrap_or(1)
+    }
+
+    /// The cluster port: as configured, else [`DEFAULT_CLUSTER_PORT`].
+    pub fn cluster_port(&self) -> u16 {
+        self.cluster_port.unwrap_or(DEFAULT_CLUSTER_PORT)
+    }
+
+    /// The peers as parsed (validated by [`Config::validate`]); `None` for a one-node cluster.
+    pub fn peers(&self) -> Option<Peers> {
+        Peers::parse(&self.peers, self.cluster_port())
+            .ok()
+            .flatten()
+    }
+
+    /// True when the node runs alone on the public development cluster secret.
+    pub fn uses_dev_cluster_secret(&self) -> bool {
+        self.cluster_secret.is_none()
+    }
+
+    /// How this node joins the cluster.
+    pub fn cluster_settings(&self) -> ClusterSettings {
+        let peers = self.peers();
+        let host = if self.host.is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            self.host.to_string()
+        };
+        let advertise_addr = match &peers {
+            Some(Peers::Static(nodes)) => nodes.get(&self.node_id()).cloned(),
+            Some(Peers::Dns { .. }) => {
+                hostname().map(|name| format!("{name}:{}", self.cluster_port()))
+            }
+            None => None,
+        }
+        .unwrap_or_else(|| format!("{host}:{}", self.cluster_port()));
+        ClusterSettings {
+            node_id: self.node_id(),
+            advertise_addr,
+            peers,
+            secret: ClusterSecret::new(
+                self.cluster_secret.as_deref().unwrap_or(DEV_CLUSTER_SECRET),
+            ),
+        }
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let cluster_port = self.cluster_port();
+        if cluster_port != 0 && (cluster_port == self.port || cluster_port == self.metrics_port) {
+            return Err(invalid(
+                "cluster_port",
+                format!("{cluster_port} must differ from port and metrics_port"),
+            ));
+        }
+        let peers =
+            Peers::parse(&self.peers, cluster_port).map_err(|e| invalid("peers", e.to_string()))?;
+        if let Some(peers) = &peers {
+            peers
+                .check_lists(self.node_id())
+                .map_err(|e| invalid("peers", e.to_string()))?;
+        }
+        match &self.cluster_secret {
+            None if peers.is_some() => Err(invalid(
+                "cluster_secret",
+                "required when peers are given (CHORUS_CLUSTER_SECRET)",
+            )),
+            Some(secret) if secret.len() < MIN_CLUSTER_SECRET_LEN => Err(invalid(
+                "cluster_secret",
+                format!("must be at least {MIN_CLUSTER_SECRET_LEN} characters"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +587,66 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("max_conections"), "{err}");
+    }
+
+    #[test]
+    fn a_node_alone_is_a_one_node_cluster_on_the_default_port() {
+        let (config, _) = Config::load(&Overrides {
+            node_id: Some(4),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.cluster_port(), 6002);
+        assert!(config.uses_dev_cluster_secret());
+        let settings = config.cluster_settings();
+        assert_eq!(settings.node_id, 4);
+        assert_eq!(settings.advertise_addr, "127.0.0.1:6002");
+        assert_eq!(settings.peers, None);
+    }
+
+    #[test]
+    fn peers_give_this_node_its_advertised_address() {
+        let (config, _) = Config::load(&Overrides {
+            node_id: Some(2),
+            cluster_port: Some(7002),
+            peers: Some("1@10.0.0.1:7002,2@10.0.0.2:7002,3@10.0.0.3:7002".into()),
+            cluster_secret: Some("a-long-cluster-secret".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let settings = config.cluster_settings();
+        assert_eq!(settings.advertise_addr, "10.0.0.2:7002");
+        assert!(matches!(settings.peers, Some(Peers::Static(ref nodes)) if nodes.len() == 3));
+        assert!(settings.secret.admits(b"a-long-cluster-secret"));
+    }
+
+    #[test]
+    fn bad_cluster_settings_name_the_key() {
+        let load = |node_id: u64, peers: &str, secret: Option<&str>, cluster_port: Option<u16>| {
+            Config::load(&Overrides {
+                node_id: Some(node_id),
+                peers: Some(peers.into()),
+                cluster_secret: secret.map(Into::into),
+                cluster_port,
+                ..Overrides::default()
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        let secret = Some("a-long-cluster-secret");
+        let err = load(1, "1@a:6002,2@b:6002", None, None);
+        assert!(
+            err.contains("`cluster_secret`") && err.contains("required"),
+            "{err}"
+        );
+        let err = load(1, "1@a:6002", Some("short"), None);
+        assert!(err.contains("`cluster_secret`"), "{err}");
+        let err = load(3, "1@a:6002,2@b:6002", secret, None);
+        assert!(err.contains("`peers`") && err.contains("id 3"), "{err}");
+        let err = load(1, "1@a", secret, None);
+        assert!(err.contains("`peers`"), "{err}");
+        let err = load(1, "", None, Some(9601));
+        assert!(err.contains("`cluster_port`"), "{err}");
     }
 
     #[test]

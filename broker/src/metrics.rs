@@ -226,6 +226,14 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The registry every series of the node is in, for other parts of the node (the cluster)
+    /// to register theirs.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

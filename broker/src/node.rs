@@ -1,10 +1,12 @@
-//! What every request handler of a node shares: its configuration, apps, metrics and state.
+//! What every request handler of a node shares: its configuration, apps, metrics, state and
+//! cluster.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::actors::connection::Timeouts;
 use crate::apps::Apps;
+use chorus_cluster::{Cluster, ClusterError};
 use chorus_storage::Store;
 
 use crate::config::Config;
@@ -17,6 +19,8 @@ pub struct Node {
     pub metrics: Metrics,
     pub socket_ids: SocketIds,
     pub store: Store,
+    /// The node's Raft cluster (a one-node cluster when it has no peers).
+    pub cluster: Cluster,
     ready: AtomicBool,
 }
 
@@ -33,6 +37,8 @@ pub enum NodeError {
         path: std::path::PathBuf,
         source: chorus_storage::StorageError,
     },
+    #[error("cannot start the cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 impl Node {
@@ -48,12 +54,14 @@ impl Node {
         })?;
         let metrics = Metrics::new();
         let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes, &store);
+        let cluster = Cluster::start(config.cluster_settings(), &store, metrics.registry())?;
         Ok(Node {
             config,
             apps,
             metrics,
             socket_ids: SocketIds::default(),
             store,
+            cluster,
             ready: AtomicBool::new(false),
         })
     }

@@ -1,6 +1,8 @@
-//! Runs a node: binds its listeners, marks it ready, and shuts it down gracefully on SIGTERM or
-//! SIGINT (clients are told 4200 so they reconnect elsewhere, then the listeners drain).
+//! Runs a node: binds its listeners (public, metrics, cluster), marks it ready, and shuts it down
+//! gracefully on SIGTERM or SIGINT (clients are told 4200 so they reconnect elsewhere, then the
+//! listeners drain, then Raft stops).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix_web::{web, App as HttpApp, HttpServer};
@@ -13,7 +15,8 @@ use crate::node::Node;
 
 /// Serves until a shutdown signal, then returns once connections have closed or the deadline
 /// passed.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    let cluster_listener = bind_cluster_port(&mut config)?;
     let node = web::Data::new(Node::new(config)?);
     spawn_retention(node.clone().into_inner());
     let cfg = &node.config;
@@ -53,15 +56,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .with_context(|| format!("binding the metrics port {}:{}", cfg.host, cfg.metrics_port))?
     .run();
 
+    let cluster_port = cfg.cluster_port();
+    let cluster = web::Data::new(node.cluster.clone());
+    let cluster_server = HttpServer::new(move || {
+        HttpApp::new()
+            .app_data(cluster.clone())
+            .configure(chorus_cluster::http::cluster_routes)
+    })
+    .workers(CLUSTER_WORKERS)
+    .shutdown_timeout(1)
+    .disable_signals()
+    .listen(cluster_listener)
+    .with_context(|| format!("serving the cluster port {}:{cluster_port}", cfg.host))?
+    .run();
+
     let public_handle = public.handle();
     let metrics_handle = metrics.handle();
+    let cluster_handle = cluster_server.handle();
     let public_task = actix_rt::spawn(public);
     let metrics_task = actix_rt::spawn(metrics);
+    let cluster_task = actix_rt::spawn(cluster_server);
     node.set_ready(true);
     tracing::info!(
         host = %cfg.host,
         port = cfg.port,
         metrics_port = cfg.metrics_port,
+        cluster_port,
+        node_id = node.cluster.node_id(),
         workers,
         "chorus is serving"
     );
@@ -77,9 +98,56 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics_handle.stop(true).await;
     let _ = public_task.await;
     let _ = metrics_task.await;
+    // Raft last: the others' RPCs are answered until it stops.
+    node.cluster.shutdown();
+    cluster_handle.stop(true).await;
+    let _ = cluster_task.await;
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Binds the cluster port before the node starts, so the node advertises the port it has.
+///
+/// A node without peers whose cluster port is not configured and finds the default taken (by
+/// another node on this machine) takes a free port instead, with a warning: nothing but
+/// `chorus cluster status` needs to find it. With peers, or a configured port, a port that cannot
+/// be bound stops start-up.
+fn bind_cluster_port(config: &mut Config) -> anyhow::Result<std::net::TcpListener> {
+    let wanted = SocketAddr::new(config.host, config.cluster_port());
+    let listener = match listen(wanted) {
+        Ok(listener) => listener,
+        Err(e) if config.cluster_port.is_none() && config.peers().is_none() => {
+            let listener = listen(SocketAddr::new(config.host, 0))
+                .with_context(|| format!("binding a free cluster port on {}", config.host))?;
+            tracing::warn!(
+                wanted = %wanted,
+                error = %e,
+                "the default cluster port is taken: this node alone serves its cluster port on \
+                 a free port instead (set cluster_port to choose it)"
+            );
+            listener
+        }
+        Err(e) => return Err(e).with_context(|| format!("binding the cluster port {wanted}")),
+    };
+    config.cluster_port = Some(listener.local_addr()?.port());
+    Ok(listener)
+}
+
+/// A listener on `addr` that can be bound again at once after the node dies (`SO_REUSEADDR`,
+/// as actix binds the other ports).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+/// Worker threads of the cluster port: Raft RPCs are small and handed to the Raft runtime.
+const CLUSTER_WORKERS: usize = 2;
 
 /// How often history channels are trimmed to their retention.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(30);

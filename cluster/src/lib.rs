@@ -5,23 +5,44 @@
 //! applying a [`Request`] committed in the Raft log. Raft's log, vote and snapshots live in the
 //! node's sled database ([`chorus_storage::Store`]) beside the history: [`LogStore`] and
 //! [`StateMachineStore`] are the two storage halves `openraft::Raft::new` takes.
+//!
+//! A node runs Raft through a [`Cluster`] handle: openraft on a runtime thread of its own, talking
+//! to the other nodes over HTTP on their cluster ports ([`network`] is the client, [`http`] the
+//! endpoints the node serves), forming the cluster and following the peer list by itself
+//! ([`membership`]).
 
 #![allow(
     clippy::result_large_err,
     reason = "openraft's storage traits return its large StorageError; our helpers pass it through"
 )]
 
+pub mod cluster;
+pub mod error;
 mod flusher;
+pub mod http;
+pub mod join;
 pub mod log_store;
+pub mod membership;
+mod metrics;
+mod network;
+mod peer_request;
+pub mod peers;
+pub mod secret;
 pub mod snapshot;
 pub mod state;
 pub mod state_machine;
+pub mod status;
 pub mod types;
 
+pub use cluster::{Cluster, ClusterSettings, Raft};
+pub use error::ClusterError;
 pub use log_store::{LogReader, LogStore};
+pub use peers::{ordinal_of_hostname, Peers, PeersError};
+pub use secret::{ClusterSecret, SECRET_HEADER};
 pub use snapshot::{SnapshotBuilder, SnapshotMeta};
 pub use state::{ChannelKey, HistoryPosition, PresenceMember, ReplicatedState};
 pub use state_machine::{StateMachineStore, StateReader};
+pub use status::{fetch_status, ClusterStatus, MemberStatus, Role};
 pub use types::{
     Entry, LogId, Node, NodeId, PresenceUserRef, RaftStorageError, Request, Response, TypeConfig,
 };

@@ -1,0 +1,166 @@
+//! Real `chorus` processes forming a Raft cluster: three nodes started with the same peer list
+//! agree on one leader with no further command; after `kill -9` of the leader the other two
+//! elect a new one; the killed node, restarted on its data directory, rejoins and catches up. The
+//! cluster port refuses requests without the secret, and `chorus cluster status` reads it.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::cluster::{TestCluster, CLUSTER_SECRET};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_survive_the_leaders_death_and_take_it_back() {
+    let mut cluster = TestCluster::start("failover", 3).await;
+    let (first_leader, statuses) = cluster
+        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
+        .await;
+    for (id, status) in &statuses {
+        assert_eq!(status.node_id, *id);
+        let addresses: Vec<(u64, String)> = status
+            .members
+            .iter()
+            .map(|m| (m.id, m.addr.clone()))
+            .collect();
+        let expected: Vec<(u64, String)> = cluster
+            .nodes
+            .values()
+            .map(|node| (node.id, node.cluster_addr()))
+            .collect();
+        assert_eq!(addresses, expected, "node {id}'s members");
+    }
+    let applied_before_kill = statuses[&first_leader]
+        .applied_index
+        .expect("the leader applied its entries");
+
+    cluster.kill_hard(first_leader);
+    let survivors: Vec<u64> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| *id != first_leader)
+        .collect();
+    let (second_leader, statuses) = cluster
+        .agreed_leader(&survivors, 3, Duration::from_secs(10))
+        .await;
+    assert_ne!(second_leader, first_leader);
+    assert!(statuses[&second_leader].term > 1, "a new term");
+    let applied_by_new_leader = statuses[&second_leader].applied_index.unwrap();
+    assert!(
+        applied_by_new_leader > applied_before_kill,
+        "the new leader committed its term's first entry while node {first_leader} was down"
+    );
+
+    cluster.restart(first_leader).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let rejoined = cluster.status(first_leader).await;
+        let leader = cluster.status(second_leader).await.unwrap();
+        if let Some(rejoined) = &rejoined {
+            if rejoined.leader_id == Some(second_leader)
+                && rejoined.applied_index >= leader.applied_index
+            {
+                assert!(rejoined.applied_index >= Some(applied_by_new_leader));
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {first_leader} did not rejoin and catch up: it says {rejoined:#?}, the leader \
+             says {leader:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster
+        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_to_the_list_later_joins_as_a_voter() {
+    let mut cluster = TestCluster::start("join", 3).await;
+    let (leader, _) = cluster
+        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
+        .await;
+    assert_eq!(cluster.add_node().await, 4);
+    let (leader_after, statuses) = cluster
+        .agreed_leader(&[1, 2, 3, 4], 4, Duration::from_secs(20))
+        .await;
+    assert_eq!(leader_after, leader, "joining needs no election");
+    let addresses = |id: u64| -> Vec<(u64, String, bool)> {
+        statuses[&id]
+            .members
+            .iter()
+            .map(|m| (m.id, m.addr.clone(), m.voter))
+            .collect()
+    };
+    let expected: Vec<(u64, String, bool)> = cluster
+        .nodes
+        .values()
+        .map(|node| (node.id, node.cluster_addr(), true))
+        .collect();
+    for id in 1..=4 {
+        assert_eq!(addresses(id), expected, "node {id}'s members");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_port_wants_the_secret_and_the_status_command_reads_it() {
+    let cluster = TestCluster::start("secret", 1).await;
+    let (leader, _) = cluster
+        .agreed_leader(&[1], 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(leader, 1, "a node alone forms a one-node cluster");
+    let node = cluster.node(1);
+    let client = reqwest::Client::new();
+
+    let without = client
+        .get(node.cluster_url("/cluster"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without.status(), 401);
+    let wrong = client
+        .get(node.cluster_url("/cluster"))
+        .header(chorus_cluster::SECRET_HEADER, "not-the-cluster-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let vote = client
+        .post(node.cluster_url("/raft/vote"))
+        .json(&serde_json::json!({"vote": {"leader_id": {"term": 99, "node_id": 7}, "committed": false}, "last_log_id": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(vote.status(), 401, "a vote without the secret is refused");
+    let status = cluster.status(1).await.unwrap();
+    assert_eq!(status.term, 1, "the refused vote changed nothing");
+
+    let status_command = |secret: &str| {
+        Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["cluster", "status", "--addr", &node.cluster_addr()])
+            .args(["--secret", secret])
+            .env("CHORUS_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let output = status_command(CLUSTER_SECRET);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.starts_with("node 1: leader, term 1\nleader: node 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "1  voter    {}  (leader, this node",
+            node.cluster_addr()
+        )),
+        "{text}"
+    );
+
+    let refused = status_command("not-the-cluster-secret");
+    assert!(!refused.status.success());
+    let error = String::from_utf8(refused.stderr).unwrap();
+    assert!(error.contains("401"), "{error}");
+}

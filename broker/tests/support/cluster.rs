@@ -1,0 +1,237 @@
+//! Several real `chorus` processes forming one Raft cluster on free loopback ports, each with
+//! its own temporary data directory, configured only through the environment as an operator
+//! would: `CHORUS_NODE_ID`, `CHORUS_CLUSTER_PORT`, `CHORUS_PEERS`, `CHORUS_CLUSTER_SECRET`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chorus_cluster::{ClusterStatus, Role, SECRET_HEADER};
+
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123";
+
+/// One node of a [`TestCluster`].
+pub struct ClusterNode {
+    pub id: u64,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub cluster_port: u16,
+    /// The `CHORUS_PEERS` it starts with.
+    peers: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ClusterNode {
+    /// A node that is not started yet, on free ports with an empty data directory.
+    fn new(name: &str, id: u64) -> ClusterNode {
+        let dir =
+            std::env::temp_dir().join(format!("chorus-cluster-{name}-{}-{id}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        ClusterNode {
+            id,
+            port: unused_port(),
+            metrics_port: unused_port(),
+            cluster_port: unused_port(),
+            peers: String::new(),
+            dir,
+            child: None,
+        }
+    }
+
+    /// The node's cluster address, `127.0.0.1:port`.
+    pub fn cluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.cluster_port)
+    }
+
+    pub fn cluster_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.cluster_addr())
+    }
+
+    /// This node's entry in a peer list.
+    fn peer_entry(&self) -> String {
+        format!("{}@{}", self.id, self.cluster_addr())
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .env("CHORUS_HOST", "127.0.0.1")
+            .env("CHORUS_PORT", self.port.to_string())
+            .env("CHORUS_METRICS_PORT", self.metrics_port.to_string())
+            .env("CHORUS_CLUSTER_PORT", self.cluster_port.to_string())
+            .env("CHORUS_NODE_ID", self.id.to_string())
+            .env("CHORUS_PEERS", &self.peers)
+            .env("CHORUS_CLUSTER_SECRET", CLUSTER_SECRET)
+            .env("CHORUS_DATA_DIR", self.dir.join("data"))
+            .env("CHORUS_APP_ID", "1")
+            .env("CHORUS_APP_KEY", super::KEY)
+            .env("CHORUS_APP_SECRET", super::SECRET)
+            .env("CHORUS_LOG", "warn,openraft=off")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start chorus");
+        self.child = Some(child);
+    }
+
+    async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not become ready",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+/// Nodes 1..=size started with the same peer list, and any added later.
+pub struct TestCluster {
+    name: String,
+    pub nodes: BTreeMap<u64, ClusterNode>,
+    client: reqwest::Client,
+}
+
+impl TestCluster {
+    /// Starts `size` nodes (ids 1 to `size`) and waits until each serves.
+    pub async fn start(name: &str, size: u64) -> TestCluster {
+        let mut nodes: BTreeMap<u64, ClusterNode> = (1..=size)
+            .map(|id| (id, ClusterNode::new(name, id)))
+            .collect();
+        let peers = nodes
+            .values()
+            .map(ClusterNode::peer_entry)
+            .collect::<Vec<_>>()
+            .join(",");
+        for node in nodes.values_mut() {
+            node.peers = peers.clone();
+            node.spawn();
+        }
+        for node in nodes.values() {
+            node.wait_ready().await;
+        }
+        TestCluster {
+            name: name.to_owned(),
+            nodes,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts one more node, whose peer list is the others' plus itself (the others' lists stay
+    /// as they were), and returns its id.
+    pub async fn add_node(&mut self) -> u64 {
+        let id = self.nodes.keys().max().map_or(1, |max| max + 1);
+        let mut node = ClusterNode::new(&self.name, id);
+        let mut entries: Vec<String> = self.nodes.values().map(ClusterNode::peer_entry).collect();
+        entries.push(node.peer_entry());
+        node.peers = entries.join(",");
+        node.spawn();
+        node.wait_ready().await;
+        self.nodes.insert(id, node);
+        id
+    }
+
+    pub fn node(&self, id: u64) -> &ClusterNode {
+        &self.nodes[&id]
+    }
+
+    /// What node `id` answers on `GET /cluster`; `None` while it does not answer.
+    pub async fn status(&self, id: u64) -> Option<ClusterStatus> {
+        let response = self
+            .client
+            .get(self.node(id).cluster_url("/cluster"))
+            .header(SECRET_HEADER, CLUSTER_SECRET)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        assert_eq!(response.status(), 200, "GET /cluster of node {id}");
+        Some(response.json().await.expect("/cluster answers its JSON"))
+    }
+
+    /// Waits (at most `within`) until every node of `among` names the same leader, one of
+    /// `among`, which says it leads, with `voters` voters, each recorded in the replicated state;
+    /// returns the leader's id and every node's status at that moment.
+    pub async fn agreed_leader(
+        &self,
+        among: &[u64],
+        voters: usize,
+        within: Duration,
+    ) -> (u64, BTreeMap<u64, ClusterStatus>) {
+        let deadline = Instant::now() + within;
+        let mut last = BTreeMap::new();
+        loop {
+            last.clear();
+            for &id in among {
+                if let Some(status) = self.status(id).await {
+                    last.insert(id, status);
+                }
+            }
+            if let Some(leader) = agreement(&last, among, voters) {
+                return (leader, last);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes {among:?} did not agree on a leader with {voters} voters within \
+                 {within:?}; they said {last:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `kill -9` of node `id`.
+    pub fn kill_hard(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let mut child = node.child.take().expect("node is running");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    /// Starts node `id` again on its ports, data directory and peer list.
+    pub async fn restart(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.spawn();
+        node.wait_ready().await;
+    }
+}
+
+/// The leader every node of `among` names, if they all answered and agree.
+fn agreement(statuses: &BTreeMap<u64, ClusterStatus>, among: &[u64], voters: usize) -> Option<u64> {
+    if statuses.len() != among.len() {
+        return None;
+    }
+    let leader = statuses.values().next()?.leader_id?;
+    let agreed = among.contains(&leader)
+        && statuses.values().all(|status| {
+            status.leader_id == Some(leader)
+                && status.voters().count() == voters
+                && status.voters().all(|member| member.recorded)
+        })
+        && statuses[&leader].state == Role::Leader;
+    agreed.then_some(leader)
+}

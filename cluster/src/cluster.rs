@@ -1,0 +1,313 @@
+//! The node's handle on its Raft cluster: openraft running on a tokio runtime thread of its own,
+//! with the node's sled storage, the HTTP network client, the bootstrap and membership task
+//! ([`crate::membership`]) and the metrics watch.
+//!
+//! The rest of the node (actix, a current-thread runtime per worker) never runs Raft's futures
+//! itself: it hands them to the Raft runtime with [`Cluster::on_raft_runtime`] and awaits the
+//! answer, which works from any runtime.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_storage::{RaftMeta, Store};
+use parking_lot::Mutex;
+use prometheus::Registry;
+
+use crate::error::ClusterError;
+use crate::log_store::LogStore;
+use crate::metrics::RaftSeries;
+use crate::network::HttpNetwork;
+use crate::peers::Peers;
+use crate::secret::ClusterSecret;
+use crate::state_machine::{StateMachineStore, StateReader};
+use crate::status::{ClusterStatus, MemberStatus};
+use crate::types::{LogId, NodeId, TypeConfig};
+
+/// The Raft instance of this cluster.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// How this node takes part in the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub node_id: NodeId,
+    /// This node's cluster address as the others reach it (`host:port`).
+    pub advertise_addr: String,
+    /// The other nodes; `None` for a one-node cluster.
+    pub peers: Option<Peers>,
+    pub secret: ClusterSecret,
+}
+
+/// Raft's timing: a heartbeat every 250 ms, an election after 1-2 s without one.
+fn raft_config() -> Result<openraft::Config, ClusterError> {
+    openraft::Config {
+        cluster_name: "chorus".to_owned(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        install_snapshot_timeout: 5000,
+        // Snapshot chunks travel as JSON arrays of numbers (about 4 bytes a byte).
+        snapshot_max_chunk_size: 1024 * 1024,
+        ..openraft::Config::default()
+    }
+    .validate()
+    .map_err(|e| ClusterError::Config(e.to_string()))
+}
+
+/// What the Raft runtime's tasks and the handle share.
+pub(crate) struct Core {
+    pub(crate) settings: ClusterSettings,
+    pub(crate) raft: Raft,
+    pub(crate) state: StateReader,
+    pub(crate) store: Store,
+    pub(crate) client: reqwest::Client,
+    pub(crate) series: RaftSeries,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Core {
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.settings.node_id
+    }
+
+    /// The last log index this node knows committed, as Raft last saved it.
+    fn commit_index(&self) -> Option<u64> {
+        match self.store.raft().meta::<Option<LogId>>(RaftMeta::Committed) {
+            Ok(committed) => committed.flatten().map(|log_id| log_id.index),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the committed log id");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let recorded = self.state.read(|state| state.members().clone());
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|replication| replication.get(id).copied().flatten())
+                    .map(|log_id| log_id.index),
+                recorded: recorded.get(id) == Some(&node.addr),
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.node_id(),
+            state: metrics.state.into(),
+            leader_id: metrics.current_leader,
+            term: metrics.current_term,
+            commit_index: self.commit_index(),
+            applied_index: metrics.last_applied.map(|log_id| log_id.index),
+            last_log_index: metrics.last_log_index,
+            members,
+        }
+    }
+
+    /// Keeps the Prometheus series in step with Raft's metrics until Raft stops.
+    async fn watch_metrics(self: Arc<Core>) {
+        let mut watch = self.raft.metrics();
+        let mut leader = None;
+        loop {
+            let metrics = watch.borrow_and_update().clone();
+            let series = &self.series;
+            series.term.set(gauge_value(metrics.current_term));
+            series
+                .is_leader
+                .set(i64::from(metrics.current_leader == Some(self.node_id())));
+            if metrics.current_leader != leader {
+                if metrics.current_leader.is_some() {
+                    series.leader_changes.inc();
+                }
+                leader = metrics.current_leader;
+            }
+            series
+                .last_log_index
+                .set(gauge_value(metrics.last_log_index.unwrap_or(0)));
+            series
+                .applied_index
+                .set(gauge_value(metrics.last_applied.map_or(0, |l| l.index)));
+            series
+                .commit_index
+                .set(gauge_value(self.commit_index().unwrap_or(0)));
+            series.voters.set(gauge_value(
+                metrics.membership_config.membership().voter_ids().count() as u64,
+            ));
+            if watch.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn gauge_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Stops the Raft runtime thread.
+struct Lifecycle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The node's handle on the cluster; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    core: Arc<Core>,
+    lifecycle: Arc<Mutex<Lifecycle>>,
+}
+
+/// How many worker threads the Raft runtime has.
+const RAFT_WORKERS: usize = 2;
+
+impl Cluster {
+    /// Starts Raft on the node's store, on its own runtime thread, with its series in
+    /// `registry`; returns once Raft has read its log and state. Bootstrap and joining go on in
+    /// the background.
+    pub fn start(
+        settings: ClusterSettings,
+        store: &Store,
+        registry: &Registry,
+    ) -> Result<Cluster, ClusterError> {
+        let config = Arc::new(raft_config()?);
+        let series = RaftSeries::register(registry).map_err(ClusterError::Metrics)?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let log_store = LogStore::new(store).map_err(ClusterError::Runtime)?;
+        let state_machine =
+            StateMachineStore::new(store).map_err(|e| ClusterError::Storage(Box::new(e)))?;
+        let store = store.clone();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("chorus-raft".to_owned())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(RAFT_WORKERS)
+                    .thread_name("chorus-raft-worker")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(ClusterError::Runtime(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let network = HttpNetwork {
+                        client: client.clone(),
+                        secret: settings.secret.clone(),
+                        rpc_errors: series.rpc_errors.clone(),
+                    };
+                    let state = state_machine.reader();
+                    let raft = match Raft::new(
+                        settings.node_id,
+                        config,
+                        network,
+                        log_store,
+                        state_machine,
+                    )
+                    .await
+                    {
+                        Ok(raft) => raft,
+                        Err(e) => {
+                            let _ = started_tx.send(Err(ClusterError::Fatal(Box::new(e))));
+                            return;
+                        }
+                    };
+                    let core = Arc::new(Core {
+                        settings,
+                        raft: raft.clone(),
+                        state,
+                        store,
+                        client,
+                        series,
+                        runtime: tokio::runtime::Handle::current(),
+                    });
+                    tokio::spawn(core.clone().watch_metrics());
+                    tokio::spawn(crate::membership::keep_membership(core.clone()));
+                    if started_tx.send(Ok(core)).is_err() {
+                        return;
+                    }
+                    // Until the node stops (or drops every handle).
+                    let _ = stop_rx.await;
+                    if let Err(e) = raft.shutdown().await {
+                        tracing::warn!(error = %e, "raft did not shut down cleanly");
+                    }
+                });
+            })
+            .map_err(ClusterError::Runtime)?;
+        let core = started_rx.recv().map_err(|_| ClusterError::Stopped)??;
+        Ok(Cluster {
+            core,
+            lifecycle: Arc::new(Mutex::new(Lifecycle {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            })),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.core.node_id()
+    }
+
+    pub(crate) fn core(&self) -> Arc<Core> {
+        self.core.clone()
+    }
+
+    /// The Raft instance; call its async methods through [`Cluster::on_raft_runtime`].
+    pub fn raft(&self) -> &Raft {
+        &self.core.raft
+    }
+
+    /// The replicated state as this node last applied it.
+    pub fn state(&self) -> &StateReader {
+        &self.core.state
+    }
+
+    pub fn secret(&self) -> &ClusterSecret {
+        &self.core.settings.secret
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        self.core.status()
+    }
+
+    /// Runs `work` on the Raft runtime and returns its output; callable from any runtime.
+    pub async fn on_raft_runtime<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, ClusterError> {
+        self.core
+            .runtime
+            .spawn(work)
+            .await
+            .map_err(|_| ClusterError::Stopped)
+    }
+
+    /// Stops Raft and its runtime thread, and waits for them (blocks briefly). Later calls do
+    /// nothing.
+    pub fn shutdown(&self) {
+        let mut lifecycle = self.lifecycle.lock();
+        if let Some(stop) = lifecycle.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = lifecycle.thread.take() {
+            // The thread does not unwind (a panic aborts the process): this only waits.
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The cluster port's endpoints, for the node's actix server: the Raft RPCs (POST, JSON in and
+//! out), `POST /cluster/join` (a new node asking the leader to take it) and `GET /cluster`, this
+//! node's view of the cluster. Every one of them, `/cluster` included, requires the cluster
+//! secret in the `x-chorus-cluster-secret` header and answers 401 without it: the port is for the
+//! nodes and their operators only, and `/cluster` lists the nodes' internal addresses.
+//!
+//! The routes expect the node's [`Cluster`] as `web::Data<Cluster>`.
+
+use std::future::Future;
+
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cluster::{Cluster, Raft};
+use crate::error::ClusterError;
+use crate::join::{admit, JoinRequest, JOIN_PATH};
+use crate::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use crate::secret::SECRET_HEADER;
+use crate::types::{NodeId, TypeConfig};
+
+/// Largest RPC body: a full batch of log entries, or a snapshot chunk as JSON.
+const MAX_RPC_BYTES: usize = 64 * 1024 * 1024;
+
+/// Adds the cluster port's routes to an actix app that has `web::Data<Cluster>`.
+pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().limit(MAX_RPC_BYTES))
+        .route("/cluster", web::get().to(status))
+        .route(APPEND_PATH, web::post().to(append_entries))
+        .route(VOTE_PATH, web::post().to(vote))
+        .route(SNAPSHOT_PATH, web::post().to(install_snapshot))
+        .route(JOIN_PATH, web::post().to(join))
+        .default_service(web::to(not_found));
+}
+
+/// Proof that a request carried the cluster secret; extracting it answers 401 otherwise.
+pub struct Authorized;
+
+impl FromRequest for Authorized {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Authorized, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let admitted = req.app_data::<web::Data<Cluster>>().is_some_and(|cluster| {
+            req.headers()
+                .get(SECRET_HEADER)
+                .is_some_and(|presented| cluster.secret().admits(presented.as_bytes()))
+        });
+        std::future::ready(if admitted {
+            Ok(Authorized)
+        } else {
+            let refusal = HttpResponse::Unauthorized()
+                .json(json!({"error": format!("missing or wrong {SECRET_HEADER}")}));
+            Err(actix_web::error::InternalError::from_response("unauthorized", refusal).into())
+        })
+    }
+}
+
+async fn status(_: Authorized, cluster: web::Data<Cluster>) -> HttpResponse {
+    HttpResponse::Ok().json(cluster.status())
+}
+
+/// The RPC's answer as JSON (the target's `Result`, which the client decodes), or 503 when the
+/// Raft runtime is gone.
+fn answer<T: Serialize>(outcome: Result<T, ClusterError>) -> HttpResponse {
+    match outcome {
+        Ok(result) => HttpResponse::Ok().json(result),
+        Err(e) => HttpResponse::ServiceUnavailable().json(json!({"error": e.to_string()})),
+    }
+}
+
+/// Runs a Raft call on the Raft runtime and answers what it returned.
+async fn relay<T, Call>(cluster: &Cluster, call: impl FnOnce(Raft) -> Call) -> HttpResponse
+where
+    T: Serialize + Send + 'static,
+    Call: Future<Output = T> + Send + 'static,
+{
+    answer(cluster.on_raft_runtime(call(cluster.raft().clone())).await)
+}
+
+async fn append_entries(
+    _: Authorized,
+    cluster: web::Data<Cluster>,
+    rpc: web::Json<AppendEntriesRequest<TypeConfig>>,
+) -> HttpResponse {
+    relay(&cluster, |raft| async move {
+        raft.append_entries(rpc.into_inner()).await
+    })
+    .await
+}
+
+async fn vote(
+    _: Authorized,
+    cluster: web::Data<Cluster>,
+    rpc: web::Json<VoteRequest<NodeId>>,
+) -> HttpResponse {
+    relay(
+        &cluster,
+        |raft| async move { raft.vote(rpc.into_inner()).await },
+    )
+    .await
+}
+
+async fn install_snapshot(
+    _: Authorized,
+    cluster: web::Data<Cluster>,
+    rpc: web::Json<InstallSnapshotRequest<TypeConfig>>,
+) -> HttpResponse {
+    relay(&cluster, |raft| async move {
+        raft.install_snapshot(rpc.into_inner()).await
+    })
+    .await
+}
+
+async fn join(
+    _: Authorized,
+    cluster: web::Data<Cluster>,
+    request: web::Json<JoinRequest>,
+) -> HttpResponse {
+    let core = cluster.core();
+    let outcome = cluster
+        .on_raft_runtime(async move { admit(&core, request.into_inner()).await })
+        .await;
+    answer(outcome.and_then(|admitted| admitted))
+}
+
+async fn not_found(_: Authorized) -> HttpResponse {
+    HttpResponse::NotFound().json(json!({"error": "no such endpoint on the cluster port"}))
+}

@@ -1,0 +1,91 @@
+//! Joining a running cluster: a node that is in no cluster, and finds a peer that is, asks that
+//! cluster's leader (`POST /cluster/join` on its cluster port, with the secret) to take it as a
+//! learner. The leader's membership round ([`crate::membership`]) promotes it to voter once it
+//! has caught up. So a node added later needs only a peer list that names one running node.
+
+use std::time::Duration;
+
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Core;
+use crate::error::ClusterError;
+use crate::peer_request::send_to_peer;
+use crate::secret::ClusterSecret;
+use crate::types::NodeId;
+
+/// How long the leader has to answer a join request.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The path of the join request on the cluster port.
+pub(crate) const JOIN_PATH: &str = "/cluster/join";
+
+/// A node asking to join: its id and its cluster address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub node_id: NodeId,
+    pub addr: String,
+}
+
+/// What the leader did with a join request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinOutcome {
+    /// The node is now a learner; it becomes a voter once caught up.
+    AddedAsLearner,
+    /// The node was in the membership already.
+    AlreadyMember,
+    /// This node is not the leader: ask `leader_id`.
+    NotLeader { leader_id: Option<NodeId> },
+}
+
+/// The leader's side: adds the node as a learner unless it is known.
+pub(crate) async fn admit(core: &Core, request: JoinRequest) -> Result<JoinOutcome, ClusterError> {
+    let metrics = core.raft.metrics().borrow().clone();
+    if metrics.current_leader != Some(core.node_id()) {
+        return Ok(JoinOutcome::NotLeader {
+            leader_id: metrics.current_leader,
+        });
+    }
+    let known = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .any(|(id, _)| *id == request.node_id);
+    if known {
+        return Ok(JoinOutcome::AlreadyMember);
+    }
+    match core
+        .raft
+        .add_learner(request.node_id, BasicNode::new(&request.addr), false)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(node = request.node_id, addr = %request.addr, "node joined as learner");
+            Ok(JoinOutcome::AddedAsLearner)
+        }
+        Err(e) => match e.forward_to_leader() {
+            Some(forward) => Ok(JoinOutcome::NotLeader {
+                leader_id: forward.leader_id,
+            }),
+            None => Err(ClusterError::Refused {
+                addr: core.settings.advertise_addr.clone(),
+                status: 503,
+                body: e.to_string(),
+            }),
+        },
+    }
+}
+
+/// The joining node's side: asks the leader at `leader_addr`.
+pub(crate) async fn request_join(
+    client: &reqwest::Client,
+    leader_addr: &str,
+    secret: &ClusterSecret,
+    request: &JoinRequest,
+) -> Result<JoinOutcome, ClusterError> {
+    let post = client
+        .post(format!("http://{leader_addr}{JOIN_PATH}"))
+        .json(request);
+    send_to_peer(post, leader_addr, secret, JOIN_TIMEOUT).await
+}

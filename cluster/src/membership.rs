@@ -1,0 +1,300 @@
+//! Forming the cluster and keeping its membership in step with the peer list, with no command
+//! from an operator.
+//!
+//! Every node runs [`keep_membership`], once a second:
+//! - A node not yet in a cluster finds its peers. If one of them belongs to a cluster, it asks
+//!   that cluster's leader to take it ([`crate::join`]). Else, if it has the lowest id among them
+//!   and a quorum of the listed nodes answers (itself included), it initializes the cluster with
+//!   every listed node as a voter; any other node waits to be contacted by a leader. A node with
+//!   no peers lists only itself: a one-node cluster, the same way.
+//! - The leader adds every listed node it does not know as a learner, promotes a learner to voter
+//!   once its log is within [`PROMOTION_LAG`] entries of the leader's, and writes every voter
+//!   into the replicated state (`AddMember`) with its address. A known node whose address
+//!   changed (in the leader's static list, or answering from a new DNS record as a rescheduled
+//!   pod does, or this node alone restarted on another port) gets its address updated.
+//!
+//! Nodes are never removed automatically: dropping a node from the list does not take it out of
+//! the membership (that is the failure-detection slice).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics};
+use tokio::task::JoinSet;
+
+use crate::cluster::Core;
+use crate::join::{request_join, JoinRequest};
+use crate::peers::Peers;
+use crate::status::{fetch_status, ClusterStatus};
+use crate::types::{Node, NodeId, Request};
+
+/// How often membership is checked.
+const ROUND: Duration = Duration::from_secs(1);
+
+/// How long a peer has to answer a probe.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// A learner this close to the leader's last log index is promoted to voter.
+pub const PROMOTION_LAG: u64 = 100;
+
+/// A node of the peer list: its cluster address, whether that address is sure (given by the
+/// static list or this node's settings, or the node answered there), and what it said of itself
+/// when asked (`None` when it was not asked or did not answer).
+struct Found {
+    addr: String,
+    sure: bool,
+    status: Option<ClusterStatus>,
+}
+
+/// Forms the cluster and keeps its membership up to date, until the runtime stops.
+pub(crate) async fn keep_membership(core: Arc<Core>) {
+    loop {
+        let metrics = core.raft.metrics().borrow().clone();
+        let in_cluster = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_some();
+        if !in_cluster {
+            bootstrap(&core).await;
+        } else if metrics.current_leader == Some(core.node_id()) {
+            reconcile(&core, &metrics).await;
+        }
+        tokio::time::sleep(ROUND).await;
+    }
+}
+
+/// The nodes of the peer list by id. A static list is asked only when `probe`; a DNS name's
+/// records are always asked, since a node's id is what it answers.
+async fn discover(core: &Core, probe: bool) -> BTreeMap<NodeId, Found> {
+    let me = core.node_id();
+    let mut found = BTreeMap::new();
+    let addresses: Vec<String> = match &core.settings.peers {
+        None => Vec::new(),
+        Some(Peers::Static(nodes)) => {
+            for (id, addr) in nodes {
+                found.insert(
+                    *id,
+                    Found {
+                        addr: addr.clone(),
+                        sure: true,
+                        status: None,
+                    },
+                );
+            }
+            if probe {
+                nodes
+                    .iter()
+                    .filter(|(id, _)| **id != me)
+                    .map(|(_, addr)| addr.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        }
+        Some(Peers::Dns { name, port }) => {
+            match tokio::net::lookup_host((name.as_str(), *port)).await {
+                Ok(records) => records
+                    .map(|addr| addr.to_string())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!(name, error = %e, "cannot resolve the peers' DNS name");
+                    Vec::new()
+                }
+            }
+        }
+    };
+    let mut probes = JoinSet::new();
+    for addr in addresses {
+        let client = core.client.clone();
+        let secret = core.settings.secret.clone();
+        probes.spawn(async move {
+            let status = fetch_status(&client, &addr, &secret, PROBE_TIMEOUT).await;
+            (addr, status)
+        });
+    }
+    while let Some(Ok((addr, answer))) = probes.join_next().await {
+        match answer {
+            Ok(status) => {
+                found.insert(
+                    status.node_id,
+                    Found {
+                        addr,
+                        sure: true,
+                        status: Some(status),
+                    },
+                );
+            }
+            Err(e) => tracing::debug!(%addr, error = %e, "peer did not answer"),
+        }
+    }
+    // This node answers for itself. With a DNS name its own record may not be there yet: its
+    // advertised address stands in, unsure.
+    let dns = matches!(core.settings.peers, Some(Peers::Dns { .. }));
+    let own = found.entry(me).or_insert_with(|| Found {
+        addr: core.settings.advertise_addr.clone(),
+        sure: !dns,
+        status: None,
+    });
+    own.status = Some(core.status());
+    found
+}
+
+/// Joins the cluster a peer belongs to, or initializes one if this node is the one to: see the
+/// module documentation.
+async fn bootstrap(core: &Core) {
+    let found = discover(core, true).await;
+    let me = core.node_id();
+    let peer_statuses = found
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .filter_map(|(_, peer)| peer.status.as_ref());
+    let mut clustered = peer_statuses.filter(|status| status.is_member_of_a_cluster());
+    if let Some(peer) = clustered.next() {
+        ask_to_join(core, peer, &found[&me].addr).await;
+        return;
+    }
+    if found.keys().next() != Some(&me) {
+        return; // A lower id initializes; this node waits to be contacted.
+    }
+    let answered = found.values().filter(|peer| peer.status.is_some()).count();
+    let quorum = found.len() / 2 + 1;
+    if answered < quorum {
+        tracing::info!(
+            answered,
+            quorum,
+            "waiting for a quorum of the listed nodes to answer before forming the cluster"
+        );
+        return;
+    }
+    let members: BTreeMap<NodeId, Node> = found
+        .iter()
+        .map(|(id, peer)| (*id, BasicNode::new(&peer.addr)))
+        .collect();
+    let ids: Vec<NodeId> = members.keys().copied().collect();
+    match core.raft.initialize(members).await {
+        Ok(()) => tracing::info!(voters = ?ids, "formed the cluster"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot form the cluster; retrying"),
+    }
+}
+
+/// Asks the leader of the cluster `peer` belongs to to take this node (at `addr`) as a learner.
+async fn ask_to_join(core: &Core, peer: &ClusterStatus, addr: &str) {
+    let leader = peer
+        .leader_id
+        .and_then(|leader| peer.members.iter().find(|member| member.id == leader));
+    let Some(leader) = leader else {
+        tracing::info!(
+            peer = peer.node_id,
+            "a peer belongs to a cluster with no leader yet"
+        );
+        return;
+    };
+    let request = JoinRequest {
+        node_id: core.node_id(),
+        addr: addr.to_owned(),
+    };
+    match request_join(&core.client, &leader.addr, &core.settings.secret, &request).await {
+        Ok(outcome) => tracing::info!(leader = leader.id, ?outcome, "asked to join the cluster"),
+        Err(e) => tracing::warn!(leader = leader.id, error = %e, "cannot ask to join; retrying"),
+    }
+}
+
+/// The leader's round: record voters, add new nodes as learners, promote caught-up learners.
+async fn reconcile(core: &Core, metrics: &RaftMetrics<NodeId, Node>) {
+    let membership = metrics.membership_config.membership();
+    if membership.get_joint_config().len() > 1 {
+        return; // A membership change is under way.
+    }
+    let nodes: BTreeMap<NodeId, String> = membership
+        .nodes()
+        .map(|(id, node)| (*id, node.addr.clone()))
+        .collect();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+
+    let recorded = core.state.read(|state| state.members().clone());
+    for id in &voters {
+        let addr = &nodes[id];
+        if recorded.get(id) != Some(addr) {
+            let request = Request::AddMember {
+                id: *id,
+                addr: addr.clone(),
+            };
+            match core.raft.client_write(request).await {
+                Ok(_) => tracing::info!(member = id, %addr, "member recorded"),
+                Err(e) => {
+                    report_failure(&e, "cannot record a member; retrying");
+                    return;
+                }
+            }
+        }
+    }
+
+    let dns = matches!(core.settings.peers, Some(Peers::Dns { .. }));
+    let found = discover(core, dns).await;
+    for (id, peer) in &found {
+        match nodes.get(id) {
+            None => match core
+                .raft
+                .add_learner(*id, BasicNode::new(&peer.addr), false)
+                .await
+            {
+                Ok(_) => tracing::info!(node = id, addr = %peer.addr, "node added as learner"),
+                Err(e) => report_failure(&e, "cannot add a learner; retrying"),
+            },
+            Some(known) if known != &peer.addr && peer.sure => {
+                let moved = BTreeMap::from([(*id, BasicNode::new(&peer.addr))]);
+                match core
+                    .raft
+                    .change_membership(ChangeMembers::SetNodes(moved), true)
+                    .await
+                {
+                    Ok(_) => tracing::info!(node = id, addr = %peer.addr, "node address updated"),
+                    Err(e) => report_failure(&e, "cannot update a node's address; retrying"),
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    let last = metrics.last_log_index.unwrap_or(0);
+    let matched = |id: &NodeId| {
+        metrics
+            .replication
+            .as_ref()
+            .and_then(|replication| replication.get(id).copied().flatten())
+            .map(|log_id| log_id.index)
+    };
+    let caught_up: BTreeSet<NodeId> = nodes
+        .keys()
+        .filter(|id| !voters.contains(id))
+        .filter(|id| matched(id).is_some_and(|index| index + PROMOTION_LAG >= last))
+        .copied()
+        .collect();
+    if !caught_up.is_empty() {
+        match core
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(caught_up.clone()), true)
+            .await
+        {
+            Ok(_) => tracing::info!(nodes = ?caught_up, "learners promoted to voters"),
+            Err(e) => report_failure(&e, "cannot promote learners; retrying"),
+        }
+    }
+}
+
+/// Logs a failed membership write: quietly when this node just stopped being the leader (the
+/// next round runs on the new one), as a warning otherwise.
+fn report_failure(error: &RaftError<NodeId, ClientWriteError<NodeId, Node>>, what: &str) {
+    if error.forward_to_leader().is_some() {
+        tracing::debug!(%error, "{what}");
+    } else {
+        tracing::warn!(%error, "{what}");
+    }
+}

@@ -1,0 +1,66 @@
+//! The Raft series of a node's Prometheus registry: term, leadership, log positions and RPC
+//! errors. Updated from openraft's metrics watch (see [`crate::cluster`]) and by the network
+//! client for failed RPCs.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The node's Raft metrics, registered in its registry.
+#[derive(Clone)]
+pub(crate) struct RaftSeries {
+    pub(crate) term: IntGauge,
+    pub(crate) is_leader: IntGauge,
+    pub(crate) leader_changes: IntCounter,
+    pub(crate) last_log_index: IntGauge,
+    pub(crate) commit_index: IntGauge,
+    pub(crate) applied_index: IntGauge,
+    pub(crate) voters: IntGauge,
+    pub(crate) rpc_errors: IntCounterVec,
+}
+
+impl RaftSeries {
+    pub(crate) fn register(registry: &Registry) -> Result<RaftSeries, prometheus::Error> {
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let gauge = IntGauge::new(name, help)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let leader_changes = IntCounter::new(
+            "chorus_raft_leader_changes_total",
+            "Times this node saw the cluster's leader change (to another node or to none).",
+        )?;
+        registry.register(Box::new(leader_changes.clone()))?;
+        let rpc_errors = IntCounterVec::new(
+            Opts::new(
+                "chorus_raft_rpc_errors_total",
+                "Raft RPCs to other nodes that failed, by RPC and kind of failure.",
+            ),
+            &["rpc", "kind"],
+        )?;
+        registry.register(Box::new(rpc_errors.clone()))?;
+        Ok(RaftSeries {
+            term: gauge("chorus_raft_term", "The node's current Raft term.")?,
+            is_leader: gauge(
+                "chorus_raft_is_leader",
+                "1 while this node is the cluster's leader, else 0.",
+            )?,
+            leader_changes,
+            last_log_index: gauge(
+                "chorus_raft_last_log_index",
+                "The last index of this node's Raft log.",
+            )?,
+            commit_index: gauge(
+                "chorus_raft_commit_index",
+                "The last Raft log index this node knows committed.",
+            )?,
+            applied_index: gauge(
+                "chorus_raft_applied_index",
+                "The last Raft log index applied to this node's replicated state.",
+            )?,
+            voters: gauge(
+                "chorus_raft_voters",
+                "Voters in the Raft membership as this node knows it.",
+            )?,
+            rpc_errors,
+        })
+    }
+}

@@ -1,0 +1,163 @@
+//! The Raft network client: each RPC is an HTTP POST of JSON to the target's cluster port,
+//! carrying the cluster secret, answered with the JSON of the target's `Result`.
+//!
+//! A target that cannot be reached (refused, timed out, wrong secret) is reported
+//! `Unreachable`, so openraft backs off before the next try instead of spinning.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use prometheus::IntCounterVec;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::secret::{ClusterSecret, SECRET_HEADER};
+use crate::types::{Node, NodeId, TypeConfig};
+
+/// The paths of the RPCs on the cluster port.
+pub(crate) const APPEND_PATH: &str = "/raft/append";
+pub(crate) const VOTE_PATH: &str = "/raft/vote";
+pub(crate) const SNAPSHOT_PATH: &str = "/raft/snapshot";
+
+/// How long openraft waits before calling an unreachable node again.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Makes a [`PeerClient`] per target; handed to `openraft::Raft::new`.
+pub(crate) struct HttpNetwork {
+    pub(crate) client: reqwest::Client,
+    pub(crate) secret: ClusterSecret,
+    pub(crate) rpc_errors: IntCounterVec,
+}
+
+/// The RPC client of one target node.
+pub(crate) struct PeerClient {
+    target: NodeId,
+    addr: String,
+    client: reqwest::Client,
+    secret: ClusterSecret,
+    rpc_errors: IntCounterVec,
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            client: self.client.clone(),
+            secret: self.secret.clone(),
+            rpc_errors: self.rpc_errors.clone(),
+        }
+    }
+}
+
+/// An RPC's failure, before it is typed for the RPC at hand.
+enum Failure {
+    Unreachable(Unreachable),
+    Network(NetworkError),
+}
+
+impl PeerClient {
+    async fn post<Req, Resp, E>(
+        &self,
+        rpc: &'static str,
+        path: &str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        match self
+            .exchange::<Req, Result<Resp, RaftError<NodeId, E>>>(path, request, option)
+            .await
+        {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(Failure::Unreachable(e)) => {
+                self.rpc_errors
+                    .with_label_values(&[rpc, "unreachable"])
+                    .inc();
+                Err(RPCError::Unreachable(e))
+            }
+            Err(Failure::Network(e)) => {
+                self.rpc_errors.with_label_values(&[rpc, "network"]).inc();
+                Err(RPCError::Network(e))
+            }
+        }
+    }
+
+    async fn exchange<Req: Serialize, Answer: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Answer, Failure> {
+        let response = self
+            .client
+            .post(format!("http://{}{path}", self.addr))
+            .header(SECRET_HEADER, self.secret.as_str())
+            .timeout(option.hard_ttl())
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable(Unreachable::new(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let refused = std::io::Error::other(format!(
+                "node {} at {} answered {status}",
+                self.target, self.addr
+            ));
+            return Err(Failure::Unreachable(Unreachable::new(&refused)));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| Failure::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.post("append_entries", APPEND_PATH, &rpc, &option)
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.post("install_snapshot", SNAPSHOT_PATH, &rpc, &option)
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.post("vote", VOTE_PATH, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}

@@ -1,0 +1,202 @@
+//! What `GET /cluster` answers, and the client that asks it (used by `chorus cluster status`
+//! and by nodes probing each other at bootstrap).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ClusterError;
+use crate::peer_request::send_to_peer;
+use crate::secret::ClusterSecret;
+use crate::types::NodeId;
+
+/// A node's Raft role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl From<openraft::ServerState> for Role {
+    fn from(state: openraft::ServerState) -> Role {
+        match state {
+            openraft::ServerState::Leader => Role::Leader,
+            openraft::ServerState::Follower => Role::Follower,
+            openraft::ServerState::Candidate => Role::Candidate,
+            openraft::ServerState::Learner => Role::Learner,
+            openraft::ServerState::Shutdown => Role::Shutdown,
+        }
+    }
+}
+
+/// A node of the Raft membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    /// Its cluster address.
+    pub addr: String,
+    /// A voter, or a learner still catching up.
+    pub voter: bool,
+    /// The last log index the leader knows it holds (only when this node is the leader).
+    pub matched_index: Option<u64>,
+    /// The replicated state lists it, at this address (`AddMember` was applied here).
+    pub recorded: bool,
+}
+
+/// One node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub state: Role,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    /// The last log index known committed (None before the first commit).
+    pub commit_index: Option<u64>,
+    /// The last log index applied to this node's state.
+    pub applied_index: Option<u64>,
+    /// The last log index in this node's log.
+    pub last_log_index: Option<u64>,
+    /// The Raft membership, by id.
+    pub members: Vec<MemberStatus>,
+}
+
+impl ClusterStatus {
+    /// This node belongs to a cluster (its membership has a voter).
+    pub fn is_member_of_a_cluster(&self) -> bool {
+        self.members.iter().any(|m| m.voter)
+    }
+
+    pub fn voters(&self) -> impl Iterator<Item = &MemberStatus> {
+        self.members.iter().filter(|m| m.voter)
+    }
+}
+
+fn index(i: Option<u64>) -> String {
+    i.map_or_else(|| "-".to_owned(), |i| i.to_string())
+}
+
+impl fmt::Display for ClusterStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = serde_json::to_value(self.state).unwrap_or_default();
+        writeln!(
+            f,
+            "node {}: {}, term {}",
+            self.node_id,
+            state.as_str().unwrap_or("?"),
+            self.term
+        )?;
+        match self.leader_id {
+            Some(leader) => writeln!(f, "leader: node {leader}")?,
+            None => writeln!(f, "leader: none known")?,
+        }
+        writeln!(
+            f,
+            "log: last {}, committed {}, applied {}",
+            index(self.last_log_index),
+            index(self.commit_index),
+            index(self.applied_index)
+        )?;
+        writeln!(f, "members ({}):", self.members.len())?;
+        for member in &self.members {
+            let mut notes = Vec::new();
+            if Some(member.id) == self.leader_id {
+                notes.push("leader".to_owned());
+            }
+            if member.id == self.node_id {
+                notes.push("this node".to_owned());
+            }
+            if let Some(matched) = member.matched_index {
+                notes.push(format!("matched {matched}"));
+            }
+            if !member.recorded {
+                notes.push("not in the replicated state yet".to_owned());
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", notes.join(", "))
+            };
+            writeln!(
+                f,
+                "  {:>4}  {:<7}  {}{notes}",
+                member.id,
+                if member.voter { "voter" } else { "learner" },
+                member.addr
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Asks the node at `addr` (`host:port` of its cluster port) for its status.
+pub async fn fetch_status(
+    client: &reqwest::Client,
+    addr: &str,
+    secret: &ClusterSecret,
+    timeout: Duration,
+) -> Result<ClusterStatus, ClusterError> {
+    let request = client.get(format!("http://{addr}/cluster"));
+    send_to_peer(request, addr, secret, timeout).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_as_a_table_and_round_trips_as_json() {
+        let status = ClusterStatus {
+            node_id: 2,
+            state: Role::Follower,
+            leader_id: Some(1),
+            term: 3,
+            commit_index: Some(12),
+            applied_index: Some(11),
+            last_log_index: Some(12),
+            members: vec![
+                MemberStatus {
+                    id: 1,
+                    addr: "10.0.0.1:6002".into(),
+                    voter: true,
+                    matched_index: None,
+                    recorded: true,
+                },
+                MemberStatus {
+                    id: 2,
+                    addr: "10.0.0.2:6002".into(),
+                    voter: false,
+                    matched_index: None,
+                    recorded: false,
+                },
+            ],
+        };
+        let text = status.to_string();
+        assert!(
+            text.starts_with("node 2: follower, term 3\nleader: node 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("committed 12, applied 11"), "{text}");
+        assert!(
+            text.contains("1  voter    10.0.0.1:6002  (leader)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "2  learner  10.0.0.2:6002  (this node, not in the replicated state yet)"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(json.contains("\"state\":\"follower\""), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ClusterStatus>(&json).unwrap(),
+            status
+        );
+        assert!(status.is_member_of_a_cluster());
+    }
+}
