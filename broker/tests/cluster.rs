@@ -45,6 +45,26 @@ async fn three_nodes_form_a_cluster_survive_the_leaders_death_and_take_it_back()
     assert_ne!(second_leader, first_leader);
     assert!(statuses[&second_leader].term > 1, "a new term");
     let applied_by_new_leader = statuses[&second_leader].applied_index.unwrap();
+    let metric = |name| cluster.metric(second_leader, name);
+    assert_eq!(metric("chorus_raft_is_leader").await, 1.0);
+    assert_eq!(
+        metric("chorus_raft_term").await,
+        statuses[&second_leader].term as f64
+    );
+    assert!(
+        metric("chorus_raft_leader_changes_total").await >= 2.0,
+        "node {second_leader} saw node {first_leader} lead, then itself"
+    );
+    assert!(metric("chorus_raft_applied_index").await >= applied_by_new_leader as f64);
+    let unreachable = r#"chorus_raft_rpc_errors_total{kind="unreachable",rpc="append_entries"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cluster.metric_or_zero(second_leader, unreachable).await == 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new leader counts its failed appends to the dead node"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         applied_by_new_leader > applied_before_kill,
         "the new leader committed its term's first entry while node {first_leader} was down"

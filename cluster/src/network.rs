@@ -26,8 +26,10 @@ pub(crate) const APPEND_PATH: &str = "/raft/append";
 pub(crate) const VOTE_PATH: &str = "/raft/vote";
 pub(crate) const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
-/// How long openraft waits before calling an unreachable node again.
-const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(250);
+/// How long openraft waits before calling an unreachable node again: 250 ms, doubling up to 2 s
+/// while it stays unreachable (openraft logs every failed call).
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Makes a [`PeerClient`] per target; handed to `openraft::Raft::new`.
 pub(crate) struct HttpNetwork {
@@ -158,6 +160,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 
     fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+        Backoff::new(std::iter::successors(Some(FIRST_BACKOFF), |last| {
+            Some((*last * 2).min(MAX_BACKOFF))
+        }))
     }
 }

@@ -2,9 +2,10 @@
 //! its own temporary data directory, configured only through the environment as an operator
 //! would: `CHORUS_NODE_ID`, `CHORUS_CLUSTER_PORT`, `CHORUS_PEERS`, `CHORUS_CLUSTER_SECRET`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chorus_cluster::{ClusterStatus, Role, SECRET_HEADER};
@@ -75,12 +76,18 @@ impl ClusterNode {
         self.child = Some(child);
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until the node serves; `false` if its process ended first (a port it was given
+    /// was taken in the meantime by another process).
+    async fn wait_ready(&mut self) -> bool {
         let url = format!("http://127.0.0.1:{}/readyz", self.port);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
-                return;
+                return true;
+            }
+            let child = self.child.as_mut().expect("node is running");
+            if child.try_wait().expect("the node's status").is_some() {
+                return false;
             }
             assert!(
                 Instant::now() < deadline,
@@ -102,13 +109,22 @@ impl Drop for ClusterNode {
     }
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and not handed out before by this test process.
 pub fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("a free loopback port");
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
+
+/// Starting nodes is tried this many times, on fresh ports, when a port was taken.
+const START_ATTEMPTS: usize = 3;
 
 /// Nodes 1..=size started with the same peer list, and any added later.
 pub struct TestCluster {
@@ -120,40 +136,51 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `size` nodes (ids 1 to `size`) and waits until each serves.
     pub async fn start(name: &str, size: u64) -> TestCluster {
-        let mut nodes: BTreeMap<u64, ClusterNode> = (1..=size)
-            .map(|id| (id, ClusterNode::new(name, id)))
-            .collect();
-        let peers = nodes
-            .values()
-            .map(ClusterNode::peer_entry)
-            .collect::<Vec<_>>()
-            .join(",");
-        for node in nodes.values_mut() {
-            node.peers = peers.clone();
-            node.spawn();
+        for _ in 0..START_ATTEMPTS {
+            let mut nodes: BTreeMap<u64, ClusterNode> = (1..=size)
+                .map(|id| (id, ClusterNode::new(name, id)))
+                .collect();
+            let peers = nodes
+                .values()
+                .map(ClusterNode::peer_entry)
+                .collect::<Vec<_>>()
+                .join(",");
+            for node in nodes.values_mut() {
+                node.peers = peers.clone();
+                node.spawn();
+            }
+            let mut all_ready = true;
+            for node in nodes.values_mut() {
+                all_ready &= node.wait_ready().await;
+            }
+            if all_ready {
+                return TestCluster {
+                    name: name.to_owned(),
+                    nodes,
+                    client: reqwest::Client::new(),
+                };
+            }
         }
-        for node in nodes.values() {
-            node.wait_ready().await;
-        }
-        TestCluster {
-            name: name.to_owned(),
-            nodes,
-            client: reqwest::Client::new(),
-        }
+        panic!("{size} nodes did not start in {START_ATTEMPTS} attempts");
     }
 
     /// Starts one more node, whose peer list is the others' plus itself (the others' lists stay
     /// as they were), and returns its id.
     pub async fn add_node(&mut self) -> u64 {
         let id = self.nodes.keys().max().map_or(1, |max| max + 1);
-        let mut node = ClusterNode::new(&self.name, id);
-        let mut entries: Vec<String> = self.nodes.values().map(ClusterNode::peer_entry).collect();
-        entries.push(node.peer_entry());
-        node.peers = entries.join(",");
-        node.spawn();
-        node.wait_ready().await;
-        self.nodes.insert(id, node);
-        id
+        for _ in 0..START_ATTEMPTS {
+            let mut node = ClusterNode::new(&self.name, id);
+            let mut entries: Vec<String> =
+                self.nodes.values().map(ClusterNode::peer_entry).collect();
+            entries.push(node.peer_entry());
+            node.peers = entries.join(",");
+            node.spawn();
+            if node.wait_ready().await {
+                self.nodes.insert(id, node);
+                return id;
+            }
+        }
+        panic!("node {id} did not start in {START_ATTEMPTS} attempts");
     }
 
     pub fn node(&self, id: u64) -> &ClusterNode {
@@ -204,6 +231,28 @@ impl TestCluster {
         }
     }
 
+    /// The value of the series `series` (its name and labels, as exposed) in node `id`'s
+    /// `/metrics`, if it is there.
+    async fn series(&self, id: u64, series: &str) -> Option<f64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.node(id).metrics_port);
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.parse().unwrap())
+    }
+
+    /// The value of `series` in node `id`'s metrics, which must be there.
+    pub async fn metric(&self, id: u64, series: &str) -> f64 {
+        self.series(id, series)
+            .await
+            .unwrap_or_else(|| panic!("no {series} in node {id}'s metrics"))
+    }
+
+    /// The value of `series` in node `id`'s metrics; 0 while a labelled counter is not there.
+    pub async fn metric_or_zero(&self, id: u64, series: &str) -> f64 {
+        self.series(id, series).await.unwrap_or(0.0)
+    }
+
     /// `kill -9` of node `id`.
     pub fn kill_hard(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap();
@@ -216,7 +265,7 @@ impl TestCluster {
     pub async fn restart(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap();
         node.spawn();
-        node.wait_ready().await;
+        assert!(node.wait_ready().await, "node {id} exited on restart");
     }
 }
 
