@@ -145,12 +145,13 @@ impl History {
         }
     }
 
-    /// Appends events, each to its (app, channel), in one atomic write; returns each event's
-    /// offset and its channel's epoch, in order. Not yet durable: see [`crate::Store::flush`].
+    /// Appends events, each to its (app, channel); returns each event's offset and its channel's
+    /// epoch, in order. The events are written first and each channel's metadata last, so after a
+    /// crash an event past `next_offset` is one that was never acknowledged: it is never read and
+    /// the next append overwrites it. Not yet durable: see [`crate::Store::flush`].
     pub fn append(&self, events: &[(&str, &str, StoredEvent)]) -> Result<Vec<(u64, String)>> {
         let _writer = self.writer.lock().expect("history writer lock");
         let mut metas: Vec<(Vec<u8>, ChannelHistory)> = Vec::new();
-        let mut batch = sled::Batch::default();
         let mut placed = Vec::with_capacity(events.len());
         for (app, channel, event) in events {
             let key = meta_key(app, channel);
@@ -168,13 +169,13 @@ impl History {
             let meta = &mut metas[index].1;
             let offset = meta.next_offset;
             meta.next_offset += 1;
-            batch.insert(event_key(app, channel, offset), encode(event));
+            self.tree
+                .insert(event_key(app, channel, offset), encode(event))?;
             placed.push((offset, meta.epoch.clone()));
         }
-        for (key, meta) in &metas {
-            batch.insert(key.clone(), encode(meta));
+        for (key, meta) in metas {
+            self.tree.insert(key, encode(&meta))?;
         }
-        self.tree.apply_batch(batch)?;
         Ok(placed)
     }
 
@@ -191,8 +192,7 @@ impl History {
             return Ok(None);
         };
         let start = event_key(app, channel, after.saturating_add(1).max(meta.first_offset));
-        let mut end = prefix(app, channel);
-        end.push(EVENT + 1);
+        let end = event_key(app, channel, meta.next_offset);
         let mut events = Vec::new();
         if after < u64::MAX {
             for item in self
@@ -213,18 +213,14 @@ impl History {
     }
 
     /// Drops a channel's history and gives it a new epoch; offsets go on from where they were.
+    /// The new metadata is written first, so the old events are unreachable even if a crash
+    /// stops their removal (the next trim removes what is left).
     pub fn reset(&self, app: &str, channel: &str) -> Result<ChannelHistory> {
         let _writer = self.writer.lock().expect("history writer lock");
         let next = self.channel(app, channel)?.map_or(1, |m| m.next_offset);
-        let mut batch = sled::Batch::default();
-        let mut start = prefix(app, channel);
-        start.push(EVENT);
-        for key in self.tree.scan_prefix(&start).keys() {
-            batch.remove(key?);
-        }
         let meta = ChannelHistory::new(next);
-        batch.insert(meta_key(app, channel), encode(&meta));
-        self.tree.apply_batch(batch)?;
+        self.tree.insert(meta_key(app, channel), encode(&meta))?;
+        self.remove_below(app, channel, next)?;
         Ok(meta)
     }
 
@@ -237,7 +233,6 @@ impl History {
         };
         let oldest_kept_time = now_ms.saturating_sub(retention.max_age.as_millis() as u64);
         let mut first = meta.first_offset;
-        let mut batch = sled::Batch::default();
         while first < meta.next_offset {
             let held = meta.next_offset - first;
             let ekey = event_key(app, channel, first);
@@ -249,16 +244,26 @@ impl History {
             if !too_many && !too_old {
                 break;
             }
-            batch.remove(ekey);
             first += 1;
         }
         let removed = first - meta.first_offset;
         if removed > 0 {
+            // Unreachable first, then gone.
             meta.first_offset = first;
-            batch.insert(key, encode(&meta));
-            self.tree.apply_batch(batch)?;
+            self.tree.insert(key, encode(&meta))?;
         }
+        self.remove_below(app, channel, first)?;
         Ok(removed)
+    }
+
+    /// Removes a channel's stored events with offsets below `first`.
+    fn remove_below(&self, app: &str, channel: &str, first: u64) -> Result<()> {
+        let start = event_key(app, channel, 0);
+        let end = event_key(app, channel, first);
+        for key in self.tree.range(start..end).keys() {
+            self.tree.remove(key?)?;
+        }
+        Ok(())
     }
 
     /// Every channel that has history: (app, channel).
@@ -307,6 +312,105 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn an_event_left_past_next_offset_by_a_crash_is_never_read_and_is_overwritten() {
+        let (_dir, store) = open();
+        let h = store.history();
+        h.append(&[("1", "chat-a", ev(1, 1))]).unwrap();
+        // What a crash between writing an event and its channel's metadata leaves.
+        h.tree
+            .insert(event_key("1", "chat-a", 2), encode(&ev(99, 2)))
+            .unwrap();
+        let r = h.replay("1", "chat-a", 0, 10).unwrap().unwrap();
+        assert_eq!(r.events.len(), 1);
+        h.append(&[("1", "chat-a", ev(2, 3))]).unwrap();
+        let r = h.replay("1", "chat-a", 0, 10).unwrap().unwrap();
+        assert_eq!(r.events[1], (2, ev(2, 3)));
+    }
+
+    #[test]
+    fn concurrent_appends_flushes_trims_and_raft_writes_never_deadlock() {
+        let (_dir, store) = open();
+        let (done, finished) = std::sync::mpsc::channel();
+        let mut workers = Vec::new();
+        for t in 0..3u64 {
+            let (store, done) = (store.clone(), done.clone());
+            workers.push(std::thread::spawn(move || {
+                let channel = format!("chat-{t}");
+                for n in 0..300 {
+                    let batch: Vec<_> = (0..5)
+                        .map(|i| ("1", channel.as_str(), ev(n * 5 + i, n)))
+                        .collect();
+                    store.history().append(&batch).unwrap();
+                    store.flush_blocking().unwrap();
+                    if n % 50 == 0 {
+                        let retention = Retention {
+                            max_events: 100,
+                            max_age: Duration::from_secs(3600),
+                        };
+                        store.history().trim("1", &channel, retention, n).unwrap();
+                    }
+                }
+                done.send(()).unwrap();
+            }));
+        }
+        {
+            let (store, done) = (store.clone(), done.clone());
+            workers.push(std::thread::spawn(move || {
+                for n in 1..300u64 {
+                    store.raft().append([(n, format!("entry {n}"))]).unwrap();
+                    store.raft().set_snapshot(&n, b"state").unwrap();
+                    store.raft().purge_through(n.saturating_sub(10)).unwrap();
+                    store.flush_blocking().unwrap();
+                }
+                done.send(()).unwrap();
+            }));
+        }
+        drop(done);
+        for _ in 0..4 {
+            finished
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the store deadlocked: writers and flushes stopped making progress");
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+        let r = store
+            .history()
+            .replay("1", "chat-0", 0, 1000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.channel.next_offset, 1501);
+        // Trimmed to 100 at the last trim (n = 250), then 49 more batches of 5.
+        assert_eq!(r.events.len(), 100 + 49 * 5);
+    }
+
+    #[test]
+    fn many_concurrent_async_flushes_all_complete() {
+        let (_dir, store) = open();
+        let (done, finished) = std::sync::mpsc::channel();
+        let publishers = 64;
+        for t in 0..publishers {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let channel = format!("chat-{t}");
+                for n in 0..20 {
+                    store
+                        .history()
+                        .append(&[("1", channel.as_str(), ev(n, n))])
+                        .unwrap();
+                    futures_executor::block_on(store.flush()).unwrap();
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..publishers {
+            finished
+                .recv_timeout(Duration::from_secs(120))
+                .expect("flushes stopped completing");
+        }
     }
 
     #[test]

@@ -2,15 +2,25 @@
 //!
 //! Per-channel history ([`history`]): every event of a history channel, keyed so that a range
 //! scan is a replay, with an epoch that changes whenever the history is lost or reset. The last
-//! event of each cache channel ([`last_events`]). And the
-//! cluster's Raft log, vote and snapshot ([`raft_store`]). The crate knows nothing of HTTP,
-//! actors, Raft or the protocol: it stores bytes, offsets and serialised records.
+//! event of each cache channel ([`last_events`]). And the cluster's Raft log, vote and snapshot
+//! ([`raft_store`]). The crate knows nothing of HTTP, actors, Raft or the protocol: it stores
+//! bytes, offsets and serialised records.
+//!
+//! No sled batch or transaction is ever used. In sled 0.34 the first one switches every later
+//! operation onto a global reader-writer lock, and a flush holds that lock as a reader while it
+//! waits for the log flusher, which queues behind the batch's writer: under concurrent publishes
+//! and flushes the node deadlocked. Each change is instead a sequence of single-key writes,
+//! ordered so that any prefix of it (what a crash leaves) is a consistent state.
 
+mod flusher;
 pub mod history;
 pub mod last_events;
 pub mod raft_store;
 
 use std::path::Path;
+use std::sync::Arc;
+
+use flusher::Flusher;
 
 pub use history::{ChannelHistory, History, Replay, Retention, StoredEvent};
 pub use last_events::{LastEvent, LastEvents};
@@ -36,6 +46,7 @@ pub struct Store {
     history: History,
     last_events: LastEvents,
     raft: RaftStore,
+    flusher: Arc<Flusher>,
 }
 
 impl Store {
@@ -48,11 +59,13 @@ impl Store {
         let history = History::open(&db)?;
         let last_events = LastEvents::open(&db)?;
         let raft = RaftStore::open(&db)?;
+        let flusher = Arc::new(Flusher::start(db.clone())?);
         Ok(Store {
             db,
             history,
             last_events,
             raft,
+            flusher,
         })
     }
 
@@ -62,11 +75,13 @@ impl Store {
         let history = History::open(&db)?;
         let last_events = LastEvents::open(&db)?;
         let raft = RaftStore::open(&db)?;
+        let flusher = Arc::new(Flusher::start(db.clone())?);
         Ok(Store {
             db,
             history,
             last_events,
             raft,
+            flusher,
         })
     }
 
@@ -84,10 +99,10 @@ impl Store {
         &self.raft
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable. Concurrent callers share flushes (one thread
+    /// does them all; see `flusher.rs`).
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.flusher.flush().await
     }
 
     /// Blocking form of [`Store::flush`].

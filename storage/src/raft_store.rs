@@ -6,19 +6,22 @@
 //! `raft_snapshot` holds the last snapshot's metadata and bytes. The values are whatever the
 //! caller serialises (JSON): this crate knows nothing of Raft's types, only how to keep them.
 //!
+//! Nothing here uses sled batches or transactions (see the crate docs for why): every change is a
+//! sequence of single-key writes ordered so that any prefix of it is a consistent state.
+//!
 //! Writes are not durable when a method returns; [`crate::Store::flush`] makes everything written
 //! so far durable. sled keeps writes in order, so after a crash the database holds a prefix of them:
 //! a value found on disk implies every write made before it is there too.
 
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::{Result, StorageError};
 
-const SNAPSHOT_META: &[u8] = b"meta";
-const SNAPSHOT_DATA: &[u8] = b"data";
+/// The one record of the snapshot tree: metadata length (u32 BE), metadata, then the bytes.
+const SNAPSHOT: &[u8] = b"snapshot";
 
 /// The records of the `raft_meta` tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,14 +86,14 @@ impl RaftStore {
         })
     }
 
-    /// Writes log entries, each under its index, in one atomic batch (replacing any entry already
-    /// at that index). Not yet durable: see [`crate::Store::flush`].
+    /// Writes log entries, each under its index, in the order given (replacing any entry already
+    /// at that index); after a crash a prefix of them is there. Not yet durable: see
+    /// [`crate::Store::flush`].
     pub fn append<T: Serialize>(&self, entries: impl IntoIterator<Item = (u64, T)>) -> Result<()> {
-        let mut batch = sled::Batch::default();
         for (index, entry) in entries {
-            batch.insert(&index_key(index), encode("raft log entry", &entry)?);
+            self.log
+                .insert(index_key(index), encode("raft log entry", &entry)?)?;
         }
-        self.log.apply_batch(batch)?;
         Ok(())
     }
 
@@ -114,23 +117,21 @@ impl RaftStore {
         }
     }
 
-    /// Removes every entry from `index` on (inclusive), in one atomic batch.
+    /// Removes every entry from `index` on (inclusive), last first, so the log stays contiguous
+    /// whenever a crash interrupts it.
     pub fn truncate_from(&self, index: u64) -> Result<()> {
-        self.remove((Bound::Included(index), Bound::Unbounded))
-    }
-
-    /// Removes every entry up to `index` (inclusive), in one atomic batch.
-    pub fn purge_through(&self, index: u64) -> Result<()> {
-        self.remove((Bound::Unbounded, Bound::Included(index)))
-    }
-
-    fn remove(&self, range: (Bound<u64>, Bound<u64>)) -> Result<()> {
-        let range = (range.0.map(index_key), range.1.map(index_key));
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(range).keys() {
-            batch.remove(key?);
+        for key in self.log.range(index_key(index)..).keys().rev() {
+            self.log.remove(key?)?;
         }
-        self.log.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Removes every entry up to `index` (inclusive), first first, so the log stays contiguous
+    /// whenever a crash interrupts it.
+    pub fn purge_through(&self, index: u64) -> Result<()> {
+        for key in self.log.range(..=index_key(index)).keys() {
+            self.log.remove(key?)?;
+        }
         Ok(())
     }
 
@@ -151,29 +152,40 @@ impl RaftStore {
 
     /// The last snapshot written, if any.
     pub fn snapshot<M: DeserializeOwned>(&self) -> Result<Option<StoredSnapshot<M>>> {
-        let Some(meta) = self.snapshot.get(SNAPSHOT_META)? else {
+        let Some(value) = self.snapshot.get(SNAPSHOT)? else {
             return Ok(None);
         };
-        let data = self
-            .snapshot
-            .get(SNAPSHOT_DATA)?
-            .ok_or_else(|| StorageError::Corrupt {
-                key: "raft_snapshot/data".to_owned(),
-                reason: "snapshot metadata without its data".to_owned(),
-            })?;
+        let corrupt = |reason: &str| StorageError::Corrupt {
+            key: "raft_snapshot/snapshot".to_owned(),
+            reason: reason.to_owned(),
+        };
+        let meta_len = value
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(|b| u32::from_be_bytes(b) as usize)
+            .ok_or_else(|| corrupt("shorter than its header"))?;
+        let meta = value
+            .get(4..4 + meta_len)
+            .ok_or_else(|| corrupt("shorter than its metadata"))?;
         Ok(Some(StoredSnapshot {
-            meta: decode(SNAPSHOT_META, &meta)?,
-            data: data.to_vec(),
+            meta: decode(SNAPSHOT, meta)?,
+            data: value[4 + meta_len..].to_vec(),
         }))
     }
 
-    /// Replaces the stored snapshot (metadata and bytes together, atomically). Not yet durable:
-    /// see [`crate::Store::flush`].
+    /// Replaces the stored snapshot: metadata and bytes in one record, so they change together.
+    /// Not yet durable: see [`crate::Store::flush`].
     pub fn set_snapshot<M: Serialize>(&self, meta: &M, data: &[u8]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_META, encode("raft snapshot metadata", meta)?);
-        batch.insert(SNAPSHOT_DATA, data);
-        self.snapshot.apply_batch(batch)?;
+        let meta = encode("raft snapshot metadata", meta)?;
+        let meta_len = u32::try_from(meta.len()).map_err(|_| StorageError::Unencodable {
+            what: "raft snapshot metadata".to_owned(),
+            reason: "over 4 GiB".to_owned(),
+        })?;
+        let mut value = Vec::with_capacity(4 + meta.len() + data.len());
+        value.extend_from_slice(&meta_len.to_be_bytes());
+        value.extend_from_slice(&meta);
+        value.extend_from_slice(data);
+        self.snapshot.insert(SNAPSHOT, value)?;
         Ok(())
     }
 }
@@ -181,6 +193,7 @@ impl RaftStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Bound;
     use crate::Store;
 
     fn entry(index: u64) -> (u64, String) {
