@@ -234,6 +234,22 @@ pub async fn resolve_node(url: &str) -> Result<Node> {
 }
 
 #[cfg(test)]
+impl Target {
+    /// A target on one loopback port (an in-test fake server), no source address binding.
+    pub async fn loopback(port: u16, creds: Credentials) -> Target {
+        let node = resolve_node(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a loopback URL resolves");
+        Target {
+            ws_nodes: vec![node.clone()],
+            api_nodes: vec![node],
+            creds,
+            source_ips: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

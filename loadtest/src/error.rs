@@ -37,6 +37,11 @@ pub enum Error {
     Args(String),
     #[error("report error: {0}")]
     Report(String),
+    #[error("while {phase}: {source}")]
+    During {
+        phase: &'static str,
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -64,8 +69,32 @@ impl Error {
             Error::Worker(_) => "worker",
             Error::Args(_) => "args",
             Error::Report(_) => "report",
+            Error::During { source, .. } => source.kind(),
+        }
+    }
+
+    /// This error, saying which phase of a scenario it stopped.
+    pub fn during(self, phase: &'static str) -> Error {
+        Error::During {
+            phase,
+            source: Box::new(self),
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_names_where_and_keeps_the_kind() {
+        let e = Error::Timeout("connecting").during("reading the last offsets");
+        assert_eq!(e.kind(), "timeout");
+        assert_eq!(
+            e.to_string(),
+            "while reading the last offsets: timed out while connecting"
+        );
+    }
+}

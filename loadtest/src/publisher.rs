@@ -286,7 +286,7 @@ async fn worker(ctx: WorkerCtx) -> StreamRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::{resolve_node, Target};
+    use crate::common::Target;
     use crate::pusher::signing::Credentials;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -366,15 +366,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let served = Arc::new(AtomicU64::new(0));
         tokio::spawn(fake_api(listener, creds.clone(), served.clone()));
-        let node = resolve_node(&format!("http://127.0.0.1:{port}"))
-            .await
-            .unwrap();
-        let target = Arc::new(Target {
-            ws_nodes: vec![node.clone()],
-            api_nodes: vec![node],
-            creds,
-            source_ips: vec![],
-        });
+        let target = Arc::new(Target::loopback(port, creds).await);
         let rest = Rest::new(target, 4).unwrap();
         let plan = Plan {
             channels: Arc::new(vec!["a".into(), "b".into(), "c".into()]),

@@ -320,6 +320,139 @@ async fn resubscribe(ctx: &Ctx, rec: &mut Record, timeout: Duration) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pusher::signing::Credentials;
+    use tokio::net::TcpListener;
+
+    const CHANNEL: &str = "history-c";
+
+    fn event(offset: u64) -> String {
+        format!(
+            r#"{{"event":"lt","channel":"{CHANNEL}","data":"x","offset":{offset},"epoch":"e"}}"#
+        )
+    }
+
+    fn succeeded(data: &str) -> String {
+        let data = serde_json::to_string(data).unwrap();
+        format!(
+            r#"{{"event":"pusher_internal:subscription_succeeded","channel":"{CHANNEL}","data":{data}}}"#
+        )
+    }
+
+    /// A fake history server serving three connections in turn. Each gets `pusher:connection_established`;
+    /// it checks the `since` of each subscription, answers with the scripted confirmation and
+    /// events, then waits for the client to go away.
+    async fn fake_server(listener: TcpListener) -> Vec<serde_json::Value> {
+        let scripts: [(&str, &[u64]); 3] = [
+            (r#"{"epoch":"e","offset":10}"#, &[11, 12]),
+            // Recovered: replays 13 and 14, then 15 live.
+            (
+                r#"{"epoch":"e","offset":14,"recovered":true}"#,
+                &[13, 14, 15],
+            ),
+            // Refused: 16..=18 are skipped; then 19 twice and a gap before 21.
+            (
+                r#"{"epoch":"e","offset":18,"recovered":false}"#,
+                &[19, 19, 21],
+            ),
+        ];
+        let mut subscribes = Vec::new();
+        for (confirmation, offsets) in scripts {
+            let mut ws = ws::accept_fake(&listener).await;
+            let sub = ws.next().await.unwrap().unwrap();
+            subscribes.push(serde_json::from_str(sub.to_text().unwrap()).unwrap());
+            ws.send(Message::text(succeeded(confirmation)))
+                .await
+                .unwrap();
+            for &o in offsets {
+                ws.send(Message::text(event(o))).await.unwrap();
+            }
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+        subscribes
+    }
+
+    async fn wait_for(live: &RecoveringLive, delivered: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while live.delivered.load(Ordering::Relaxed) < delivered {
+            assert!(
+                Instant::now() < deadline,
+                "stuck before {delivered} deliveries"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn resubscribes_with_since_and_accounts_a_refused_recovery() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(fake_server(listener));
+        let creds = Credentials {
+            app_id: "1".into(),
+            key: "k".into(),
+            secret: "s".into(),
+        };
+        let target = Arc::new(Target::loopback(port, creds).await);
+        let timeout = Duration::from_secs(5);
+        let mut conn = ws::connect(&target, 0, timeout).await.unwrap();
+        let ok = ws::subscribe(&mut conn.ws, CHANNEL, None, None, timeout)
+            .await
+            .unwrap();
+        let pos = ok.position();
+        let tracker = OffsetTracker::new(pos.epoch, pos.offset.unwrap());
+        let (storms_tx, storms) = watch::channel(0);
+        let (finish_tx, finish) = watch::channel(None);
+        let live = Arc::new(RecoveringLive::default());
+        // The caller counts the connection it hands over.
+        live.connected.store(1, Ordering::Relaxed);
+        let ctx = Ctx {
+            target,
+            index: 0,
+            channel: CHANNEL.into(),
+            channel_index: 0,
+            storms,
+            finish,
+            fraction: 1.0,
+            offline: Duration::from_millis(10),
+            timeout,
+            live: live.clone(),
+        };
+        let subscriber = tokio::spawn(run(ctx, conn.ws, tracker));
+        wait_for(&live, 2).await;
+        storms_tx.send(1).unwrap();
+        wait_for(&live, 5).await;
+        storms_tx.send(2).unwrap();
+        wait_for(&live, 7).await;
+        drop(storms_tx);
+        finish_tx
+            .send(Some(Finish {
+                last_offsets: Arc::new(vec![21]),
+                deadline: Instant::now() + timeout,
+            }))
+            .unwrap();
+        let rec = subscriber.await.unwrap();
+        let subscribes = server.await.unwrap();
+        assert!(subscribes[0]["data"].get("since").is_none());
+        assert_eq!(subscribes[1]["data"]["since"]["epoch"], "e");
+        assert_eq!(subscribes[1]["data"]["since"]["offset"], 12);
+        assert_eq!(subscribes[2]["data"]["since"]["offset"], 15);
+        let t = &rec.tracker;
+        assert_eq!(t.expected(21), 11);
+        // Seen: 11 12 13 14 15 19 21; skipped by the refusal 16 17 18, then 20.
+        assert_eq!(t.delivered(), 7);
+        assert_eq!(t.lost(21), 4);
+        assert_eq!(t.duplicates(), 1);
+        assert_eq!(t.gaps, 2);
+        let c = &rec.counts;
+        assert_eq!(
+            (c.reconnects, c.recovered_true, c.recovered_false),
+            (2, 1, 1)
+        );
+        assert_eq!(c.replayed, 2);
+        assert_eq!(rec.recover_us.len(), 1);
+        assert!(!rec.gave_up);
+        assert_eq!(live.connected.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn storms_hit_about_the_fraction_and_differ() {

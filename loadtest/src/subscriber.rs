@@ -156,13 +156,7 @@ mod tests {
     /// A one-connection fake Pusher server: handshake, subscription, a scripted burst of events
     /// (out of order, duplicated), then a ping whose pong it reports.
     async fn fake_server(listener: TcpListener) -> bool {
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-        ws.send(Message::text(
-            r#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"1.2\",\"activity_timeout\":120}"}"#,
-        ))
-        .await
-        .unwrap();
+        let mut ws = crate::pusher::ws::accept_fake(&listener).await;
         let sub = ws.next().await.unwrap().unwrap();
         let sub: serde_json::Value = serde_json::from_str(sub.to_text().unwrap()).unwrap();
         assert_eq!(sub["event"], "pusher:subscribe");

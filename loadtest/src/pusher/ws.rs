@@ -137,3 +137,19 @@ pub async fn subscribe(
     .await
     .map_err(|_| Error::Timeout("subscribing"))?
 }
+
+/// The server side of an in-test fake Pusher server: accepts one WebSocket connection and
+/// sends `pusher:connection_established` with socket id `1.2`.
+#[cfg(test)]
+pub async fn accept_fake(listener: &tokio::net::TcpListener) -> WebSocketStream<TcpStream> {
+    let (stream, _) = listener.accept().await.expect("a client connects");
+    let mut ws = tokio_tungstenite::accept_async(stream)
+        .await
+        .expect("a WebSocket handshake");
+    ws.send(Message::text(
+        r#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"1.2\",\"activity_timeout\":120}"}"#,
+    ))
+    .await
+    .expect("sending connection_established");
+    ws
+}

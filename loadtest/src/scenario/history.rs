@@ -100,7 +100,10 @@ pub async fn run(args: &HistoryArgs) -> Result<Report> {
     };
 
     // Probe: one event per channel; its offset tells whether the server keeps history.
-    let first_offsets = match prime(&target, &rest, &channels, timeout).await? {
+    let primed = prime(&target, &rest, &channels, timeout)
+        .await
+        .map_err(|e| e.during("priming the history channels"))?;
+    let first_offsets = match primed {
         Some(offsets) => offsets,
         None => {
             report.skipped = Some(format!(
@@ -157,7 +160,7 @@ pub async fn run(args: &HistoryArgs) -> Result<Report> {
             Ok(s) => s,
             Err(e) => {
                 sampler.finish().await;
-                return Err(e);
+                return Err(e.during("subscribing the subscribers"));
             }
         };
         live.connected.fetch_add(1, Ordering::Relaxed);
@@ -218,7 +221,15 @@ pub async fn run(args: &HistoryArgs) -> Result<Report> {
 
     // Drain: every subscriber must reach its channel's last offset.
     sampler.set_phase("catching up");
-    let last_offsets = Arc::new(last_offsets(&target, &channels, timeout).await?);
+    let last_offsets = match last_offsets(&target, &channels, timeout).await {
+        Ok(offsets) => Arc::new(offsets),
+        Err(e) => {
+            sampler.finish().await;
+            return Err(e.during(
+                "reading each channel's last offset after publishing (is the server stuck?)",
+            ));
+        }
+    };
     let _ = finish_tx.send(Some(Finish {
         last_offsets: last_offsets.clone(),
         deadline: Instant::now() + Duration::from_secs(args.drain_secs),
