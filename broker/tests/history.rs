@@ -69,6 +69,23 @@ async fn acknowledged_history_survives_kill_9_in_order_with_the_same_offsets_and
     let expected: Vec<(u64, String)> = (1..=1000).map(|n| (n, format!("m{}", n - 1))).collect();
     assert_eq!(events, expected, "every acknowledged event, once, in order");
 
+    // And over a recovering subscription, from the start of the epoch.
+    let mut recovering = server.connect(None).await;
+    let confirmation = subscribe_since(
+        &mut recovering,
+        "chat-room",
+        json!({"epoch": epoch, "offset": 0}),
+    )
+    .await;
+    assert_eq!(confirmation["recovered"], true, "{confirmation}");
+    for (offset, data) in &expected {
+        let e = recovering.expect("msg").await;
+        assert_eq!(
+            (e["offset"].as_u64().unwrap(), e["data"].as_str().unwrap()),
+            (*offset, data.as_str())
+        );
+    }
+
     // Offsets go on after the restart.
     assert!(server.publish("chat-room", "after restart").await);
     let (_, events) = read_history(&server, "chat-room").await;
