@@ -28,7 +28,7 @@ use clap::{Parser, Subcommand};
 use crate::common::CommonArgs;
 use crate::error::Result;
 use crate::report::Report;
-use crate::scenario::{compare, connections, fanout, history, latency, presence};
+use crate::scenario::{catch_up, compare, connections, fanout, history, latency, presence};
 
 #[derive(Debug, Parser)]
 #[command(name = "chorus-loadtest", version, about)]
@@ -52,6 +52,8 @@ enum Command {
     Presence(presence::PresenceArgs),
     /// Publishes to history channels while subscribers go through disconnect storms and resubscribe with `since`; checks every offset arrives exactly once, in order.
     History(history::HistoryArgs),
+    /// Publishes a large backlog to one history channel, then times subscribers catching up on it with `since` from offset 0; checks every offset arrives exactly once, in order.
+    CatchUp(catch_up::CatchUpArgs),
     /// Run a scenario against two targets in turn (A B A B) and compare the medians.
     Compare(compare::CompareArgs),
     /// Internal: one worker process of `connections`.
@@ -67,6 +69,7 @@ impl Command {
             Command::Connections(a) => Some(&a.common),
             Command::Presence(a) => Some(&a.common),
             Command::History(a) => Some(&a.common),
+            Command::CatchUp(a) => Some(&a.common),
             Command::Compare(_) | Command::ConnectionsWorker(_) => None,
         }
     }
@@ -79,6 +82,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Connections(a) => connections::run(a).await?,
         Command::Presence(a) => presence::run(a).await?,
         Command::History(a) => history::run(a).await?,
+        Command::CatchUp(a) => catch_up::run(a).await?,
         Command::Compare(a) => return compare::run(a).await,
         Command::ConnectionsWorker(a) => return connections::run_worker(a).await,
     };

@@ -22,12 +22,37 @@ use crate::payload;
 use crate::pusher::frame::{self, Frame, Kind};
 use crate::pusher::ws::{self, Ws};
 use crate::report::HistoryStats;
+use crate::sampler::{Counters, Sampler};
 
 /// Live counters of all subscribers, for the progress line.
 #[derive(Debug, Default)]
 pub struct RecoveringLive {
     pub connected: AtomicU64,
     pub delivered: AtomicU64,
+}
+
+impl RecoveringLive {
+    /// Starts the timeline sampler (and progress line) over these counters and the publisher's.
+    pub fn sampler(
+        self: &Arc<Self>,
+        publisher: &Arc<crate::publisher::Live>,
+        interval: Duration,
+        common: &crate::common::CommonArgs,
+    ) -> Sampler {
+        let (live, publisher) = (self.clone(), publisher.clone());
+        Sampler::start(
+            interval,
+            common.server_pids.clone(),
+            Arc::new(move || Counters {
+                connections: live.connected.load(Ordering::Relaxed),
+                failures: 0,
+                published: publisher.accepted.load(Ordering::Relaxed),
+                delivered: live.delivered.load(Ordering::Relaxed),
+                helper_cpu_us: 0,
+            }),
+            !common.no_progress,
+        )
+    }
 }
 
 /// When to stop: each channel's last offset, and the time after which to stop anyway.
@@ -320,23 +345,9 @@ async fn resubscribe(ctx: &Ctx, rec: &mut Record, timeout: Duration) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pusher::signing::Credentials;
     use tokio::net::TcpListener;
 
     const CHANNEL: &str = "history-c";
-
-    fn event(offset: u64) -> String {
-        format!(
-            r#"{{"event":"lt","channel":"{CHANNEL}","data":"x","offset":{offset},"epoch":"e"}}"#
-        )
-    }
-
-    fn succeeded(data: &str) -> String {
-        let data = serde_json::to_string(data).unwrap();
-        format!(
-            r#"{{"event":"pusher_internal:subscription_succeeded","channel":"{CHANNEL}","data":{data}}}"#
-        )
-    }
 
     /// A fake history server serving three connections in turn. Each gets `pusher:connection_established`;
     /// it checks the `since` of each subscription, answers with the scripted confirmation and
@@ -360,11 +371,13 @@ mod tests {
             let mut ws = ws::accept_fake(&listener).await;
             let sub = ws.next().await.unwrap().unwrap();
             subscribes.push(serde_json::from_str(sub.to_text().unwrap()).unwrap());
-            ws.send(Message::text(succeeded(confirmation)))
+            ws.send(Message::text(ws::fake_succeeded(CHANNEL, confirmation)))
                 .await
                 .unwrap();
             for &o in offsets {
-                ws.send(Message::text(event(o))).await.unwrap();
+                ws.send(Message::text(ws::fake_history_event(CHANNEL, o)))
+                    .await
+                    .unwrap();
             }
             while let Some(Ok(_)) = ws.next().await {}
         }
@@ -384,15 +397,9 @@ mod tests {
 
     #[tokio::test]
     async fn resubscribes_with_since_and_accounts_a_refused_recovery() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (listener, target) = ws::fake_endpoint().await;
         let server = tokio::spawn(fake_server(listener));
-        let creds = Credentials {
-            app_id: "1".into(),
-            key: "k".into(),
-            secret: "s".into(),
-        };
-        let target = Arc::new(Target::loopback(port, creds).await);
+        let target = Arc::new(target);
         let timeout = Duration::from_secs(5);
         let mut conn = ws::connect(&target, 0, timeout).await.unwrap();
         let ok = ws::subscribe(&mut conn.ws, CHANNEL, None, None, timeout)

@@ -153,6 +153,58 @@ impl HistoryStats {
     }
 }
 
+/// One subscriber's catch-up in the `catch-up` scenario.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SubscriberReplay {
+    pub subscriber: u64,
+    /// Distinct offsets received.
+    pub delivered: u64,
+    /// Bytes of the text frames received from the subscribe to the last offset.
+    pub frame_bytes: u64,
+    /// From sending the subscribe to receiving the last offset; null when it never came.
+    pub secs: Option<f64>,
+    pub events_per_sec: f64,
+    /// Frame megabytes (10^6 bytes) per second.
+    pub mb_per_sec: f64,
+    /// From sending the subscribe to its subscription_succeeded.
+    pub confirm_ms: Option<f64>,
+    pub recovered: Option<bool>,
+    /// Why it did not finish (a close such as 4100, a pusher:error, a refused recovery, a timeout).
+    pub failure: Option<String>,
+}
+
+/// The `catch-up` scenario's own figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CatchUpStats {
+    /// Events asked for (`--events`).
+    pub events: u64,
+    /// The channel's last offset after publishing: what every subscriber must receive.
+    pub stored: u64,
+    pub epoch: Option<String>,
+    pub subscribers: u64,
+    /// Subscribers that received the last offset.
+    pub completed: u64,
+    pub recovered_true: u64,
+    pub recovered_false: u64,
+    pub recovered_unknown: u64,
+    pub gaps: u64,
+    pub other_epoch: u64,
+    pub without_offset: u64,
+    /// From the subscribes to the last subscriber's last offset.
+    pub replay_secs: f64,
+    /// Distinct offsets received by all subscribers per second of `replay_secs`.
+    pub replay_events_per_sec: f64,
+    /// Frame megabytes (10^6 bytes) received by all subscribers per second of `replay_secs`.
+    pub replay_mb_per_sec: f64,
+    pub frame_bytes: u64,
+    pub per_subscriber: Vec<SubscriberReplay>,
+    pub publish_secs: f64,
+    /// Server CPU per acknowledged event while publishing.
+    pub publish_server_cpu_us_per_event: Option<f64>,
+    /// One line per subscriber that did not finish.
+    pub failures: Vec<String>,
+}
+
 /// Every figure of a run. Fields that a scenario does not measure stay at zero / null.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -191,6 +243,20 @@ pub struct Report {
     pub connect: Option<ConnectStats>,
     pub presence: Option<PresenceStats>,
     pub history: Option<HistoryStats>,
+    #[serde(default)]
+    pub catch_up: Option<CatchUpStats>,
+    /// `catch-up`: replayed events per second, all subscribers together.
+    #[serde(default)]
+    pub replay_events_per_sec: Option<f64>,
+    /// `catch-up`: acknowledged events per second while publishing the backlog.
+    #[serde(default)]
+    pub publish_events_per_sec: Option<f64>,
+    /// `catch-up`: latency of the backlog's publish requests.
+    #[serde(default)]
+    pub publish_latency_ms: Option<LatencySummary>,
+    /// `catch-up`: server CPU per replayed event.
+    #[serde(default)]
+    pub server_cpu_us_per_event: Option<f64>,
     /// Why the scenario did not run (the server lacks what it measures); the figures are empty.
     pub skipped: Option<String>,
     pub latency_distribution: Vec<(f64, f64)>,
@@ -270,11 +336,43 @@ impl Report {
                 self.out_of_order
             );
             let l = &self.latency_ms;
+            if l.count > 0 || self.catch_up.is_none() {
+                let _ = writeln!(
+                    s,
+                    "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, n {})",
+                    l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
+                );
+            }
+        }
+        if let Some(c) = &self.catch_up {
             let _ = writeln!(
                 s,
-                "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, n {})",
-                l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
+                "catch-up      {} of {} subscribers replayed offsets 1..{} of epoch {} in {:.3} s: {:.0} events/s, {:.1} MB/s of frames in total; recovered true {} false {} unknown {}; {} gaps, {} from another epoch, {} without offset",
+                c.completed, c.subscribers, c.stored, c.epoch.as_deref().unwrap_or("-"),
+                c.replay_secs, c.replay_events_per_sec, c.replay_mb_per_sec, c.recovered_true,
+                c.recovered_false, c.recovered_unknown, c.gaps, c.other_epoch, c.without_offset
             );
+            for p in c.per_subscriber.iter().take(10) {
+                let _ = writeln!(
+                    s,
+                    "  subscriber {:<3} {} events in {} s: {:.0} events/s, {:.1} MB/s, confirmed after {} ms",
+                    p.subscriber,
+                    p.delivered,
+                    p.secs.map_or("-".into(), |v| format!("{v:.3}")),
+                    p.events_per_sec,
+                    p.mb_per_sec,
+                    p.confirm_ms.map_or("-".into(), |v| format!("{v:.1}")),
+                );
+            }
+            if c.per_subscriber.len() > 10 {
+                let _ = writeln!(s, "  ... {} more in the JSON", c.per_subscriber.len() - 10);
+            }
+            if let Some(us) = c.publish_server_cpu_us_per_event {
+                let _ = writeln!(s, "publish CPU   server {us:.2} us per published event");
+            }
+            for f in &c.failures {
+                let _ = writeln!(s, "FAILED        {f}");
+            }
         }
         if let Some(p) = &self.presence {
             let _ = writeln!(

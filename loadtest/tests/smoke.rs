@@ -84,6 +84,11 @@ fn ready(port: u16) -> bool {
 
 impl Server {
     fn start(name: &str) -> Server {
+        Server::start_with(name, CONFIG)
+    }
+
+    /// A node with its own configuration file.
+    fn start_with(name: &str, config: &str) -> Server {
         let bin = chorus_bin();
         let dir = std::env::temp_dir().join(format!(
             "chorus-loadtest-smoke-{name}-{}",
@@ -91,7 +96,7 @@ impl Server {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("chorus.toml"), CONFIG).expect("config");
+        std::fs::write(dir.join("chorus.toml"), config).expect("config");
         let log = File::create(dir.join("chorus.log")).expect("log file");
         let (port, metrics_port) = (free_port(), free_port());
         let child = Command::new(bin)
@@ -446,6 +451,82 @@ fn history_recovers_every_offset_through_storms() {
         "{skipped}"
     );
     assert_eq!(u(&r, "delivered"), 0);
+}
+
+#[test]
+fn catch_up_replays_a_backlog_in_parts() {
+    // A small outbound limit: the 3000-event catch-up (~700 KB of frames) only fits in parts.
+    let config = format!("max_outbound_bytes = 65536\n{CONFIG}");
+    let s = Server::start_with("catch-up", &config);
+    let (url, pid) = (s.url(), s.pid());
+    let r = s.run(
+        "catch-up",
+        &[
+            "catch-up",
+            "--target",
+            &url,
+            "--server-pid",
+            &pid,
+            "--no-progress",
+            "--events",
+            "3000",
+            "--subscribers",
+            "2",
+            "--window",
+            "4",
+            "--replay-timeout-secs",
+            "30",
+        ],
+    );
+    assert!(r["skipped"].is_null(), "skipped: {r}");
+    assert_eq!(r["scenario"], "catch-up");
+    assert_eq!(u(&r, "published"), 3000);
+    assert_eq!(u(&r, "publish_refused"), 0);
+    // Both subscribers saw offsets 1..=3000 exactly once, in order.
+    assert_eq!(u(&r, "expected"), 6000, "{r}");
+    assert_exact(&r);
+    let c = &r["catch_up"];
+    assert_eq!(u(c, "stored"), 3000);
+    assert_eq!(u(c, "completed"), 2, "{c}");
+    assert_eq!(u(c, "recovered_true"), 2);
+    assert_eq!(u(c, "gaps"), 0);
+    assert_eq!(u(c, "other_epoch"), 0);
+    assert_eq!(u(c, "without_offset"), 0);
+    assert!(
+        c["failures"].as_array().expect("failures").is_empty(),
+        "{c}"
+    );
+    assert!(u(c, "frame_bytes") > 2 * 3000 * 100, "{c}");
+    for p in c["per_subscriber"].as_array().expect("per subscriber") {
+        assert_eq!(u(p, "delivered"), 3000);
+        assert!(f(p, "secs") > 0.0 && f(p, "events_per_sec") > 0.0, "{p}");
+        assert!(p["failure"].is_null());
+    }
+    assert!(f(&r, "replay_events_per_sec") > 0.0);
+    assert!(f(&r, "publish_events_per_sec") > 0.0);
+    assert_latency_sane(&r["publish_latency_ms"]);
+    assert!(f(&r, "server_cpu_us_per_event") >= 0.0);
+    assert_server_sampled(&r);
+    assert_eq!(r["errors"], serde_json::json!({}));
+
+    // Channels without a history rule carry no offsets: the scenario says so and exits 0.
+    let r = s.run(
+        "catch-up-skipped",
+        &[
+            "catch-up",
+            "--target",
+            &url,
+            "--no-progress",
+            "--history-prefix",
+            "plain-",
+        ],
+    );
+    let skipped = r["skipped"].as_str().expect("a skipped run says why");
+    assert!(
+        skipped.starts_with("server does not send offsets"),
+        "{skipped}"
+    );
+    assert_eq!(u(&r, "published"), 0);
 }
 
 #[test]

@@ -153,3 +153,34 @@ pub async fn accept_fake(listener: &tokio::net::TcpListener) -> WebSocketStream<
     .expect("sending connection_established");
     ws
 }
+
+/// A loopback listener for an in-test fake server and a target (app `1`, key `k`, secret `s`)
+/// pointing at it.
+#[cfg(test)]
+pub async fn fake_endpoint() -> (tokio::net::TcpListener, Target) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let port = listener.local_addr().expect("bound").port();
+    let creds = crate::pusher::signing::Credentials {
+        app_id: "1".into(),
+        key: "k".into(),
+        secret: "s".into(),
+    };
+    (listener, Target::loopback(port, creds).await)
+}
+
+/// An in-test fake server's history event: `offset` of epoch `e` on `channel`.
+#[cfg(test)]
+pub fn fake_history_event(channel: &str, offset: u64) -> String {
+    format!(r#"{{"event":"lt","channel":"{channel}","data":"x","offset":{offset},"epoch":"e"}}"#)
+}
+
+/// An in-test fake server's `subscription_succeeded` of `channel` with `data` (a JSON object as text).
+#[cfg(test)]
+pub fn fake_succeeded(channel: &str, data: &str) -> String {
+    let data = serde_json::to_string(data).expect("a string encodes");
+    format!(
+        r#"{{"event":"pusher_internal:subscription_succeeded","channel":"{channel}","data":{data}}}"#
+    )
+}

@@ -78,6 +78,11 @@ const FIGURES: &[&str] = &[
     "history.gaps",
     "history.recover_ms.p50",
     "history.recover_ms.p99",
+    "replay_events_per_sec",
+    "catch_up.replay_mb_per_sec",
+    "server_cpu_us_per_event",
+    "publish_events_per_sec",
+    "publish_latency_ms.p99",
 ];
 
 #[derive(Debug, Serialize)]

@@ -27,7 +27,6 @@ use crate::pusher::rest::{Event, Rest};
 use crate::pusher::ws::{self, Ws};
 use crate::recovering::{self, Finish, RecoveringLive};
 use crate::report::{latency_distribution, HistoryStats, LatencySummary, Report};
-use crate::sampler::{Counters, Sampler};
 use crate::scenario::{per, Window};
 
 /// What the scenario says when the server has no offsets on its events.
@@ -116,21 +115,7 @@ pub async fn run(args: &HistoryArgs) -> Result<Report> {
 
     let live = Arc::new(RecoveringLive::default());
     let pub_live = Arc::new(Live::default());
-    let sampler = {
-        let (live, pub_live) = (live.clone(), pub_live.clone());
-        Sampler::start(
-            Duration::from_millis(500),
-            common.server_pids.clone(),
-            Arc::new(move || Counters {
-                connections: live.connected.load(Ordering::Relaxed),
-                failures: 0,
-                published: pub_live.accepted.load(Ordering::Relaxed),
-                delivered: live.delivered.load(Ordering::Relaxed),
-                helper_cpu_us: 0,
-            }),
-            !common.no_progress,
-        )
-    };
+    let sampler = live.sampler(&pub_live, Duration::from_millis(500), common);
 
     // Subscribers: connected and subscribed before publishing starts.
     sampler.set_phase("subscribing");

@@ -1,5 +1,6 @@
 //! The scenarios (one per subcommand) and the measurement bookkeeping they share.
 
+pub mod catch_up;
 pub mod compare;
 pub mod connections;
 pub mod fanout;
