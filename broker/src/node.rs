@@ -55,6 +55,9 @@ impl Node {
         let metrics = Metrics::new();
         let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes, &store);
         let cluster = Cluster::start(config.cluster_settings(), &store, metrics.registry())?;
+        for app in apps.iter() {
+            app.channels.attach_cluster(cluster.clone());
+        }
         Ok(Node {
             config,
             apps,

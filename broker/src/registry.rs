@@ -5,11 +5,17 @@
 //! held, so the actor sees subscribes, unsubscribes and publishes in the order the lock gave
 //! them: a cache channel's new subscriber gets either the cached event or the live one, never
 //! both. A channel's actor is created by its first subscriber and dropped with its last.
+//!
+//! In a cluster, the registry also tells the cluster when its first subscriber comes and its last
+//! goes (the node's channel interest, recorded in the background: the lock never waits on Raft),
+//! and holds the cluster handle the router forwards with.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
+use chorus_cluster::Cluster;
 use chorus_storage::{LastEvent, LastEvents};
 use parking_lot::Mutex;
 
@@ -85,6 +91,8 @@ pub struct Registry {
     max_outbound_bytes: usize,
     /// Where cache channels' last events outlive the process.
     last_events: LastEvents,
+    /// The node's cluster, once the node has started it.
+    cluster: OnceLock<Cluster>,
 }
 
 /// A channel as the HTTP API reports it.
@@ -110,7 +118,23 @@ impl Registry {
             max_presence_members,
             max_outbound_bytes,
             last_events,
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Joins the registry to the node's cluster: from now on its channels' interest is recorded
+    /// there. Later calls do nothing.
+    pub fn attach_cluster(&self, cluster: Cluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The node's cluster, if the registry is attached to it.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
+    }
+
+    pub fn app_id(&self) -> &str {
+        &self.app_id
     }
 
     /// A cache channel's last event: from memory, or from the store after a restart.
@@ -149,6 +173,9 @@ impl Registry {
         let cached = kind.cache.then(|| self.cached(&mut table, channel));
         let entry = table.live.entry(channel.to_owned()).or_insert_with(|| {
             self.metrics.channels.inc();
+            if let Some(cluster) = self.cluster.get() {
+                cluster.declare_interest(&self.app_id, channel, true);
+            }
             let in_flight = InFlight::new(self.max_outbound_bytes);
             let metrics = self.metrics.clone();
             let addr = if kind.is_presence() {
@@ -194,6 +221,9 @@ impl Registry {
             // Dropping the last address stops the actor once its mailbox is empty.
             table.live.remove(channel);
             self.metrics.channels.dec();
+            if let Some(cluster) = self.cluster.get() {
+                cluster.declare_interest(&self.app_id, channel, false);
+            }
         }
     }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use actix_web::{web, App as HttpApp, HttpServer};
 use anyhow::Context as _;
+use chorus_cluster::http::Authorized;
+use chorus_cluster::{ForwardBatch, DELIVER_PATH};
 
 use crate::actors::connection::Disconnect;
 use crate::config::Config;
@@ -58,9 +60,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let cluster_port = cfg.cluster_port();
     let cluster = web::Data::new(node.cluster.clone());
+    let cluster_node = node.clone();
     let cluster_server = HttpServer::new(move || {
         HttpApp::new()
             .app_data(cluster.clone())
+            .app_data(cluster_node.clone())
+            .route(DELIVER_PATH, web::post().to(deliver))
             .configure(chorus_cluster::http::cluster_routes)
     })
     .workers(CLUSTER_WORKERS)
@@ -144,6 +149,19 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)?.into_std()
+}
+
+/// `POST /cluster/deliver` on the cluster port: frames another node forwarded, for this node's
+/// subscribers.
+async fn deliver(
+    _: Authorized,
+    node: web::Data<Node>,
+    batch: web::Json<ForwardBatch>,
+) -> actix_web::HttpResponse {
+    let ForwardBatch { from, frames } = batch.into_inner();
+    node.cluster.forwarder().received(from, frames.len());
+    let delivered = crate::router::deliver_forwarded(&node.apps, from, frames);
+    actix_web::HttpResponse::Ok().json(serde_json::json!({ "delivered": delivered }))
 }
 
 /// Worker threads of the cluster port: Raft RPCs are small and handed to the Raft runtime.

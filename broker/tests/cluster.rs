@@ -2,13 +2,139 @@
 //! agree on one leader with no further command; after `kill -9` of the leader the other two
 //! elect a new one; the killed node, restarted on its data directory, rejoins and catches up. The
 //! cluster port refuses requests without the secret, and `chorus cluster status` reads it.
+//!
+//! The data plane: a REST publish to one node reaches raw WebSocket subscribers on the others, in
+//! order, and stops going to a node once its last subscriber left; a client event reaches the
+//! other nodes' subscribers and not its sender; a node killed and restarted leaves no interest
+//! of its earlier run.
 
 mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
+use serde_json::json;
 use support::cluster::{TestCluster, CLUSTER_SECRET};
+use support::Client;
+
+/// Reads the next `count` events named `event` on `channel`, skipping nothing else, and returns
+/// their data.
+async fn events(client: &mut Client, channel: &str, event: &str, count: usize) -> Vec<String> {
+    let mut seen = Vec::with_capacity(count);
+    while seen.len() < count {
+        let frame = client
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("socket closed after {} events", seen.len()));
+        assert_eq!(frame["event"], event, "{frame}");
+        assert_eq!(frame["channel"], channel, "{frame}");
+        seen.push(match &frame["data"] {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        });
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_publish_reaches_the_other_nodes_in_order_until_their_subscribers_leave() {
+    let cluster = TestCluster::start("forward", 3).await;
+    cluster
+        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
+        .await;
+    let mut on_2 = cluster.node(2).connect().await;
+    let mut on_3 = cluster.node(3).connect().await;
+    on_2.subscribe("news").await;
+    on_3.subscribe("news").await;
+    cluster
+        .await_interest(1, "news", &[2, 3], Duration::from_secs(5))
+        .await;
+
+    let published: Vec<String> = (0..500).map(|n| n.to_string()).collect();
+    for data in &published {
+        assert!(cluster.node(1).publish("news", data).await);
+    }
+    assert_eq!(events(&mut on_2, "news", "e", 500).await, published);
+    assert_eq!(events(&mut on_3, "news", "e", 500).await, published);
+    let forwarded_to = |peer: u64| format!("chorus_forwarded_frames_total{{peer=\"{peer}\"}}");
+    for peer in [2, 3] {
+        // Counted once the peer answered the batch, which may be just after it delivered it.
+        cluster
+            .await_metric(1, &forwarded_to(peer), 500.0, Duration::from_secs(2))
+            .await;
+        let dropped = format!("chorus_forward_dropped_total{{peer=\"{peer}\"}}");
+        assert_eq!(cluster.metric_or_zero(1, &dropped).await, 0.0);
+        let received = "chorus_forward_received_frames_total{peer=\"1\"}";
+        assert_eq!(cluster.metric(peer, received).await, 500.0);
+    }
+
+    on_3.send_json(json!({"event": "pusher:unsubscribe", "data": {"channel": "news"}}))
+        .await;
+    cluster
+        .await_interest(1, "news", &[2], Duration::from_secs(5))
+        .await;
+    let more: Vec<String> = (500..520).map(|n| n.to_string()).collect();
+    for data in &more {
+        assert!(cluster.node(1).publish("news", data).await);
+    }
+    assert_eq!(events(&mut on_2, "news", "e", 20).await, more);
+    cluster
+        .await_metric(1, &forwarded_to(2), 520.0, Duration::from_secs(2))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        cluster.metric(1, &forwarded_to(3)).await,
+        500.0,
+        "nothing is forwarded to a node with no subscribers left"
+    );
+    on_3.send_json(json!({"event": "pusher:ping", "data": {}}))
+        .await;
+    let answer = on_3.next().await.expect("node 3's client is connected");
+    assert_eq!(answer["event"], "pusher:pong", "after leaving: {answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_events_cross_nodes_and_a_restarted_node_leaves_no_stale_interest() {
+    let mut cluster = TestCluster::start("client-events", 3).await;
+    cluster
+        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
+        .await;
+    let channel = "private-chat";
+    let mut sender = cluster.node(2).connect().await;
+    let mut on_1 = cluster.node(1).connect().await;
+    let mut on_3 = cluster.node(3).connect().await;
+    for client in [&mut sender, &mut on_1, &mut on_3] {
+        client.subscribe_private(channel).await;
+    }
+    cluster
+        .await_interest(2, channel, &[1, 2, 3], Duration::from_secs(5))
+        .await;
+
+    let sent: Vec<String> = (0..5).map(|n| json!({"n": n}).to_string()).collect();
+    for data in &sent {
+        sender
+            .send_text(format!(
+                r#"{{"event":"client-typing","channel":"{channel}","data":{data}}}"#
+            ))
+            .await;
+    }
+    assert_eq!(events(&mut on_3, channel, "client-typing", 5).await, sent);
+    assert_eq!(events(&mut on_1, channel, "client-typing", 5).await, sent);
+    sender
+        .send_json(json!({"event": "pusher:ping", "data": {}}))
+        .await;
+    let answer = sender.next().await.expect("the sender's socket is open");
+    assert_eq!(
+        answer["event"], "pusher:pong",
+        "the sender gets none of its own events back: {answer}"
+    );
+
+    cluster.kill_hard(3);
+    cluster.restart(3).await;
+    cluster
+        .await_interest(2, channel, &[1, 2], Duration::from_secs(15))
+        .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_survive_the_leaders_death_and_take_it_back() {

@@ -1,6 +1,7 @@
 //! The node's handle on its Raft cluster: openraft running on a tokio runtime thread of its own,
 //! with the node's sled storage, the HTTP network client, the bootstrap and membership task
-//! ([`crate::membership`]) and the metrics watch.
+//! ([`crate::membership`]), the metrics watch, the task that records this node's channel interest
+//! ([`crate::interest`]) and the streams that forward frames to other nodes ([`crate::forward`]).
 //!
 //! The rest of the node (actix, a current-thread runtime per worker) never runs Raft's futures
 //! itself: it hands them to the Raft runtime with [`Cluster::on_raft_runtime`] and awaits the
@@ -16,14 +17,16 @@ use parking_lot::Mutex;
 use prometheus::Registry;
 
 use crate::error::ClusterError;
+use crate::forward::Forwarder;
+use crate::interest::InterestQueue;
 use crate::log_store::LogStore;
-use crate::metrics::RaftSeries;
+use crate::metrics::{ForwardSeries, RaftSeries};
 use crate::network::HttpNetwork;
 use crate::peers::Peers;
 use crate::secret::ClusterSecret;
 use crate::state_machine::{StateMachineStore, StateReader};
 use crate::status::{ClusterStatus, MemberStatus};
-use crate::types::{LogId, NodeId, TypeConfig};
+use crate::types::{LogId, NodeId, Request, Response, TypeConfig};
 
 /// The Raft instance of this cluster.
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -63,6 +66,8 @@ pub(crate) struct Core {
     pub(crate) store: Store,
     pub(crate) client: reqwest::Client,
     pub(crate) series: RaftSeries,
+    pub(crate) interest_queue: InterestQueue,
+    pub(crate) forwarder: Forwarder,
     runtime: tokio::runtime::Handle,
 }
 
@@ -180,6 +185,7 @@ impl Cluster {
     ) -> Result<Cluster, ClusterError> {
         let config = Arc::new(raft_config()?);
         let series = RaftSeries::register(registry).map_err(ClusterError::Metrics)?;
+        let forward_series = ForwardSeries::register(registry).map_err(ClusterError::Metrics)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .build()
@@ -212,6 +218,7 @@ impl Cluster {
                         rpc_errors: series.rpc_errors.clone(),
                     };
                     let state = state_machine.reader();
+                    let interest = state_machine.interest_index();
                     let raft = match Raft::new(
                         settings.node_id,
                         config,
@@ -227,6 +234,15 @@ impl Cluster {
                             return;
                         }
                     };
+                    let runtime = tokio::runtime::Handle::current();
+                    let forwarder = Forwarder::new(
+                        settings.node_id,
+                        interest,
+                        raft.clone(),
+                        settings.secret.clone(),
+                        forward_series,
+                        runtime.clone(),
+                    );
                     let core = Arc::new(Core {
                         settings,
                         raft: raft.clone(),
@@ -234,10 +250,13 @@ impl Cluster {
                         store,
                         client,
                         series,
-                        runtime: tokio::runtime::Handle::current(),
+                        interest_queue: InterestQueue::default(),
+                        forwarder,
+                        runtime,
                     });
                     tokio::spawn(core.clone().watch_metrics());
                     tokio::spawn(crate::membership::keep_membership(core.clone()));
+                    tokio::spawn(crate::interest::submit_interest(core.clone()));
                     if started_tx.send(Ok(core)).is_err() {
                         return;
                     }
@@ -284,6 +303,26 @@ impl Cluster {
     /// This node's view of the cluster.
     pub fn status(&self) -> ClusterStatus {
         self.core.status()
+    }
+
+    /// Records, in the background, that this node now has (`present`) or no longer has local
+    /// subscribers of `channel` of `app`. Call it when the local count crosses zero; it never
+    /// waits (see [`crate::interest`]).
+    pub fn declare_interest(&self, app: &str, channel: &str, present: bool) {
+        self.core.interest_queue.declare(app, channel, present);
+    }
+
+    /// The streams that forward published frames to the other nodes with interest.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.core.forwarder
+    }
+
+    /// Writes `request` to the replicated state through the leader, wherever it is, and returns
+    /// what applying it answered.
+    pub async fn propose(&self, request: Request) -> Result<Response, ClusterError> {
+        let core = self.core.clone();
+        self.on_raft_runtime(async move { crate::propose::propose(&core, request).await })
+            .await?
     }
 
     /// Runs `work` on the Raft runtime and returns its output; callable from any runtime.

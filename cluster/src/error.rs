@@ -17,6 +17,8 @@ pub enum ClusterError {
     Fatal(#[source] Box<openraft::error::Fatal<NodeId>>),
     #[error("the raft runtime has stopped")]
     Stopped,
+    #[error("the cluster has no leader to write to")]
+    NoLeader,
     #[error("cannot reach the cluster port at {addr}: {source}")]
     Unreachable {
         addr: String,

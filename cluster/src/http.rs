@@ -1,24 +1,29 @@
 //! The cluster port's endpoints, for the node's actix server: the Raft RPCs (POST, JSON in and
-//! out), `POST /cluster/join` (a new node asking the leader to take it) and `GET /cluster`, this
-//! node's view of the cluster. Every one of them, `/cluster` included, requires the cluster
+//! out), `POST /cluster/join` (a new node asking the leader to take it), `POST /cluster/propose`
+//! (a node asking the leader to write a change to the replicated state), `GET /cluster`, this
+//! node's view of the cluster, and `GET /cluster/interest`, which nodes have subscribers of which
+//! channel as this node last applied it. (The broker adds `POST /cluster/deliver`, forwarded
+//! frames, which it delivers.) Every one of them, `/cluster` included, requires the cluster
 //! secret in the `x-chorus-cluster-secret` header and answers 401 without it: the port is for the
 //! nodes and their operators only, and `/cluster` lists the nodes' internal addresses.
 //!
 //! The routes expect the node's [`Cluster`] as `web::Data<Cluster>`.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cluster::{Cluster, Raft};
+use crate::cluster::{Cluster, Core, Raft};
 use crate::error::ClusterError;
 use crate::join::{admit, JoinRequest, JOIN_PATH};
 use crate::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use crate::propose::{write_as_leader, PROPOSE_PATH};
 use crate::secret::SECRET_HEADER;
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{NodeId, Request, TypeConfig};
 
 /// Largest RPC body: a full batch of log entries, or a snapshot chunk as JSON.
 const MAX_RPC_BYTES: usize = 64 * 1024 * 1024;
@@ -31,6 +36,8 @@ pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
         .route(VOTE_PATH, web::post().to(vote))
         .route(SNAPSHOT_PATH, web::post().to(install_snapshot))
         .route(JOIN_PATH, web::post().to(join))
+        .route(PROPOSE_PATH, web::post().to(propose))
+        .route("/cluster/interest", web::get().to(interest))
         .default_service(web::to(not_found));
 }
 
@@ -113,16 +120,58 @@ async fn install_snapshot(
     .await
 }
 
+/// Runs `work` with the node's core on the Raft runtime and answers what it returned.
+async fn with_core<T, Work>(cluster: &Cluster, work: impl FnOnce(Arc<Core>) -> Work) -> HttpResponse
+where
+    T: Serialize + Send + 'static,
+    Work: Future<Output = Result<T, ClusterError>> + Send + 'static,
+{
+    let outcome = cluster.on_raft_runtime(work(cluster.core())).await;
+    answer(outcome.and_then(|done| done))
+}
+
 async fn join(
     _: Authorized,
     cluster: web::Data<Cluster>,
     request: web::Json<JoinRequest>,
 ) -> HttpResponse {
-    let core = cluster.core();
-    let outcome = cluster
-        .on_raft_runtime(async move { admit(&core, request.into_inner()).await })
-        .await;
-    answer(outcome.and_then(|admitted| admitted))
+    with_core(&cluster, |core| async move {
+        admit(&core, request.into_inner()).await
+    })
+    .await
+}
+
+async fn propose(
+    _: Authorized,
+    cluster: web::Data<Cluster>,
+    request: web::Json<Request>,
+) -> HttpResponse {
+    with_core(&cluster, |core| async move {
+        write_as_leader(&core, request.into_inner()).await
+    })
+    .await
+}
+
+/// One channel's interest, as `GET /cluster/interest` lists it.
+#[derive(Serialize)]
+struct ChannelInterest {
+    app: String,
+    channel: String,
+    nodes: Vec<NodeId>,
+}
+
+async fn interest(_: Authorized, cluster: web::Data<Cluster>) -> HttpResponse {
+    let channels: Vec<ChannelInterest> = cluster.state().read(|state| {
+        state
+            .interest()
+            .map(|(key, nodes)| ChannelInterest {
+                app: key.app.clone(),
+                channel: key.channel.clone(),
+                nodes: nodes.iter().copied().collect(),
+            })
+            .collect()
+    });
+    HttpResponse::Ok().json(channels)
 }
 
 async fn not_found(_: Authorized) -> HttpResponse {

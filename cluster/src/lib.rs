@@ -10,6 +10,10 @@
 //! to the other nodes over HTTP on their cluster ports ([`network`] is the client, [`http`] the
 //! endpoints the node serves), forming the cluster and following the peer list by itself
 //! ([`membership`]).
+//!
+//! The data plane: the node records its channel interest ([`interest`], through the leader with
+//! [`propose`]), and [`forward`] sends a published frame to every other node with interest in its
+//! channel, read from the [`InterestIndex`] kept beside the state.
 
 #![allow(
     clippy::result_large_err,
@@ -19,7 +23,10 @@
 pub mod cluster;
 pub mod error;
 mod flusher;
+pub mod forward;
 pub mod http;
+mod interest;
+pub mod interest_index;
 pub mod join;
 pub mod log_store;
 pub mod membership;
@@ -27,6 +34,7 @@ mod metrics;
 mod network;
 mod peer_request;
 pub mod peers;
+pub mod propose;
 pub mod secret;
 pub mod snapshot;
 pub mod state;
@@ -36,6 +44,8 @@ pub mod types;
 
 pub use cluster::{Cluster, ClusterSettings, Raft};
 pub use error::ClusterError;
+pub use forward::{ForwardBatch, ForwardedFrame, Forwarder, DELIVER_PATH};
+pub use interest_index::InterestIndex;
 pub use log_store::{LogReader, LogStore};
 pub use peers::{ordinal_of_hostname, Peers, PeersError};
 pub use secret::{ClusterSecret, SECRET_HEADER};
@@ -44,5 +54,6 @@ pub use state::{ChannelKey, HistoryPosition, PresenceMember, ReplicatedState};
 pub use state_machine::{StateMachineStore, StateReader};
 pub use status::{fetch_status, ClusterStatus, MemberStatus, Role};
 pub use types::{
-    Entry, LogId, Node, NodeId, PresenceUserRef, RaftStorageError, Request, Response, TypeConfig,
+    Entry, InterestChange, LogId, Node, NodeId, PresenceUserRef, RaftStorageError, Request,
+    Response, TypeConfig,
 };

@@ -1,8 +1,10 @@
-//! The Raft series of a node's Prometheus registry: term, leadership, log positions and RPC
-//! errors. Updated from openraft's metrics watch (see [`crate::cluster`]) and by the network
-//! client for failed RPCs.
+//! The cluster's series in a node's Prometheus registry: Raft's term, leadership, log positions
+//! and RPC errors, updated from openraft's metrics watch (see [`crate::cluster`]) and by the
+//! network client for failed RPCs; and the forwarding of frames between nodes, by peer.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::types::NodeId;
 
 /// The node's Raft metrics, registered in its registry.
 #[derive(Clone)]
@@ -62,5 +64,54 @@ impl RaftSeries {
             )?,
             rpc_errors,
         })
+    }
+}
+
+/// The forwarding series, labelled by the other node's id.
+#[derive(Clone)]
+pub(crate) struct ForwardSeries {
+    pub(crate) frames: IntCounterVec,
+    pub(crate) batches: IntCounterVec,
+    pub(crate) dropped: IntCounterVec,
+    pub(crate) errors: IntCounterVec,
+    pub(crate) received: IntCounterVec,
+}
+
+impl ForwardSeries {
+    pub(crate) fn register(registry: &Registry) -> Result<ForwardSeries, prometheus::Error> {
+        let counter = |name: &str, help: &str| -> Result<IntCounterVec, prometheus::Error> {
+            let counter = IntCounterVec::new(Opts::new(name, help), &["peer"])?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        Ok(ForwardSeries {
+            frames: counter(
+                "chorus_forwarded_frames_total",
+                "Published frames this node forwarded to another node (taken by it).",
+            )?,
+            batches: counter(
+                "chorus_forwarded_batches_total",
+                "Batches of frames this node sent to another node (taken by it).",
+            )?,
+            dropped: counter(
+                "chorus_forward_dropped_total",
+                "Frames for another node dropped: its queue was full, or it did not take them.",
+            )?,
+            errors: counter(
+                "chorus_forward_errors_total",
+                "Batches another node did not take (unreachable, refused).",
+            )?,
+            received: counter(
+                "chorus_forward_received_frames_total",
+                "Frames other nodes forwarded to this one.",
+            )?,
+        })
+    }
+
+    /// Counts `frames` frames for `peer` dropped.
+    pub(crate) fn dropped(&self, peer: NodeId, frames: usize) {
+        self.dropped
+            .with_label_values(&[&peer.to_string()])
+            .inc_by(frames as u64);
     }
 }

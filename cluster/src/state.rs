@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{NodeId, PresenceUserRef, Request, Response};
+use crate::types::{InterestChange, NodeId, PresenceUserRef, Request, Response};
 
 /// A channel of an app.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -98,14 +98,24 @@ impl ReplicatedState {
                 channel,
                 present,
             } => {
-                let key = ChannelKey { app, channel };
-                if present {
-                    self.interest.entry(key).or_default().insert(node);
-                } else if let Some(nodes) = self.interest.get_mut(&key) {
-                    nodes.remove(&node);
-                    if nodes.is_empty() {
-                        self.interest.remove(&key);
-                    }
+                self.set_interest(node, ChannelKey { app, channel }, present);
+                Response::Applied
+            }
+            Request::UpdateInterest {
+                node,
+                reset,
+                changes,
+            } => {
+                if reset {
+                    self.clear_interest(node);
+                }
+                for InterestChange {
+                    app,
+                    channel,
+                    present,
+                } in changes
+                {
+                    self.set_interest(node, ChannelKey { app, channel }, present);
                 }
                 Response::Applied
             }
@@ -159,6 +169,24 @@ impl ReplicatedState {
         }
     }
 
+    fn set_interest(&mut self, node: NodeId, key: ChannelKey, present: bool) {
+        if present {
+            self.interest.entry(key).or_default().insert(node);
+        } else if let Some(nodes) = self.interest.get_mut(&key) {
+            nodes.remove(&node);
+            if nodes.is_empty() {
+                self.interest.remove(&key);
+            }
+        }
+    }
+
+    fn clear_interest(&mut self, node: NodeId) {
+        self.interest.retain(|_, nodes| {
+            nodes.remove(&node);
+            !nodes.is_empty()
+        });
+    }
+
     /// Drops one connection of a user on a node; true when it was the user's last anywhere.
     fn presence_leave(&mut self, key: ChannelKey, user_id: &str, node: NodeId) -> bool {
         let Some(users) = self.presence.get_mut(&key) else {
@@ -188,10 +216,7 @@ impl ReplicatedState {
     /// connection was there.
     fn remove_member(&mut self, id: NodeId) -> Vec<PresenceUserRef> {
         self.members.remove(&id);
-        self.interest.retain(|_, nodes| {
-            nodes.remove(&id);
-            !nodes.is_empty()
-        });
+        self.clear_interest(id);
         let mut users_left = Vec::new();
         self.presence.retain(|key, users| {
             users.retain(|user_id, member| {
@@ -222,6 +247,20 @@ impl ReplicatedState {
             .get(&ChannelKey::new(app, channel))
             .map(|nodes| nodes.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Every channel some node has local subscribers of, with those nodes.
+    pub fn interest(&self) -> impl Iterator<Item = (&ChannelKey, &BTreeSet<NodeId>)> {
+        self.interest.iter()
+    }
+
+    /// The channels `node` has local subscribers of.
+    pub fn interest_of(&self, node: NodeId) -> Vec<ChannelKey> {
+        self.interest
+            .iter()
+            .filter(|(_, nodes)| nodes.contains(&node))
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// The users of a presence channel, by user id.
@@ -319,6 +358,45 @@ mod tests {
             state.interest.len(),
             1,
             "an unwatched channel leaves no entry"
+        );
+    }
+
+    #[test]
+    fn an_interest_update_applies_its_changes_in_order_after_an_optional_reset() {
+        let change = |channel: &str, present| InterestChange {
+            app: "1".into(),
+            channel: channel.into(),
+            present,
+        };
+        let mut state = ReplicatedState::default();
+        state.apply(interest(1, "stale", true));
+        state.apply(interest(2, "stale", true));
+        state.apply(Request::UpdateInterest {
+            node: 1,
+            reset: false,
+            changes: vec![
+                change("news", true),
+                change("flap", true),
+                change("flap", false),
+            ],
+        });
+        assert_eq!(state.interested_nodes("1", "news"), vec![1]);
+        assert_eq!(state.interested_nodes("1", "flap"), Vec::<NodeId>::new());
+        assert_eq!(
+            state.interest_of(1),
+            vec![ChannelKey::new("1", "news"), ChannelKey::new("1", "stale")]
+        );
+
+        state.apply(Request::UpdateInterest {
+            node: 1,
+            reset: true,
+            changes: vec![change("sport", true)],
+        });
+        assert_eq!(state.interest_of(1), vec![ChannelKey::new("1", "sport")]);
+        assert_eq!(
+            state.interested_nodes("1", "stale"),
+            vec![2],
+            "another node's interest stays"
         );
     }
 

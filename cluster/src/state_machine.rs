@@ -10,6 +10,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, Snapshot, StoredMembership};
 use parking_lot::RwLock;
 
+use crate::interest_index::{InterestIndex, Touched};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotMeta};
 use crate::state::ReplicatedState;
 use crate::types::{Entry, LogId, Node, NodeId, RaftStorageError, Response, TypeConfig};
@@ -26,6 +27,7 @@ pub(crate) struct AppliedState {
 pub struct StateMachineStore {
     store: Store,
     applied: Arc<RwLock<AppliedState>>,
+    interest: InterestIndex,
 }
 
 /// Read access to the replicated state for the rest of the node; cheap to clone.
@@ -58,10 +60,18 @@ impl StateMachineStore {
             },
             None => AppliedState::default(),
         };
+        let interest = InterestIndex::default();
+        interest.rebuild(&applied.state);
         Ok(StateMachineStore {
             store: store.clone(),
             applied: Arc::new(RwLock::new(applied)),
+            interest,
         })
+    }
+
+    /// The interest index this state machine keeps up to date as it applies entries.
+    pub fn interest_index(&self) -> InterestIndex {
+        self.interest.clone()
     }
 
     /// A reader of the state that stays valid after the state machine is handed to Raft.
@@ -94,7 +104,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => Response::Applied,
-                    EntryPayload::Normal(request) => applied.state.apply(request),
+                    EntryPayload::Normal(request) => {
+                        let touched = Touched::by(&request, &applied.state);
+                        let response = applied.state.apply(request);
+                        self.interest.refresh(&applied.state, touched);
+                        response
+                    }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         Response::Applied
@@ -124,7 +139,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let state = snapshot::decode(meta, &data)?;
         snapshot::save(&self.store, meta, &data).await?;
-        *self.applied.write() = AppliedState {
+        let mut applied = self.applied.write();
+        self.interest.rebuild(&state);
+        *applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             state,

@@ -47,6 +47,14 @@ pub enum Request {
         channel: String,
         present: bool,
     },
+    /// Several interest changes of one node at once, in order. With `reset`, the node's interest
+    /// is first cleared: a node that starts declares all it has, so nothing stale of an earlier
+    /// run stays.
+    UpdateInterest {
+        node: NodeId,
+        reset: bool,
+        changes: Vec<InterestChange>,
+    },
     /// A connection of `user_id` on `node` joined a presence channel. `user_info` is the
     /// application's JSON text, kept as the user's first connection gave it.
     PresenceJoin {
@@ -72,6 +80,14 @@ pub enum Request {
         fresh_epoch: String,
         events: Vec<StoredEvent>,
     },
+}
+
+/// A channel of an app that a node now has (`present`) or no longer has local subscribers of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterestChange {
+    pub app: String,
+    pub channel: String,
+    pub present: bool,
 }
 
 /// What applying a log entry did.

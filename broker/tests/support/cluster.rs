@@ -1,6 +1,8 @@
 //! Several real `chorus` processes forming one Raft cluster on free loopback ports, each with
 //! its own temporary data directory, configured only through the environment as an operator
 //! would: `CHORUS_NODE_ID`, `CHORUS_CLUSTER_PORT`, `CHORUS_PEERS`, `CHORUS_CLUSTER_SECRET`.
+//! Clients connect to any node and publish to any node, and the channel interest each node
+//! applied is read from its cluster port.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -49,6 +51,16 @@ impl ClusterNode {
 
     pub fn cluster_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.cluster_addr())
+    }
+
+    /// A raw WebSocket client of this node, after `connection_established`.
+    pub async fn connect(&self) -> super::Client {
+        super::connect(self.port, None).await
+    }
+
+    /// Publishes one event (name `e`) through this node's HTTP API; `false` when refused (429).
+    pub async fn publish(&self, channel: &str, data: &str) -> bool {
+        super::publish(self.port, channel, data).await
     }
 
     /// This node's entry in a peer list.
@@ -187,18 +199,29 @@ impl TestCluster {
         &self.nodes[&id]
     }
 
-    /// What node `id` answers on `GET /cluster`; `None` while it does not answer.
-    pub async fn status(&self, id: u64) -> Option<ClusterStatus> {
+    /// What node `id` answers on `GET path` of its cluster port, with the secret, as JSON;
+    /// `None` while it does not answer.
+    async fn cluster_get<T: serde::de::DeserializeOwned>(&self, id: u64, path: &str) -> Option<T> {
         let response = self
             .client
-            .get(self.node(id).cluster_url("/cluster"))
+            .get(self.node(id).cluster_url(path))
             .header(SECRET_HEADER, CLUSTER_SECRET)
             .timeout(Duration::from_secs(2))
             .send()
             .await
             .ok()?;
-        assert_eq!(response.status(), 200, "GET /cluster of node {id}");
-        Some(response.json().await.expect("/cluster answers its JSON"))
+        assert_eq!(response.status(), 200, "GET {path} of node {id}");
+        Some(
+            response
+                .json()
+                .await
+                .expect("the cluster port answers JSON"),
+        )
+    }
+
+    /// What node `id` answers on `GET /cluster`; `None` while it does not answer.
+    pub async fn status(&self, id: u64) -> Option<ClusterStatus> {
+        self.cluster_get(id, "/cluster").await
     }
 
     /// Waits (at most `within`) until every node of `among` names the same leader, one of
@@ -231,6 +254,36 @@ impl TestCluster {
         }
     }
 
+    /// The nodes with subscribers of `channel` of app 1, as node `id` last applied it.
+    pub async fn interest(&self, id: u64, channel: &str) -> Vec<u64> {
+        let channels: Vec<serde_json::Value> = self
+            .cluster_get(id, "/cluster/interest")
+            .await
+            .unwrap_or_else(|| panic!("node {id} does not answer"));
+        channels
+            .iter()
+            .find(|entry| entry["app"] == "1" && entry["channel"] == channel)
+            .map(|entry| serde_json::from_value(entry["nodes"].clone()).unwrap())
+            .unwrap_or_default()
+    }
+
+    /// Waits (at most `within`) until node `id` has applied that exactly `nodes` have subscribers
+    /// of `channel`.
+    pub async fn await_interest(&self, id: u64, channel: &str, nodes: &[u64], within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.interest(id, channel).await;
+            if now == nodes {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} says nodes {now:?} have subscribers of {channel}, not {nodes:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The value of the series `series` (its name and labels, as exposed) in node `id`'s
     /// `/metrics`, if it is there.
     async fn series(&self, id: u64, series: &str) -> Option<f64> {
@@ -251,6 +304,22 @@ impl TestCluster {
     /// The value of `series` in node `id`'s metrics; 0 while a labelled counter is not there.
     pub async fn metric_or_zero(&self, id: u64, series: &str) -> f64 {
         self.series(id, series).await.unwrap_or(0.0)
+    }
+
+    /// Waits (at most `within`) until `series` in node `id`'s metrics is `value`.
+    pub async fn await_metric(&self, id: u64, series: &str, value: f64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.metric_or_zero(id, series).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id}'s {series} is {now}, not {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `kill -9` of node `id`.

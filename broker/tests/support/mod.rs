@@ -148,73 +148,101 @@ impl Server {
         params: &[(&str, &str)],
         body: &[u8],
     ) -> String {
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            .to_string();
-        let md5 = signature::body_md5(body);
-        let mut all: Vec<(&str, &str)> = vec![
-            ("auth_key", KEY),
-            ("auth_timestamp", &ts),
-            ("auth_version", "1.0"),
-            ("body_md5", &md5),
-        ];
-        all.extend_from_slice(params);
-        all.sort();
-        let query = all
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("&");
-        let sig = signature::sign(SECRET, &format!("{method}\n{path}\n{query}"));
-        self.url(&format!("{path}?{query}&auth_signature={sig}"))
+        signed_url(self.port, method, path, params, body)
     }
 
     /// A signed POST of `body` to `path`: the status and the body.
     pub async fn post(&self, path: &str, body: impl Into<Vec<u8>>) -> (u16, String) {
-        let body = body.into();
-        let res = reqwest::Client::new()
-            .post(self.signed_url("POST", path, &[], &body))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.text().await.unwrap())
+        post(self.port, path, body).await
     }
 
     /// Publishes one event; `false` when the channel refused it for now (429).
     pub async fn publish(&self, channel: &str, data: &str) -> bool {
-        let body = serde_json::json!({"name": "e", "channel": channel, "data": data}).to_string();
-        match self.post("/apps/1/events", body).await {
-            (200, _) => true,
-            (429, _) => false,
-            (status, body) => panic!("publish answered {status}: {body}"),
-        }
+        publish(self.port, channel, data).await
     }
 
     /// A raw WebSocket client, after `connection_established`.
     pub async fn connect(&self, recv_buffer: Option<u32>) -> Client {
-        let socket = TcpSocket::new_v4().unwrap();
-        if let Some(size) = recv_buffer {
-            socket.set_recv_buffer_size(size).unwrap();
-        }
-        let tcp = socket
-            .connect(format!("127.0.0.1:{}", self.port).parse().unwrap())
-            .await
-            .unwrap();
-        let url = format!("ws://127.0.0.1:{}/app/{KEY}?protocol=7", self.port);
-        let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
-        let mut client = Client {
-            ws,
-            socket_id: String::new(),
-        };
-        let established = client.expect("pusher:connection_established").await;
-        let data = data(&established);
-        client.socket_id = data["socket_id"].as_str().unwrap().to_owned();
-        client
+        connect(self.port, recv_buffer).await
     }
+}
+
+/// A URL of the node on `port` for `path`, signed as the Pusher HTTP API requires, with extra
+/// query `params`.
+pub fn signed_url(
+    port: u16,
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    body: &[u8],
+) -> String {
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let md5 = signature::body_md5(body);
+    let mut all: Vec<(&str, &str)> = vec![
+        ("auth_key", KEY),
+        ("auth_timestamp", &ts),
+        ("auth_version", "1.0"),
+        ("body_md5", &md5),
+    ];
+    all.extend_from_slice(params);
+    all.sort();
+    let query = all
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let sig = signature::sign(SECRET, &format!("{method}\n{path}\n{query}"));
+    format!("http://127.0.0.1:{port}{path}?{query}&auth_signature={sig}")
+}
+
+/// A signed POST of `body` to `path` of the node on `port`: the status and the body.
+pub async fn post(port: u16, path: &str, body: impl Into<Vec<u8>>) -> (u16, String) {
+    let body = body.into();
+    let res = reqwest::Client::new()
+        .post(signed_url(port, "POST", path, &[], &body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+/// Publishes one event (name `e`) to the node on `port`; `false` when the channel refused it for
+/// now (429).
+pub async fn publish(port: u16, channel: &str, data: &str) -> bool {
+    let body = serde_json::json!({"name": "e", "channel": channel, "data": data}).to_string();
+    match post(port, "/apps/1/events", body).await {
+        (200, _) => true,
+        (429, _) => false,
+        (status, body) => panic!("publish answered {status}: {body}"),
+    }
+}
+
+/// A raw WebSocket client of the node on `port`, after `connection_established`.
+pub async fn connect(port: u16, recv_buffer: Option<u32>) -> Client {
+    let socket = TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let tcp = socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{port}/app/{KEY}?protocol=7");
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let mut client = Client {
+        ws,
+        socket_id: String::new(),
+    };
+    let established = client.expect("pusher:connection_established").await;
+    let data = data(&established);
+    client.socket_id = data["socket_id"].as_str().unwrap().to_owned();
+    client
 }
 
 /// A server frame's `data`: a JSON-encoded string for most events, an object for errors.
@@ -274,6 +302,18 @@ impl Client {
             serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}}),
         )
         .await;
+        let answer = self.expect_channel_answer(channel).await;
+        assert_eq!(answer["event"], "pusher_internal:subscription_succeeded");
+    }
+
+    /// Subscribes to a private channel, signing the subscription with the app's secret as the
+    /// app's auth endpoint would.
+    pub async fn subscribe_private(&mut self, channel: &str) {
+        let to_sign = format!("{}:{channel}", self.socket_id);
+        let auth = format!("{KEY}:{}", signature::sign(SECRET, &to_sign));
+        self.send_json(serde_json::json!({"event": "pusher:subscribe",
+            "data": {"channel": channel, "auth": auth}}))
+            .await;
         let answer = self.expect_channel_answer(channel).await;
         assert_eq!(answer["event"], "pusher_internal:subscription_succeeded");
     }
