@@ -1,0 +1,54 @@
+// A cluster of three chorus processes with the real clients: an event the Node SDK triggers on
+// one node reaches pusher-js clients connected to the others, in order; a pusher-js client
+// event on one node reaches a pusher-js client on another and is not echoed to its sender.
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { subscribeOk, once, record, eventually, sleep } from './harness.mjs';
+import { startCluster } from './cluster.mjs';
+
+describe('cluster', () => {
+  let cluster;
+  before(async () => {
+    cluster = await startCluster(3);
+  });
+  after(async () => {
+    await cluster?.cleanup();
+  });
+
+  test('an event triggered on node 1 reaches pusher-js on nodes 2 and 3, in order', async () => {
+    const on2 = await cluster.node(2).connectedClient();
+    const on3 = await cluster.node(3).connectedClient();
+    const got2 = record(await subscribeOk(on2, 'scores'), 'goal');
+    const got3 = record(await subscribeOk(on3, 'scores'), 'goal');
+    await cluster.awaitInterest(1, 'scores', [2, 3]);
+    const sdk = cluster.node(1).sdk();
+    const sent = [];
+    for (let n = 0; n < 100; n++) {
+      sent.push({ n });
+      await sdk.trigger('scores', 'goal', { n });
+    }
+    await eventually(() => got2.items.length >= 100 && got3.items.length >= 100, {
+      what: 'every event on nodes 2 and 3',
+    });
+    assert.deepEqual(got2.items, sent);
+    assert.deepEqual(got3.items, sent);
+    on2.disconnect();
+    on3.disconnect();
+  });
+
+  test('a pusher-js client event on node 2 reaches node 3 and not its sender', async () => {
+    const sender = await cluster.node(2).connectedClient();
+    const receiver = await cluster.node(3).connectedClient();
+    const mine = await subscribeOk(sender, 'private-room');
+    const theirs = await subscribeOk(receiver, 'private-room');
+    await cluster.awaitInterest(2, 'private-room', [2, 3]);
+    const echo = record(mine, 'client-typing');
+    const got = once(theirs, 'client-typing');
+    assert.equal(mine.trigger('client-typing', { who: 'sender' }), true);
+    assert.deepEqual(await got, { who: 'sender' });
+    await sleep(300);
+    assert.deepEqual(echo.items, [], 'the sender must not get its own client event');
+    sender.disconnect();
+    receiver.disconnect();
+  });
+});
