@@ -193,8 +193,8 @@ impl RaftStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ops::Bound;
     use crate::Store;
+    use std::ops::Bound;
 
     fn entry(index: u64) -> (u64, String) {
         (index, format!("entry {index}"))
