@@ -50,12 +50,26 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database under `dir`.
+    /// Opens (or creates) the database under `dir`. A database this process has just dropped
+    /// keeps its file lock until sled's background writes for it finish, a moment later: opening
+    /// waits up to 2 s for that lock before giving up.
     pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(dir.join("chorus.sled"))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir.join("chorus.sled"))
+                .mode(sled::Mode::HighThroughput)
+                .open();
+            match opened {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let history = History::open(&db)?;
         let last_events = LastEvents::open(&db)?;
         let raft = RaftStore::open(&db)?;
