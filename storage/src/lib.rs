@@ -70,32 +70,22 @@ impl Store {
                 other => break other?,
             }
         };
-        let history = History::open(&db)?;
-        let last_events = LastEvents::open(&db)?;
-        let raft = RaftStore::open(&db)?;
-        let flusher = Arc::new(Flusher::start(db.clone())?);
-        Ok(Store {
-            db,
-            history,
-            last_events,
-            raft,
-            flusher,
-        })
+        Store::on(db)
     }
 
     /// A database that lives in memory and disappears when dropped (for tests).
     pub fn temporary() -> Result<Store> {
-        let db = sled::Config::new().temporary(true).open()?;
-        let history = History::open(&db)?;
-        let last_events = LastEvents::open(&db)?;
-        let raft = RaftStore::open(&db)?;
-        let flusher = Arc::new(Flusher::start(db.clone())?);
+        Store::on(sled::Config::new().temporary(true).open()?)
+    }
+
+    /// The trees and the flush thread of an open database.
+    fn on(db: sled::Db) -> Result<Store> {
         Ok(Store {
+            history: History::open(&db)?,
+            last_events: LastEvents::open(&db)?,
+            raft: RaftStore::open(&db)?,
+            flusher: Arc::new(Flusher::start(db.clone())?),
             db,
-            history,
-            last_events,
-            raft,
-            flusher,
         })
     }
 
