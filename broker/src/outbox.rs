@@ -91,8 +91,8 @@ impl Transport {
             }
             Transport::EventStream { body, cursor } => {
                 let bytes = match item {
-                    Outbound::Event(f) => sse::event(&f.text, cursor),
-                    Outbound::Protocol(t) => sse::event(&t, cursor),
+                    Outbound::Event(f) => sse::event(f.sse(), cursor),
+                    Outbound::Protocol(t) => sse::event(&sse::encode(&t), cursor),
                     Outbound::Pong(_) => return,
                     Outbound::Heartbeat => Bytes::from_static(sse::HEARTBEAT),
                     Outbound::Close(code, reason) => {

@@ -6,11 +6,14 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use super::sse;
 
 /// A socket's id: two unsigned integers joined by a dot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,6 +76,8 @@ pub struct Frame {
     pub text: ByteString,
     /// When the message entered the node (for the publish-to-write latency histogram).
     pub published_at: Instant,
+    /// The frame written as SSE, made by the first SSE stream it goes to.
+    sse: Arc<OnceLock<sse::Encoded>>,
 }
 
 impl Frame {
@@ -85,7 +90,13 @@ impl Frame {
         Frame {
             text: ByteString::from(json),
             published_at: Instant::now(),
+            sse: Arc::default(),
         }
+    }
+
+    /// The frame as an SSE event, encoded once for every SSE stream it goes to.
+    pub fn sse(&self) -> &sse::Encoded {
+        self.sse.get_or_init(|| sse::encode(&self.text))
     }
 
     pub fn len(&self) -> usize {

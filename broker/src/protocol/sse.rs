@@ -163,26 +163,38 @@ struct Position {
     offset: u64,
 }
 
-/// Writes a Pusher frame (JSON text) as one SSE event, moving `cursor` past it when it is a
-/// history event or a history channel's confirmation.
-pub fn event(frame: &str, cursor: &mut Cursor) -> Bytes {
+/// A frame written as SSE, once for every SSE stream it goes to: its `event:` and `data:` lines,
+/// and the history position it moves a stream's cursor to.
+#[derive(Debug)]
+pub struct Encoded {
+    body: Bytes,
+    /// (channel, epoch, offset) of a history event or a history channel's confirmation.
+    position: Option<(String, String, u64)>,
+}
+
+/// Writes a Pusher frame (JSON text) as an SSE event.
+pub fn encode(frame: &str) -> Encoded {
     let Ok(f) = serde_json::from_str::<PusherFrame>(frame) else {
         // Every frame the server builds parses; keep the stream well-formed regardless.
-        return Bytes::from_static(b": unreadable frame dropped\n\n");
+        return Encoded {
+            body: Bytes::from_static(b": unreadable frame dropped\n\n"),
+            position: None,
+        };
     };
-    let mut moved = false;
-    if let (Some(channel), Some(offset), Some(epoch)) = (f.channel, f.offset, f.epoch) {
-        moved = cursor.set(channel, epoch, offset);
-    } else if let (Some(channel), "pusher_internal:subscription_succeeded", Some(data)) =
-        (f.channel, f.event, f.data)
-    {
-        let position = serde_json::from_str::<String>(data.get())
-            .ok()
-            .and_then(|text| serde_json::from_str::<Position>(&text).ok());
-        if let Some(p) = position {
-            moved = cursor.set(channel, p.epoch.as_deref().unwrap_or(""), p.offset);
+    let position = match (f.channel, f.offset, f.epoch, f.data) {
+        (Some(channel), Some(offset), Some(epoch), _) => {
+            Some((channel.to_owned(), epoch.to_owned(), offset))
         }
-    }
+        (Some(channel), None, _, Some(data))
+            if f.event == "pusher_internal:subscription_succeeded" =>
+        {
+            serde_json::from_str::<String>(data.get())
+                .ok()
+                .and_then(|text| serde_json::from_str::<Position>(&text).ok())
+                .map(|p| (channel.to_owned(), p.epoch.unwrap_or_default(), p.offset))
+        }
+        _ => None,
+    };
     let data = SseData {
         channel: f.channel,
         data: f.data,
@@ -190,19 +202,34 @@ pub fn event(frame: &str, cursor: &mut Cursor) -> Bytes {
         offset: f.offset,
         epoch: f.epoch,
     };
-    let mut out = Vec::with_capacity(frame.len() + 64);
-    if moved {
-        out.extend_from_slice(b"id: ");
-        out.extend_from_slice(cursor.encode().as_bytes());
-        out.push(b'\n');
-    }
+    let mut out = Vec::with_capacity(frame.len() + 32);
     out.extend_from_slice(b"event: ");
     // Event names hold no control characters (they are checked where they enter).
     out.extend_from_slice(f.event.as_bytes());
     out.extend_from_slice(b"\ndata: ");
     serde_json::to_writer(&mut out, &data).expect("writing to a Vec cannot fail");
     out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
+    Encoded {
+        body: Bytes::from(out),
+        position,
+    }
+}
+
+/// The event for one stream: the shared lines, after an `id:` line when the event moves the
+/// stream's cursor.
+pub fn event(encoded: &Encoded, cursor: &mut Cursor) -> Bytes {
+    match &encoded.position {
+        Some((channel, epoch, offset)) if cursor.set(channel, epoch, *offset) => {
+            let id = cursor.encode();
+            let mut out = Vec::with_capacity(id.len() + 5 + encoded.body.len());
+            out.extend_from_slice(b"id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.push(b'\n');
+            out.extend_from_slice(&encoded.body);
+            Bytes::from(out)
+        }
+        _ => encoded.body.clone(),
+    }
 }
 
 /// The last event of a stream the server closes: `pusher:error` with the close code.
@@ -225,7 +252,7 @@ mod tests {
         let mut cursor = Cursor::new("1");
         let f = frame::event("news", "update", r#"{"a":1}"#);
         assert_eq!(
-            text(event(&f.text, &mut cursor)),
+            text(event(&encode(&f.text), &mut cursor)),
             "event: update\ndata: {\"channel\":\"news\",\"data\":\"{\\\"a\\\":1}\"}\n\n"
         );
         assert_eq!(cursor, Cursor::new("1"));
@@ -235,7 +262,7 @@ mod tests {
     fn history_events_move_the_cursor_and_it_round_trips() {
         let mut cursor = Cursor::new("1");
         let f = frame::history_event("chat", "msg", "hi", 7, "E1");
-        let out = text(event(&f.text, &mut cursor));
+        let out = text(event(&encode(&f.text), &mut cursor));
         let id = out.lines().next().unwrap().strip_prefix("id: ").unwrap();
         let back = Cursor::decode("1", id).unwrap();
         assert_eq!(back.since("chat").unwrap().offset, 7);
@@ -255,12 +282,12 @@ mod tests {
         let mut cursor = Cursor::new("1");
         let data = serde_json::json!({"epoch": null, "offset": 0, "recovered": false});
         let f = frame::subscription_succeeded("chat", &data);
-        let out = text(event(&f.text, &mut cursor));
+        let out = text(event(&encode(&f.text), &mut cursor));
         assert!(out.starts_with("id: "), "{out}");
         assert_eq!(cursor.since("chat").unwrap().epoch, "");
         // A confirmation without a position (not a history channel) leaves the cursor alone.
         let f = frame::subscription_succeeded("news", &serde_json::json!({}));
-        assert!(text(event(&f.text, &mut cursor)).starts_with("event: "));
+        assert!(text(event(&encode(&f.text), &mut cursor)).starts_with("event: "));
         assert!(cursor.since("news").is_none());
     }
 
