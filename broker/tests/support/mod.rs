@@ -64,29 +64,39 @@ impl Server {
 
     pub async fn start_with(name: &str, top: &str, limits: &str, app_tables: &str) -> Server {
         let dir = std::env::temp_dir().join(format!("chorus-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config_path = dir.join("chorus.toml");
         let config = format!(
             "{top}\n[[apps]]\nid = \"1\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n[apps.limits]\n{limits}\n{app_tables}\n"
         );
-        std::fs::write(&config_path, config).unwrap();
-        let (port, metrics_port) = (free_port(), free_port());
-        let mut server = Server {
-            child: spawn(&dir, port, metrics_port),
-            port,
-            metrics_port,
-            dir,
-        };
-        server.wait_ready().await;
-        server
+        // A free port can be taken by another test's client socket before chorus binds it; then
+        // chorus exits and is started again on fresh ports.
+        for _ in 0..5 {
+            // A failed attempt's drop removed the directory.
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("chorus.toml"), &config).unwrap();
+            let (port, metrics_port) = (free_port(), free_port());
+            let mut server = Server {
+                child: spawn(&dir, port, metrics_port),
+                port,
+                metrics_port,
+                dir: dir.clone(),
+            };
+            if server.wait_ready().await {
+                return server;
+            }
+        }
+        panic!("chorus exited at start five times");
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until the node serves; `false` if its process ended first.
+    async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let ready = reqwest::get(self.url("/readyz")).await;
             if ready.is_ok_and(|r| r.status() == 200) {
-                return;
+                return true;
+            }
+            if self.child.try_wait().expect("the node's status").is_some() {
+                return false;
             }
             assert!(Instant::now() < deadline, "chorus did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -102,7 +112,7 @@ impl Server {
     /// Starts the node again on the same ports, data directory and configuration.
     pub async fn restart(&mut self) {
         self.child = spawn(&self.dir, self.port, self.metrics_port);
-        self.wait_ready().await;
+        assert!(self.wait_ready().await, "chorus exited on restart");
     }
 
     pub fn url(&self, path: &str) -> String {
