@@ -21,6 +21,7 @@
 )]
 
 pub mod cluster;
+pub mod delivery;
 pub mod error;
 mod flusher;
 pub mod forward;
@@ -43,6 +44,7 @@ pub mod status;
 pub mod types;
 
 pub use cluster::{Cluster, ClusterSettings, Raft};
+pub use delivery::{Committed, Deliver, Delivery, HistoryCommit};
 pub use error::ClusterError;
 pub use forward::{ForwardBatch, ForwardedFrame, Forwarder, DELIVER_PATH};
 pub use interest_index::InterestIndex;

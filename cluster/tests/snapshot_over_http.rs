@@ -8,7 +8,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpServer};
-use chorus_cluster::{Cluster, ClusterSecret, ClusterSettings, NodeId, Peers, Request, Role};
+use chorus_cluster::{
+    Cluster, ClusterSecret, ClusterSettings, Delivery, NodeId, Peers, Request, Role,
+};
 use chorus_storage::Store;
 use prometheus::Registry;
 
@@ -79,7 +81,13 @@ fn a_node_joining_after_compaction_catches_up_from_a_snapshot() {
     );
     let (port_a, port_b) = (unused_port(), unused_port());
     actix_web::rt::System::new().block_on(async {
-        let a = Cluster::start(settings(1, &[(1, port_a)]), &store_a, &Registry::new()).unwrap();
+        let a = Cluster::start(
+            settings(1, &[(1, port_a)]),
+            &store_a,
+            &Registry::new(),
+            Delivery::store_only(),
+        )
+        .unwrap();
         serve(&a, port_a);
         eventually("node 1 leads a one-node cluster it recorded", || {
             let status = a.status();
@@ -120,6 +128,7 @@ fn a_node_joining_after_compaction_catches_up_from_a_snapshot() {
             settings(2, &[(1, port_a), (2, port_b)]),
             &store_b,
             &Registry::new(),
+            Delivery::store_only(),
         )
         .unwrap();
         serve(&b, port_b);
