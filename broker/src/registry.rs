@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use crate::actors::channel::{
     ChannelActor, InFlight, Publish, Recovery, Subscribe, Subscriber, Unsubscribe, PUBLISH_WEIGHT,
 };
-use crate::actors::presence::{Member, PresenceActor};
+use crate::actors::presence::{Member, MemberChanged, PresenceActor};
 use crate::history::now_ms;
 use crate::metrics::AppMetrics;
 use crate::protocol::channel::ChannelKind;
@@ -179,8 +179,14 @@ impl Registry {
             let in_flight = InFlight::new(self.max_outbound_bytes);
             let metrics = self.metrics.clone();
             let addr = if kind.is_presence() {
-                let max = self.max_presence_members;
-                let actor = PresenceActor::new(channel, max, metrics, in_flight.clone());
+                let actor = PresenceActor::new(
+                    &self.app_id,
+                    channel,
+                    self.max_presence_members,
+                    metrics,
+                    in_flight.clone(),
+                    self.cluster.get().cloned(),
+                );
                 ChannelAddr::Presence(actor.start())
             } else {
                 ChannelAddr::Plain(ChannelActor::new(channel, metrics, in_flight.clone()).start())
@@ -193,15 +199,46 @@ impl Registry {
         });
         entry.subscriptions += 1;
         self.metrics.subscriptions.inc();
+        let members = kind.is_presence().then(|| self.committed_members(channel));
         let msg = Subscribe {
             subscriber,
             cached,
             member,
+            members,
             recovery,
         };
         match &entry.addr {
             ChannelAddr::Plain(a) => a.do_send(msg),
             ChannelAddr::Presence(a) => a.do_send(msg),
+        }
+    }
+
+    /// A presence channel's members as this node last applied them, in no particular order
+    /// (the caller holds the node's delivery order lock).
+    fn committed_members(&self, channel: &str) -> Vec<(String, serde_json::Value)> {
+        let Some(cluster) = self.cluster.get() else {
+            return Vec::new();
+        };
+        cluster.state().read(|state| {
+            state
+                .presence_members(&self.app_id, channel)
+                .into_iter()
+                .flatten()
+                .map(|(user_id, member)| {
+                    let info = serde_json::from_str(&member.user_info)
+                        .unwrap_or_else(|_| serde_json::Value::String(member.user_info.clone()));
+                    (user_id.clone(), info)
+                })
+                .collect()
+        })
+    }
+
+    /// Tells a presence channel's actor, if this node has one, that the cluster committed a user
+    /// joining or leaving it.
+    pub fn member_changed(&self, channel: &str, change: MemberChanged) {
+        let table = self.table.lock();
+        if let Some(ChannelAddr::Presence(actor)) = table.live.get(channel).map(|e| &e.addr) {
+            actor.do_send(change);
         }
     }
 

@@ -10,6 +10,7 @@
 use chorus_cluster::{Cluster, ClusterError, Committed, ForwardedFrame, NodeId, Request};
 use chorus_storage::StoredEvent;
 
+use crate::actors::presence::MemberChanged;
 use crate::apps::{App, Apps};
 use crate::protocol::frame::{self, Frame, SocketId};
 use crate::registry::Overloaded;
@@ -128,6 +129,21 @@ impl PendingHistory {
 /// The cluster's state machine calls it, in log order, once the events are stored here.
 pub fn deliver_committed(apps: &Apps, committed: &Committed) {
     match committed {
+        Committed::Presence(events) => {
+            for event in events {
+                let Some(app) = apps.by_id(&event.app) else {
+                    continue;
+                };
+                let joined = event.joined.as_ref().map(|info| {
+                    serde_json::from_str(info).unwrap_or_else(|_| info.as_str().into())
+                });
+                let change = MemberChanged {
+                    user_id: event.user_id.clone(),
+                    joined,
+                };
+                app.channels.member_changed(&event.channel, change);
+            }
+        }
         Committed::History(commit) => {
             let Some(app) = apps.by_id(&commit.app) else {
                 tracing::debug!(app = %commit.app, "committed history of an unknown app");

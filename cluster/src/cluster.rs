@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use chorus_storage::{RaftMeta, Store};
 use parking_lot::Mutex;
 use prometheus::Registry;
 
+use crate::declared::Declared;
 use crate::delivery::Delivery;
 use crate::error::ClusterError;
 use crate::forward::Forwarder;
@@ -25,9 +27,10 @@ use crate::metrics::{ForwardSeries, RaftSeries};
 use crate::network::HttpNetwork;
 use crate::peers::Peers;
 use crate::secret::ClusterSecret;
+use crate::state::ChannelKey;
 use crate::state_machine::{StateMachineStore, StateReader};
 use crate::status::{ClusterStatus, MemberStatus};
-use crate::types::{LogId, NodeId, Request, Response, TypeConfig};
+use crate::types::{LogId, NodeId, PresenceChange, Request, Response, TypeConfig};
 
 /// The Raft instance of this cluster.
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -68,6 +71,11 @@ pub(crate) struct Core {
     pub(crate) client: reqwest::Client,
     pub(crate) series: RaftSeries,
     pub(crate) interest_queue: InterestQueue,
+    /// The users this node has connections of, per presence channel, with their info.
+    pub(crate) presence: Declared<(ChannelKey, String), String>,
+    /// The log index of this run's first presence declaration (a reset), once committed: this
+    /// node has caught up once it has applied it (0 until then).
+    caught_up_at: AtomicU64,
     pub(crate) forwarder: Forwarder,
     runtime: tokio::runtime::Handle,
 }
@@ -153,6 +161,39 @@ impl Core {
             }
         }
     }
+}
+
+/// Proposes this node's presence changes as `UpdatePresence`, until the runtime stops.
+async fn submit_presence(core: Arc<Core>) {
+    crate::declared::submit(&core.presence, "presence", |(reset, changes)| {
+        let request = Request::UpdatePresence {
+            node: core.node_id(),
+            reset,
+            changes: changes
+                .into_iter()
+                .map(|((key, user_id), user_info)| PresenceChange {
+                    app: key.app,
+                    channel: key.channel,
+                    user_id,
+                    user_info,
+                })
+                .collect(),
+        };
+        let core = core.clone();
+        async move {
+            let (response, log_index) = crate::propose::propose_logged(&core, request).await?;
+            if reset {
+                let _ = core.caught_up_at.compare_exchange(
+                    0,
+                    log_index,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Ok(response)
+        }
+    })
+    .await;
 }
 
 fn gauge_value(value: u64) -> i64 {
@@ -253,12 +294,15 @@ impl Cluster {
                         client,
                         series,
                         interest_queue: InterestQueue::default(),
+                        presence: Declared::default(),
+                        caught_up_at: AtomicU64::new(0),
                         forwarder,
                         runtime,
                     });
                     tokio::spawn(core.clone().watch_metrics());
                     tokio::spawn(crate::membership::keep_membership(core.clone()));
                     tokio::spawn(crate::interest::submit_interest(core.clone()));
+                    tokio::spawn(submit_presence(core.clone()));
                     if started_tx.send(Ok(core)).is_err() {
                         return;
                     }
@@ -312,6 +356,58 @@ impl Cluster {
     /// waits (see [`crate::interest`]).
     pub fn declare_interest(&self, app: &str, channel: &str, present: bool) {
         self.core.interest_queue.declare(app, channel, present);
+    }
+
+    /// Records, in the background, that this node now has connections of `user_id` in presence
+    /// channel `channel` of `app` (`user_info`, the app's JSON text, from its first one) or,
+    /// with `None`, no longer has any. Call it when the local count crosses zero; it never
+    /// waits. Once committed, every node hears of users joining or leaving cluster-wide through
+    /// [`crate::Committed::Presence`].
+    pub fn declare_presence(
+        &self,
+        app: &str,
+        channel: &str,
+        user_id: &str,
+        user_info: Option<String>,
+    ) {
+        let key = (ChannelKey::new(app, channel), user_id.to_owned());
+        self.core.presence.declare(key, user_info);
+    }
+
+    /// Whether this node has caught up with the cluster since it started: it applied the entry
+    /// that reset its presence, and so everything committed before it. Until then its view of
+    /// presence may be of an earlier run, or far behind: presence subscriptions wait for it.
+    pub fn caught_up(&self) -> bool {
+        let at = self.core.caught_up_at.load(Ordering::Relaxed);
+        at > 0
+            && self
+                .core
+                .state
+                .last_applied()
+                .is_some_and(|applied| applied.index >= at)
+    }
+
+    /// Waits, at most `within`, until this node has [caught up](Cluster::caught_up); says
+    /// whether it has.
+    pub async fn await_caught_up(&self, within: Duration) -> bool {
+        if self.caught_up() {
+            return true;
+        }
+        let cluster = self.clone();
+        let mut applied = self.core.raft.metrics();
+        let waited = self.on_raft_runtime(async move {
+            tokio::time::timeout(within, async move {
+                while !cluster.caught_up() {
+                    // Applying moves the metrics; the reset's commit may come first, so look
+                    // again at least every 50 ms.
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(50), applied.changed()).await;
+                }
+            })
+            .await
+            .is_ok()
+        });
+        waited.await.unwrap_or(false)
     }
 
     /// The streams that forward published frames to the other nodes with interest.

@@ -1,15 +1,19 @@
 //! What the node does with committed entries its clients must see: the state machine stores a
 //! committed history batch in the node's sled history, then hands it to the node, which delivers
-//! it to its local subscribers.
+//! it to its local subscribers; and it hands over each presence change (a user joined or left a
+//! channel, cluster-wide), which the node tells its subscribers of the channel.
 //!
-//! Both happen under [`Delivery::order`], a lock the node also holds while it reads what a
-//! subscriber missed and adds the subscriber to the channel: an event is never both replayed
-//! and delivered live to one subscriber, and never neither.
+//! Applying and handing over happen under [`Delivery::order`], a lock the node also holds while
+//! it reads what a subscriber missed (or a presence channel's members) and adds the subscriber
+//! to the channel: an event is never both replayed and delivered live to one subscriber, and
+//! never neither; a member is never both listed and announced, and never neither.
 
 use std::sync::Arc;
 
 use chorus_storage::StoredEvent;
 use parking_lot::Mutex;
+
+use crate::types::PresenceEvent;
 
 /// History events committed in one log entry, as every node applies them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +33,8 @@ pub struct HistoryCommit {
 pub enum Committed {
     /// History events, already stored in this node's history when the node is told.
     History(HistoryCommit),
+    /// Users that joined or left presence channels, cluster-wide.
+    Presence(Vec<PresenceEvent>),
 }
 
 /// How the state machine tells the node: called in log order, on Raft's runtime, with

@@ -53,8 +53,7 @@ impl Touched {
             }
             Request::RemoveMember { .. } => Touched::All,
             Request::AddMember { .. }
-            | Request::PresenceJoin { .. }
-            | Request::PresenceLeave { .. }
+            | Request::UpdatePresence { .. }
             | Request::HistoryAppend { .. } => Touched::None,
         }
     }

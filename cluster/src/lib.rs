@@ -21,6 +21,7 @@
 )]
 
 pub mod cluster;
+mod declared;
 pub mod delivery;
 pub mod error;
 mod flusher;
@@ -56,6 +57,6 @@ pub use state::{ChannelKey, HistoryPosition, PresenceMember, ReplicatedState};
 pub use state_machine::{StateMachineStore, StateReader};
 pub use status::{fetch_status, ClusterStatus, MemberStatus, Role};
 pub use types::{
-    Entry, InterestChange, LogId, Node, NodeId, PresenceUserRef, RaftStorageError, Request,
-    Response, TypeConfig,
+    Entry, InterestChange, LogId, Node, NodeId, PresenceChange, PresenceEvent, PresenceUserRef,
+    RaftStorageError, Request, Response, TypeConfig,
 };

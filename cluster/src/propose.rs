@@ -28,8 +28,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProposeOutcome {
-    /// Committed and applied on the leader, which answered this.
-    Applied(Response),
+    /// Committed at `log_index` and applied on the leader, which answered this.
+    Applied { response: Response, log_index: u64 },
     /// This node is not the leader: ask `leader_id`.
     NotLeader { leader_id: Option<NodeId> },
 }
@@ -45,7 +45,10 @@ pub(crate) async fn write_as_leader(
         .await
         .map_err(|_| ClusterError::Uncommitted(COMMIT_TIMEOUT))?;
     match written {
-        Ok(written) => Ok(ProposeOutcome::Applied(written.data)),
+        Ok(written) => Ok(ProposeOutcome::Applied {
+            response: written.data,
+            log_index: written.log_id.index,
+        }),
         Err(e) => match e.forward_to_leader() {
             Some(forward) => Ok(ProposeOutcome::NotLeader {
                 leader_id: forward.leader_id,
@@ -64,6 +67,16 @@ pub(crate) async fn write_as_leader(
 /// died, and the others have not noticed yet), it waits and asks again, for at most
 /// [`PROPOSE_TIMEOUT`] in all. It never sends the request twice once a leader may have taken it.
 pub(crate) async fn propose(core: &Core, request: Request) -> Result<Response, ClusterError> {
+    propose_logged(core, request)
+        .await
+        .map(|(response, _)| response)
+}
+
+/// As [`propose`], also returning the index of the log entry the request became.
+pub(crate) async fn propose_logged(
+    core: &Core,
+    request: Request,
+) -> Result<(Response, u64), ClusterError> {
     let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
     let mut named = None;
     loop {
@@ -87,7 +100,10 @@ pub(crate) async fn propose(core: &Core, request: Request) -> Result<Response, C
             }
         };
         match outcome {
-            Ok(ProposeOutcome::Applied(response)) => return Ok(response),
+            Ok(ProposeOutcome::Applied {
+                response,
+                log_index,
+            }) => return Ok((response, log_index)),
             Ok(ProposeOutcome::NotLeader { leader_id }) => named = leader_id,
             Err(ClusterError::Unreachable { source, .. }) if source.is_connect() => {}
             Err(ClusterError::NoLeader) => {}

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{InterestChange, NodeId, PresenceUserRef, Request, Response};
+use crate::types::{
+    InterestChange, NodeId, PresenceChange, PresenceEvent, PresenceUserRef, Request, Response,
+};
 
 /// A channel of an app.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -119,32 +121,12 @@ impl ReplicatedState {
                 }
                 Response::Applied
             }
-            Request::PresenceJoin {
-                app,
-                channel,
-                user_id,
-                user_info,
+            Request::UpdatePresence {
                 node,
-            } => {
-                let users = self
-                    .presence
-                    .entry(ChannelKey { app, channel })
-                    .or_default();
-                let user_changed = !users.contains_key(&user_id);
-                let member = users.entry(user_id).or_insert_with(|| PresenceMember {
-                    user_info,
-                    connections: BTreeMap::new(),
-                });
-                *member.connections.entry(node).or_default() += 1;
-                Response::Presence { user_changed }
-            }
-            Request::PresenceLeave {
-                app,
-                channel,
-                user_id,
-                node,
+                reset,
+                changes,
             } => Response::Presence {
-                user_changed: self.presence_leave(ChannelKey { app, channel }, &user_id, node),
+                events: self.update_presence(node, reset, changes),
             },
             Request::HistoryAppend {
                 app,
@@ -198,40 +180,108 @@ impl ReplicatedState {
         });
     }
 
-    /// Drops one connection of a user on a node; true when it was the user's last anywhere.
-    fn presence_leave(&mut self, key: ChannelKey, user_id: &str, node: NodeId) -> bool {
-        let Some(users) = self.presence.get_mut(&key) else {
-            return false;
-        };
-        let Some(member) = users.get_mut(user_id) else {
-            return false;
-        };
-        let Some(count) = member.connections.get_mut(&node) else {
-            return false;
-        };
-        *count -= 1;
-        if *count == 0 {
-            member.connections.remove(&node);
+    /// Applies a node's presence changes (after clearing its presence, with `reset`); returns
+    /// the users that joined or left cluster-wide, by channel and user id.
+    fn update_presence(
+        &mut self,
+        node: NodeId,
+        reset: bool,
+        changes: Vec<PresenceChange>,
+    ) -> Vec<PresenceEvent> {
+        let mut touched: BTreeSet<ChannelKey> = changes
+            .iter()
+            .map(|c| ChannelKey::new(&c.app, &c.channel))
+            .collect();
+        if reset {
+            touched.extend(self.presence_channels_of(node));
         }
-        let user_left = member.connections.is_empty();
-        if user_left {
-            users.remove(user_id);
-            if users.is_empty() {
-                self.presence.remove(&key);
+        let before = self.users_of(&touched);
+        if reset {
+            self.clear_presence(node);
+        }
+        for change in changes {
+            let key = ChannelKey::new(&change.app, &change.channel);
+            match change.user_info {
+                Some(user_info) => {
+                    let users = self.presence.entry(key).or_default();
+                    let member = users.entry(change.user_id).or_insert(PresenceMember {
+                        user_info,
+                        connections: BTreeMap::new(),
+                    });
+                    member.connections.insert(node, 1);
+                }
+                None => {
+                    if let Some(users) = self.presence.get_mut(&key) {
+                        if let Some(member) = users.get_mut(&change.user_id) {
+                            member.connections.remove(&node);
+                            if member.connections.is_empty() {
+                                users.remove(&change.user_id);
+                            }
+                        }
+                        if users.is_empty() {
+                            self.presence.remove(&key);
+                        }
+                    }
+                }
             }
         }
-        user_left
+        let mut events = Vec::new();
+        for (key, was) in before {
+            let now = self.presence.get(&key);
+            for user_id in &was {
+                if now.is_none_or(|users| !users.contains_key(user_id)) {
+                    events.push(PresenceEvent {
+                        app: key.app.clone(),
+                        channel: key.channel.clone(),
+                        user_id: user_id.clone(),
+                        joined: None,
+                    });
+                }
+            }
+            for (user_id, member) in now.into_iter().flatten() {
+                if !was.contains(user_id) {
+                    events.push(PresenceEvent {
+                        app: key.app.clone(),
+                        channel: key.channel.clone(),
+                        user_id: user_id.clone(),
+                        joined: Some(member.user_info.clone()),
+                    });
+                }
+            }
+        }
+        events
     }
 
-    /// Drops a member with its interest and presence connections; returns the users whose last
-    /// connection was there.
-    fn remove_member(&mut self, id: NodeId) -> Vec<PresenceUserRef> {
-        self.members.remove(&id);
-        self.clear_interest(id);
+    /// The presence channels `node` has connections in.
+    fn presence_channels_of(&self, node: NodeId) -> Vec<ChannelKey> {
+        self.presence
+            .iter()
+            .filter(|(_, users)| users.values().any(|m| m.connections.contains_key(&node)))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// The user ids present in each of `channels`.
+    fn users_of(&self, channels: &BTreeSet<ChannelKey>) -> BTreeMap<ChannelKey, BTreeSet<String>> {
+        channels
+            .iter()
+            .map(|key| {
+                let users = self
+                    .presence
+                    .get(key)
+                    .map(|users| users.keys().cloned().collect())
+                    .unwrap_or_default();
+                (key.clone(), users)
+            })
+            .collect()
+    }
+
+    /// Drops every presence connection of `node`; returns the users that were only there.
+    fn clear_presence(&mut self, node: NodeId) -> Vec<PresenceUserRef> {
         let mut users_left = Vec::new();
         self.presence.retain(|key, users| {
             users.retain(|user_id, member| {
-                member.connections.remove(&id);
+                member.connections.remove(&node);
                 let keep = !member.connections.is_empty();
                 if !keep {
                     users_left.push(PresenceUserRef {
@@ -245,6 +295,14 @@ impl ReplicatedState {
             !users.is_empty()
         });
         users_left
+    }
+
+    /// Drops a member with its interest and presence connections; returns the users whose last
+    /// connection was there.
+    fn remove_member(&mut self, id: NodeId) -> Vec<PresenceUserRef> {
+        self.members.remove(&id);
+        self.clear_interest(id);
+        self.clear_presence(id)
     }
 
     /// Every member and its cluster address.
@@ -308,30 +366,49 @@ mod tests {
         }
     }
 
-    fn join(user: &str, node: NodeId) -> Request {
-        Request::PresenceJoin {
-            app: "1".into(),
-            channel: "presence-room".into(),
-            user_id: user.into(),
-            user_info: format!("{{\"name\":\"{user}@{node}\"}}"),
+    fn presence(node: NodeId, reset: bool, users: &[(&str, bool)]) -> Request {
+        Request::UpdatePresence {
             node,
+            reset,
+            changes: users
+                .iter()
+                .map(|&(user, present)| PresenceChange {
+                    app: "1".into(),
+                    channel: "presence-room".into(),
+                    user_id: user.into(),
+                    user_info: present.then(|| format!("{{\"name\":\"{user}@{node}\"}}")),
+                })
+                .collect(),
         }
     }
 
+    fn join(user: &str, node: NodeId) -> Request {
+        presence(node, false, &[(user, true)])
+    }
+
     fn leave(user: &str, node: NodeId) -> Request {
-        Request::PresenceLeave {
-            app: "1".into(),
-            channel: "presence-room".into(),
-            user_id: user.into(),
-            node,
+        presence(node, false, &[(user, false)])
+    }
+
+    /// What the request made happen: `+user` joined, `-user` left.
+    fn events(state: &mut ReplicatedState, request: Request) -> Vec<String> {
+        match state.apply(request) {
+            Response::Presence { events } => events
+                .into_iter()
+                .map(|e| {
+                    format!(
+                        "{}{}",
+                        if e.joined.is_some() { "+" } else { "-" },
+                        e.user_id
+                    )
+                })
+                .collect(),
+            other => panic!("presence request answered {other:?}"),
         }
     }
 
     fn changed(state: &mut ReplicatedState, request: Request) -> bool {
-        match state.apply(request) {
-            Response::Presence { user_changed } => user_changed,
-            other => panic!("presence request answered {other:?}"),
-        }
+        !events(state, request).is_empty()
     }
 
     fn user_ids(state: &ReplicatedState) -> Vec<String> {
@@ -418,33 +495,30 @@ mod tests {
     }
 
     #[test]
-    fn presence_counts_connections_per_node() {
+    fn presence_is_per_node_and_a_user_joins_and_leaves_once_cluster_wide() {
         let mut state = ReplicatedState::default();
-        assert!(changed(&mut state, join("ann", 1)), "first connection");
-        assert!(
-            !changed(&mut state, join("ann", 1)),
-            "second tab, same node"
-        );
+        assert_eq!(events(&mut state, join("ann", 1)), ["+ann"], "first node");
+        assert!(!changed(&mut state, join("ann", 1)), "declared again");
         assert!(!changed(&mut state, join("ann", 2)), "another node");
-        assert!(changed(&mut state, join("bob", 2)));
+        assert_eq!(events(&mut state, join("bob", 2)), ["+bob"]);
         let users = state.presence_members("1", "presence-room").unwrap();
-        assert_eq!(users["ann"].connections, BTreeMap::from([(1, 2), (2, 1)]));
+        assert_eq!(users["ann"].connections, BTreeMap::from([(1, 1), (2, 1)]));
         assert_eq!(
             users["ann"].user_info, "{\"name\":\"ann@1\"}",
-            "the first connection's info is kept"
+            "the first node's info is kept"
         );
 
-        assert!(!changed(&mut state, leave("ann", 1)));
-        assert!(!changed(&mut state, leave("ann", 1)));
-        assert!(
-            !changed(&mut state, leave("ann", 1)),
-            "a leave with no connection on that node changes nothing"
-        );
+        assert!(!changed(&mut state, leave("ann", 1)), "still on node 2");
+        assert!(!changed(&mut state, leave("ann", 1)), "a repeated leave");
         assert!(!changed(&mut state, leave("nobody", 1)));
         assert_eq!(user_ids(&state), ["ann", "bob"]);
-        assert!(changed(&mut state, leave("ann", 2)), "last connection");
-        assert_eq!(user_ids(&state), ["bob"]);
-        assert!(changed(&mut state, leave("bob", 2)));
+
+        // Node 2 restarts and declares what it has now: bob is gone, carol came.
+        let reset = presence(2, true, &[("ann", true), ("carol", true)]);
+        assert_eq!(events(&mut state, reset), ["-bob", "+carol"]);
+        assert_eq!(user_ids(&state), ["ann", "carol"]);
+        assert_eq!(events(&mut state, leave("ann", 2)), ["-ann"], "last node");
+        assert_eq!(events(&mut state, leave("carol", 2)), ["-carol"]);
         assert!(state.presence_members("1", "presence-room").is_none());
     }
 

@@ -15,7 +15,9 @@ use crate::delivery::{Committed, Delivery, HistoryCommit};
 use crate::interest_index::{InterestIndex, Touched};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotMeta};
 use crate::state::{ChannelKey, ReplicatedState};
-use crate::types::{Entry, LogId, Node, NodeId, RaftStorageError, Request, Response, TypeConfig};
+use crate::types::{
+    Entry, LogId, Node, NodeId, PresenceEvent, RaftStorageError, Request, Response, TypeConfig,
+};
 
 /// The replicated state with where it stands in the log.
 #[derive(Debug, Clone, Default)]
@@ -82,16 +84,15 @@ impl StateMachineStore {
         })
     }
 
-    /// Stores each commit in the node's history and hands it to the node, in log order.
+    /// Stores each commit's history in the node's history and hands it to the node, in log
+    /// order. The caller holds the delivery order lock.
     fn store_and_deliver(&self, commits: Vec<Committed>) -> Result<(), RaftStorageError> {
         for committed in commits {
-            let _in_order = self.delivery.order.lock();
-            match &committed {
-                Committed::History(c) => self
-                    .store
+            if let Committed::History(c) = &committed {
+                self.store
                     .history()
                     .place(&c.app, &c.channel, &c.epoch, c.first_offset, &c.events)
-                    .map_err(|e| StorageIOError::write_state_machine(&e))?,
+                    .map_err(|e| StorageIOError::write_state_machine(&e))?;
             }
             (self.delivery.deliver)(&committed);
         }
@@ -111,6 +112,24 @@ impl StateMachineStore {
     }
 }
 
+/// The presence changes an applied request made, if any.
+fn presence_events(response: &Response) -> Option<Vec<PresenceEvent>> {
+    let events = match response {
+        Response::Presence { events } => events.clone(),
+        Response::MemberRemoved { users_left } => users_left
+            .iter()
+            .map(|user| PresenceEvent {
+                app: user.app.clone(),
+                channel: user.channel.clone(),
+                user_id: user.user_id.clone(),
+                joined: None,
+            })
+            .collect(),
+        _ => return None,
+    };
+    (!events.is_empty()).then_some(events)
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -126,6 +145,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Held from changing the state to handing over what changed: a reader holding it sees a
+        // state whose every change the node was told of.
+        let delivery = self.delivery.clone();
+        let _in_order = delivery.order.lock();
         let mut commits = Vec::new();
         let mut applied = self.applied.write();
         let responses = entries
@@ -163,6 +186,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         let touched = Touched::by(&request, &applied.state);
                         let response = applied.state.apply(request);
                         self.interest.refresh(&applied.state, touched);
+                        if let Some(events) = presence_events(&response) {
+                            commits.push(Committed::Presence(events));
+                        }
                         response
                     }
                     EntryPayload::Membership(membership) => {

@@ -55,21 +55,13 @@ pub enum Request {
         reset: bool,
         changes: Vec<InterestChange>,
     },
-    /// A connection of `user_id` on `node` joined a presence channel. `user_info` is the
-    /// application's JSON text, kept as the user's first connection gave it.
-    PresenceJoin {
-        app: String,
-        channel: String,
-        user_id: String,
-        user_info: String,
+    /// Which users `node` has connections of in presence channels, as changed since its last
+    /// update. With `reset`, the node's presence is first cleared: a node that starts, or comes
+    /// back after it was declared dead, declares all it has, so nothing stale of it stays.
+    UpdatePresence {
         node: NodeId,
-    },
-    /// A connection of `user_id` on `node` left a presence channel.
-    PresenceLeave {
-        app: String,
-        channel: String,
-        user_id: String,
-        node: NodeId,
+        reset: bool,
+        changes: Vec<PresenceChange>,
     },
     /// Events published to a history channel, in order. `fresh_epoch` is the epoch the channel
     /// takes if it has no history yet (the proposer draws it at random, so applying stays
@@ -94,6 +86,26 @@ pub struct InterestChange {
     pub present: bool,
 }
 
+/// A user of a presence channel that a node now has connections of (`user_info` is the
+/// application's JSON text its first connection gave) or, with `None`, no longer has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceChange {
+    pub app: String,
+    pub channel: String,
+    pub user_id: String,
+    pub user_info: Option<String>,
+}
+
+/// A user joined (`joined` is its info) or left (`None`) a presence channel, cluster-wide: its
+/// first connection on any node arrived, or its last one anywhere went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    pub app: String,
+    pub channel: String,
+    pub user_id: String,
+    pub joined: Option<String>,
+}
+
 /// What applying a log entry did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -102,9 +114,9 @@ pub enum Response {
     /// A member was removed; these users had their last connection on it and left their
     /// presence channels (each node tells its subscribers `member_removed`).
     MemberRemoved { users_left: Vec<PresenceUserRef> },
-    /// A presence join or leave. `user_changed` is true when the user's first connection joined
-    /// or its last one left, cluster-wide: when subscribers are to be told.
-    Presence { user_changed: bool },
+    /// Presence changed; these users joined or left, cluster-wide (each node tells its
+    /// subscribers).
+    Presence { events: Vec<PresenceEvent> },
     /// History events were placed: the channel's epoch and the offset of the first event (the
     /// others follow densely).
     HistoryAppended { epoch: String, first_offset: u64 },

@@ -3,8 +3,8 @@
 //! a follower that installs the leader's snapshot holds the same state.
 
 use chorus_cluster::{
-    Entry, LogId, LogStore, NodeId, PresenceUserRef, Request, Response, StateMachineStore,
-    TypeConfig,
+    Entry, LogId, LogStore, NodeId, PresenceChange, PresenceUserRef, Request, Response,
+    StateMachineStore, TypeConfig,
 };
 use chorus_storage::{Store, StoredEvent};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
@@ -43,12 +43,15 @@ fn entries() -> Vec<Entry> {
             channel: "news".into(),
             present: true,
         },
-        Request::PresenceJoin {
-            app: "1".into(),
-            channel: "presence-room".into(),
-            user_id: "ann".into(),
-            user_info: "{}".into(),
+        Request::UpdatePresence {
             node: 2,
+            reset: false,
+            changes: vec![PresenceChange {
+                app: "1".into(),
+                channel: "presence-room".into(),
+                user_id: "ann".into(),
+                user_info: Some("{}".into()),
+            }],
         },
         Request::HistoryAppend {
             app: "1".into(),

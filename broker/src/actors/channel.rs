@@ -94,7 +94,7 @@ impl Subscribers {
 
     /// Fans a published frame out and gives back its in-flight weight.
     pub fn publish(&self, msg: Publish) {
-        self.fan_out(&msg.frame, msg.except);
+        self.fan_out(&msg.frame, msg.except.as_slice());
         self.in_flight.release(msg.weight, msg.frame.len());
     }
 
@@ -106,12 +106,16 @@ impl Subscribers {
         self.map.swap_remove(&id)
     }
 
-    /// Hands `frame` to every subscriber but `except`. A subscriber whose backlog is full is
-    /// cut off as a slow reader.
-    pub fn fan_out(&self, frame: &Frame, except: Option<SocketId>) {
+    pub fn get(&self, id: SocketId) -> Option<&Subscriber> {
+        self.map.get(&id)
+    }
+
+    /// Hands `frame` to every subscriber but those in `except` (none or a few). A subscriber
+    /// whose backlog is full is cut off as a slow reader.
+    pub fn fan_out(&self, frame: &Frame, except: &[SocketId]) {
         let mut delivered = 0u64;
         for (id, s) in &self.map {
-            if Some(*id) == except {
+            if except.contains(id) {
                 continue;
             }
             match s.outbox.push_event(frame) {
@@ -206,6 +210,8 @@ pub struct Subscribe {
     pub subscriber: Subscriber,
     pub cached: Option<Option<Frame>>,
     pub member: Option<Member>,
+    /// A presence channel's members as committed when the subscriber joined, with their info.
+    pub members: Option<Vec<(String, serde_json::Value)>>,
     pub recovery: Option<Recovery>,
 }
 

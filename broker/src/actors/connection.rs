@@ -29,6 +29,8 @@ use crate::protocol::frame::{self, ClientMessage, Frame, Since, SocketId, Subscr
 use crate::protocol::signature;
 use crate::router;
 
+/// How long a presence subscription waits for the node to catch up with its cluster.
+const PRESENCE_CATCH_UP: Duration = Duration::from_secs(10);
 /// Timing settings shared by all connections of a node.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -318,6 +320,29 @@ impl Connection {
         } else {
             None
         };
+        if let Some(cluster) = self.app.channels.cluster().filter(|c| !c.caught_up()) {
+            if kind.is_presence() {
+                // Until the node has caught up with its cluster, its members may be of an
+                // earlier run: the subscription waits (bounded) rather than list them.
+                let cluster = cluster.clone();
+                let since = data.since.clone();
+                let caught_up = async move { cluster.await_caught_up(PRESENCE_CATCH_UP).await };
+                ctx.spawn(caught_up.into_actor(self).map(move |caught_up, act, ctx| {
+                    if caught_up {
+                        act.join(name, kind, member, since.as_ref(), ctx);
+                    } else {
+                        let message = "this node has not caught up with its cluster; try again";
+                        act.send(frame::subscription_error(
+                            &name,
+                            "ClusterUnavailable",
+                            message,
+                            503,
+                        ));
+                    }
+                }));
+                return;
+            }
+        }
         self.join(name, kind, member, data.since.as_ref(), ctx);
     }
 
@@ -339,11 +364,13 @@ impl Connection {
             },
         );
         // On a history channel, reading what the subscriber missed and joining the channel
-        // happen under the channel order lock: no event is stored in between.
+        // happen under the node's delivery order lock: no event is stored in between. On a
+        // presence channel, so do reading the committed members and joining.
         let app = self.app.clone();
-        let in_order = app.history.keeps(&name).then(|| app.history.order.lock());
+        let keeps_history = app.history.keeps(&name);
+        let in_order = (keeps_history || kind.is_presence()).then(|| app.history.order.lock());
         let mut recovery = None;
-        if in_order.is_some() {
+        if keeps_history {
             let budget = self.outbox.limit() / 2;
             match app.history.recovery(&app.id, &name, since, budget) {
                 Ok(r) => recovery = Some(r),

@@ -1,18 +1,32 @@
-//! The presence actor: one per (app, presence channel). It is the channel's actor, holding the
-//! subscribers like [`ChannelActor`](super::channel::ChannelActor), plus the member set: each
-//! user's info and how many connections it has. `member_added` and `member_removed` go out only
-//! when a user's connection count crosses zero, so a user's second tab is not a new member.
+//! The presence actor: one per (app, presence channel) on a node. It is the channel's actor,
+//! holding the subscribers like [`ChannelActor`](super::channel::ChannelActor), plus the
+//! channel's members as the cluster agreed on them, and how many connections each user has
+//! here.
+//!
+//! A user's first connection here declares the user to the cluster, its last one here withdraws
+//! it (`Cluster::declare_presence`). When the cluster commits that a user joined or left the
+//! channel (its first connection on any node, its last anywhere), every node's actor hears of
+//! it ([`MemberChanged`]) and tells its subscribers `member_added` or `member_removed`, except
+//! the user's own connections: a user's second tab, here or on another node, is not a new
+//! member.
+//!
+//! A new subscriber is confirmed at once, with the members as committed when it subscribed and
+//! the users here the cluster has not committed yet (itself included), so a node lists a user
+//! that subscribed here before as a single node would. A subscriber is not told again of a user
+//! it was listed when that user commits, and is told it left if it goes before committing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use actix::{Actor, Context, Handler, Message, MessageResult};
 use indexmap::IndexMap;
 use serde_json::{json, Value};
 
+use chorus_cluster::Cluster;
+
 use crate::actors::channel::{InFlight, Publish, Subscribe, Subscriber, Subscribers, Unsubscribe};
 use crate::actors::connection::SubscriptionRejected;
 use crate::metrics::AppMetrics;
-use crate::protocol::frame::{self, SocketId};
+use crate::protocol::frame::{self, Frame, SocketId};
 
 /// A presence identity, from the `channel_data` the app's backend signed.
 #[derive(Debug, Clone)]
@@ -21,54 +35,122 @@ pub struct Member {
     pub user_info: Value,
 }
 
-struct MemberState {
-    info: Value,
-    connections: usize,
+/// The cluster committed that a user joined (`joined` is its info) or left the channel.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MemberChanged {
+    pub user_id: String,
+    pub joined: Option<Value>,
 }
 
-/// The ids of the members, in the order they joined.
+/// The ids of the members, in the order they joined, and then the users here the cluster has
+/// not committed yet.
 #[derive(Message)]
 #[rtype(result = "Vec<String>")]
 pub struct GetMembers;
 
-/// How many distinct users are present.
+/// How many distinct users are present (as [`GetMembers`] lists them).
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct UserCount;
 
 pub struct PresenceActor {
+    app_id: String,
     name: String,
     max_members: usize,
     subscribers: Subscribers,
     /// Socket -> user, for unsubscribes.
     sockets: HashMap<SocketId, String>,
-    members: IndexMap<String, MemberState>,
+    /// The members the cluster agreed on, in the order they joined, with their info.
+    members: IndexMap<String, Value>,
+    /// The users with connections subscribed here: how many, and the info of the first.
+    here: HashMap<String, (usize, Value)>,
+    /// For each user here that the cluster has not committed yet, the subscribers whose
+    /// confirmation listed it anyway: they are not told again when it commits.
+    told: HashMap<String, HashSet<SocketId>>,
+    /// Where this node declares its users; `None` only for a registry without a cluster.
+    cluster: Option<Cluster>,
 }
 
 impl PresenceActor {
     pub fn new(
+        app_id: &str,
         name: &str,
         max_members: usize,
         metrics: AppMetrics,
         in_flight: InFlight,
+        cluster: Option<Cluster>,
     ) -> PresenceActor {
         PresenceActor {
+            app_id: app_id.to_owned(),
             name: name.to_owned(),
             max_members,
             subscribers: Subscribers::new(metrics, in_flight),
             sockets: HashMap::new(),
             members: IndexMap::new(),
+            here: HashMap::new(),
+            told: HashMap::new(),
+            cluster,
         }
     }
 
-    fn presence_data(&self) -> Value {
-        let ids: Vec<&String> = self.members.keys().collect();
-        let hash: serde_json::Map<String, Value> = self
-            .members
+    /// The users here the cluster has not committed yet.
+    fn pending(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.here
             .iter()
-            .map(|(id, m)| (id.clone(), m.info.clone()))
+            .filter(|(user, _)| !self.members.contains_key(*user))
+            .map(|(user, (_, info))| (user, info))
+    }
+
+    /// The members as a subscriber is told them: the committed ones, then those here the
+    /// cluster has not committed yet.
+    fn listed(&self) -> Vec<(&String, &Value)> {
+        self.members.iter().chain(self.pending()).collect()
+    }
+
+    fn presence_data(&self) -> Value {
+        let listed = self.listed();
+        let ids: Vec<&String> = listed.iter().map(|(id, _)| *id).collect();
+        let hash: serde_json::Map<String, Value> = listed
+            .iter()
+            .map(|(id, info)| ((*id).clone(), (*info).clone()))
             .collect();
-        json!({"presence": {"ids": ids, "hash": hash, "count": self.members.len()}})
+        json!({"presence": {"ids": ids, "hash": hash, "count": ids.len()}})
+    }
+
+    fn declare(&self, user_id: &str, user_info: Option<&Value>) {
+        if let Some(cluster) = &self.cluster {
+            let info = user_info.map(Value::to_string);
+            cluster.declare_presence(&self.app_id, &self.name, user_id, info);
+        }
+    }
+
+    /// The sockets subscribed here of one user.
+    fn sockets_of(&self, user_id: &str) -> Vec<SocketId> {
+        self.sockets
+            .iter()
+            .filter(|(_, user)| *user == user_id)
+            .map(|(socket, _)| *socket)
+            .collect()
+    }
+
+    /// The sockets subscribed here but `except`.
+    fn sockets_except(&self, except: &[SocketId]) -> Vec<SocketId> {
+        self.sockets
+            .keys()
+            .filter(|socket| !except.contains(socket))
+            .copied()
+            .collect()
+    }
+
+    fn member_added(&self, user_id: &str, info: &Value) -> Frame {
+        let added = json!({"user_id": user_id, "user_info": info});
+        frame::internal("pusher_internal:member_added", Some(&self.name), &added)
+    }
+
+    fn member_removed(&self, user_id: &str) -> Frame {
+        let removed = json!({"user_id": user_id});
+        frame::internal("pusher_internal:member_removed", Some(&self.name), &removed)
     }
 
     fn reject(&self, s: &Subscriber, message: &str) {
@@ -96,38 +178,37 @@ impl Handler<Subscribe> for PresenceActor {
             tracing::error!(channel = %self.name, "presence subscribe without a member");
             return;
         };
-        let is_new = !self.members.contains_key(&member.user_id);
-        if is_new && self.members.len() >= self.max_members {
+        if let Some(members) = msg.members {
+            // As committed when the subscriber joined: every change before it is in, every
+            // change after it comes as a MemberChanged after this message.
+            self.members = members.into_iter().collect();
+        }
+        let is_new =
+            !self.members.contains_key(&member.user_id) && !self.here.contains_key(&member.user_id);
+        if is_new && self.listed().len() >= self.max_members {
             self.reject(
                 &s,
                 &format!("presence channel is full ({} members)", self.max_members),
             );
             return;
         }
-        if is_new {
-            let added = frame::internal(
-                "pusher_internal:member_added",
-                Some(&self.name),
-                &json!({"user_id": member.user_id, "user_info": member.user_info}),
-            );
-            self.subscribers.fan_out(&added, None);
-        }
-        let state = self
-            .members
+        let here = self
+            .here
             .entry(member.user_id.clone())
-            .or_insert(MemberState {
-                info: member.user_info,
-                connections: 0,
-            });
-        state.connections += 1;
+            .or_insert((0, member.user_info));
+        here.0 += 1;
+        if here.0 == 1 {
+            let info = here.1.clone();
+            self.declare(&member.user_id, Some(&info));
+        }
+        let pending: Vec<String> = self.pending().map(|(user, _)| user.clone()).collect();
+        for user in pending.into_iter().filter(|u| *u != member.user_id) {
+            self.told.entry(user).or_default().insert(s.socket_id);
+        }
+        let data = self.presence_data();
         self.sockets.insert(s.socket_id, member.user_id);
-        self.subscribers.confirm(
-            &self.name,
-            &s,
-            &self.presence_data(),
-            msg.cached,
-            msg.recovery,
-        );
+        self.subscribers
+            .confirm(&self.name, &s, &data, msg.cached, msg.recovery);
         self.subscribers.insert(s);
     }
 }
@@ -137,22 +218,65 @@ impl Handler<Unsubscribe> for PresenceActor {
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
         self.subscribers.remove(msg.0);
+        for told in self.told.values_mut() {
+            told.remove(&msg.0);
+        }
         let Some(user_id) = self.sockets.remove(&msg.0) else {
             return;
         };
-        let Some(state) = self.members.get_mut(&user_id) else {
+        let Some(here) = self.here.get_mut(&user_id) else {
             return;
         };
-        state.connections -= 1;
-        if state.connections == 0 {
-            self.members.shift_remove(&user_id);
-            let removed = frame::internal(
-                "pusher_internal:member_removed",
-                Some(&self.name),
-                &json!({"user_id": user_id}),
-            );
-            self.subscribers.fan_out(&removed, None);
+        here.0 -= 1;
+        if here.0 > 0 {
+            return;
         }
+        self.here.remove(&user_id);
+        self.declare(&user_id, None);
+        // Listed to some subscribers before the cluster committed it: they hear it left now.
+        if let Some(told) = self.told.remove(&user_id) {
+            if !self.members.contains_key(&user_id) {
+                let frame = self.member_removed(&user_id);
+                for socket in told {
+                    if let Some(s) = self.subscribers.get(socket) {
+                        self.subscribers.send_protocol(s, frame.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<MemberChanged> for PresenceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MemberChanged, _: &mut Context<Self>) {
+        let mut silent = self.sockets_of(&msg.user_id);
+        let frame = match msg.joined {
+            Some(info) => {
+                if self.members.contains_key(&msg.user_id) {
+                    return;
+                }
+                silent.extend(self.told.remove(&msg.user_id).unwrap_or_default());
+                let frame = self.member_added(&msg.user_id, &info);
+                self.members.insert(msg.user_id, info);
+                frame
+            }
+            None => {
+                if self.members.shift_remove(&msg.user_id).is_none() {
+                    return;
+                }
+                if self.here.contains_key(&msg.user_id) {
+                    // It left elsewhere but is joining here again: subscribers here go on
+                    // seeing it, and are not told when it commits again.
+                    let others = self.sockets_except(&silent);
+                    self.told.entry(msg.user_id).or_default().extend(others);
+                    return;
+                }
+                self.member_removed(&msg.user_id)
+            }
+        };
+        self.subscribers.fan_out(&frame, &silent);
     }
 }
 
@@ -168,7 +292,12 @@ impl Handler<GetMembers> for PresenceActor {
     type Result = MessageResult<GetMembers>;
 
     fn handle(&mut self, _: GetMembers, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.members.keys().cloned().collect())
+        MessageResult(
+            self.listed()
+                .into_iter()
+                .map(|(id, _)| id.clone())
+                .collect(),
+        )
     }
 }
 
@@ -176,6 +305,6 @@ impl Handler<UserCount> for PresenceActor {
     type Result = usize;
 
     fn handle(&mut self, _: UserCount, _: &mut Context<Self>) -> usize {
-        self.members.len()
+        self.listed().len()
     }
 }

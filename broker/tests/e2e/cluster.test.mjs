@@ -1,6 +1,8 @@
 // A cluster of three chorus processes with the real clients: an event the Node SDK triggers on
 // one node reaches pusher-js clients connected to the others, in order; a pusher-js client
-// event on one node reaches a pusher-js client on another and is not echoed to its sender.
+// event on one node reaches a pusher-js client on another and is not echoed to its sender;
+// pusher-js presence members on different nodes see one list, with single member_added and
+// member_removed events.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { subscribeOk, once, record, eventually, sleep } from './harness.mjs';
@@ -50,5 +52,39 @@ describe('cluster', () => {
     assert.deepEqual(echo.items, [], 'the sender must not get its own client event');
     sender.disconnect();
     receiver.disconnect();
+  });
+
+  test('pusher-js presence members on nodes 1, 2 and 3 see one list and single events', async () => {
+    const members = (channel) => {
+      const all = {};
+      channel.members.each((m) => (all[m.id] = m.info));
+      return all;
+    };
+    const alice = await cluster.node(1).connectedClient({ user: { id: 'alice', info: { name: 'Alice' } } });
+    const roomA = await subscribeOk(alice, 'presence-lobby');
+    const addedA = record(roomA, 'pusher:member_added');
+    const removedA = record(roomA, 'pusher:member_removed');
+    const bob = await cluster.node(2).connectedClient({ user: { id: 'bob', info: { name: 'Bob' } } });
+    const roomB = await subscribeOk(bob, 'presence-lobby');
+    const carol = await cluster.node(3).connectedClient({ user: { id: 'carol', info: { name: 'Carol' } } });
+    const roomC = await subscribeOk(carol, 'presence-lobby');
+    const everyone = { alice: { name: 'Alice' }, bob: { name: 'Bob' }, carol: { name: 'Carol' } };
+    for (const room of [roomA, roomB, roomC]) {
+      await eventually(() => room.members.count === 3, { what: 'three members everywhere' });
+      assert.deepEqual(members(room), everyone);
+    }
+    assert.deepEqual(addedA.items.map((m) => m.id).sort(), ['bob', 'carol']);
+
+    const removedB = record(roomB, 'pusher:member_removed');
+    carol.disconnect();
+    await eventually(() => removedA.items.length === 1 && removedB.items.length === 1, {
+      what: 'carol to leave on nodes 1 and 2',
+    });
+    assert.equal(removedA.items[0].id, 'carol');
+    await sleep(300);
+    assert.equal(removedA.items.length, 1, 'one member_removed');
+    assert.deepEqual(members(roomB), { alice: { name: 'Alice' }, bob: { name: 'Bob' } });
+    alice.disconnect();
+    bob.disconnect();
   });
 });

@@ -371,6 +371,29 @@ impl Client {
         assert_eq!(answer["event"], "pusher_internal:subscription_succeeded");
     }
 
+    /// Joins a presence channel as `user_id`, signing `channel_data` as the app's auth endpoint
+    /// would; returns the `presence` object of the confirmation (ids, hash, count).
+    pub async fn subscribe_presence(
+        &mut self,
+        channel: &str,
+        user_id: &str,
+        user_info: serde_json::Value,
+    ) -> serde_json::Value {
+        let channel_data =
+            serde_json::json!({"user_id": user_id, "user_info": user_info}).to_string();
+        let to_sign = format!("{}:{channel}:{channel_data}", self.socket_id);
+        let auth = format!("{KEY}:{}", signature::sign(SECRET, &to_sign));
+        self.send_json(serde_json::json!({"event": "pusher:subscribe",
+            "data": {"channel": channel, "auth": auth, "channel_data": channel_data}}))
+            .await;
+        let answer = self.expect_channel_answer(channel).await;
+        assert_eq!(
+            answer["event"], "pusher_internal:subscription_succeeded",
+            "{answer}"
+        );
+        data(&answer)["presence"].clone()
+    }
+
     /// The subscription answer for `channel` (succeeded or error).
     pub async fn expect_channel_answer(&mut self, channel: &str) -> serde_json::Value {
         loop {

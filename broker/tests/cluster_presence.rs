@@ -1,0 +1,214 @@
+//! Presence channels on a cluster of real `chorus` processes: members joined on different nodes
+//! see one list, and each user joins and leaves once, cluster-wide.
+//!
+//! - Users on three nodes each end with the same members; a user's second connection, on
+//!   another node, is not a new member, and the first one leaving is not a departure once the
+//!   second is committed; the last connection leaving is one `member_removed` everywhere. (A
+//!   user moving between nodes faster than a commit may be seen to leave and join again.)
+//! - A node killed with `kill -9` and started again declares what it has (nothing): its users
+//!   leave everyone's list once, and no stale member of its earlier run stays.
+//! - The HTTP API's users of the channel, asked of any node, are the cluster's members.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use support::cluster::TestCluster;
+use support::Client;
+use tokio_tungstenite::tungstenite::Message;
+
+const ROOM: &str = "presence-room";
+
+/// A user's connection and the members it was told of, from its confirmation on.
+struct Roster {
+    user: String,
+    client: Client,
+    members: BTreeSet<String>,
+}
+
+impl Roster {
+    /// Joins the room on the node at `port` as `user`.
+    async fn join(port: u16, user: &str) -> Roster {
+        let mut client = support::connect(port, None).await;
+        let presence = client
+            .subscribe_presence(ROOM, user, json!({"name": user}))
+            .await;
+        let members: BTreeSet<String> = presence["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_str().unwrap().to_owned())
+            .collect();
+        assert!(members.contains(user), "{user} is not in its own list");
+        assert_eq!(presence["count"], members.len());
+        assert_eq!(presence["hash"][user]["name"], user);
+        Roster {
+            user: user.to_owned(),
+            client,
+            members,
+        }
+    }
+
+    /// Applies one presence event to the list; a user added twice or removed when absent
+    /// fails the test.
+    fn apply(&mut self, frame: &Value) {
+        let data = support::data(frame);
+        let user = data["user_id"].as_str().unwrap().to_owned();
+        match frame["event"].as_str().unwrap() {
+            "pusher_internal:member_added" => {
+                assert_eq!(data["user_info"]["name"], user);
+                assert_ne!(user, self.user, "{} was told of itself", self.user);
+                assert!(
+                    self.members.insert(user.clone()),
+                    "{} told twice that {user} joined",
+                    self.user
+                );
+            }
+            "pusher_internal:member_removed" => assert!(
+                self.members.remove(&user),
+                "{} told that {user} left, who was not there",
+                self.user
+            ),
+            _ => {}
+        }
+    }
+
+    /// The next presence event within `wait`, applied; `None` if none came.
+    async fn next_event(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.client.ws.next()).await;
+            match next {
+                Err(_) => return None,
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if frame["channel"] == ROOM {
+                        self.apply(&frame);
+                        return Some(frame);
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(_) => panic!("{}'s socket closed", self.user),
+            }
+        }
+    }
+
+    /// Reads presence events until the list is `expected` (within 10 s).
+    async fn await_members(&mut self, expected: &[&str]) {
+        let expected: BTreeSet<String> = expected.iter().map(|u| u.to_string()).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.members != expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.next_event(left).await.is_none() {
+                panic!(
+                    "{} has {:?}, not {expected:?}, after 10 s",
+                    self.user, self.members
+                );
+            }
+        }
+    }
+
+    /// No presence event for `quiet`.
+    async fn assert_quiet(&mut self, quiet: Duration) {
+        if let Some(frame) = self.next_event(quiet).await {
+            panic!("{} was told {frame}", self.user);
+        }
+    }
+}
+
+/// The users of the room, as node `port`'s HTTP API lists them.
+async fn api_users(port: u16) -> BTreeSet<String> {
+    let path = format!("/apps/1/channels/{ROOM}/users");
+    let url = support::signed_url(port, "GET", &path, &[], b"");
+    let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_different_nodes_see_one_list_and_join_and_leave_once() {
+    let cluster = TestCluster::start("presence", 3).await;
+    cluster
+        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
+        .await;
+    let port = |id: u64| cluster.node(id).port;
+    let everyone = ["ann", "bob", "carol"];
+    let mut ann = Roster::join(port(1), "ann").await;
+    let mut bob = Roster::join(port(2), "bob").await;
+    let mut carol = Roster::join(port(3), "carol").await;
+    for roster in [&mut ann, &mut bob, &mut carol] {
+        roster.await_members(&everyone).await;
+    }
+    for id in [1, 2, 3] {
+        assert_eq!(
+            api_users(port(id)).await,
+            everyone.iter().map(|u| u.to_string()).collect(),
+            "node {id}'s API"
+        );
+    }
+
+    // Ann's second connection, on node 3, is not a new member; when her first one goes, she
+    // has not left.
+    let mut ann_again = Roster::join(port(3), "ann").await;
+    ann_again.await_members(&everyone).await;
+    // Node 3 declares its users in order: once zed, who came after, is in everyone's list, so
+    // is ann's connection there.
+    let mut zed = Roster::join(port(3), "zed").await;
+    let with_zed = ["ann", "bob", "carol", "zed"];
+    for roster in [&mut ann, &mut bob, &mut carol, &mut ann_again, &mut zed] {
+        roster.await_members(&with_zed).await;
+    }
+    zed.client.ws.close(None).await.unwrap();
+    for roster in [&mut ann, &mut bob, &mut carol, &mut ann_again] {
+        roster.await_members(&everyone).await;
+    }
+    ann.client.ws.close(None).await.unwrap();
+    for roster in [&mut bob, &mut carol, &mut ann_again] {
+        roster.assert_quiet(Duration::from_millis(1500)).await;
+    }
+    // Her last connection going is one departure, everywhere.
+    ann_again.client.ws.close(None).await.unwrap();
+    bob.await_members(&["bob", "carol"]).await;
+    carol.await_members(&["bob", "carol"]).await;
+    bob.assert_quiet(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_and_restarted_leaves_no_stale_member() {
+    let mut cluster = TestCluster::start("presence-restart", 3).await;
+    cluster
+        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
+        .await;
+    let port = |cluster: &TestCluster, id: u64| cluster.node(id).port;
+    let mut ann = Roster::join(port(&cluster, 1), "ann").await;
+    let mut bob = Roster::join(port(&cluster, 2), "bob").await;
+    let carol = Roster::join(port(&cluster, 3), "carol").await;
+    ann.await_members(&["ann", "bob", "carol"]).await;
+    bob.await_members(&["ann", "bob", "carol"]).await;
+
+    cluster.kill_hard(3);
+    drop(carol);
+    cluster.restart(3).await;
+    // Node 3 starts with no connection: carol leaves everyone's list, once.
+    ann.await_members(&["ann", "bob"]).await;
+    bob.await_members(&["ann", "bob"]).await;
+    let mut dan = Roster::join(port(&cluster, 3), "dan").await;
+    dan.await_members(&["ann", "bob", "dan"]).await;
+    ann.await_members(&["ann", "bob", "dan"]).await;
+    bob.await_members(&["ann", "bob", "dan"]).await;
+    assert_eq!(
+        api_users(port(&cluster, 3)).await,
+        ["ann", "bob", "dan"]
+            .iter()
+            .map(|u| u.to_string())
+            .collect()
+    );
+    ann.assert_quiet(Duration::from_millis(500)).await;
+}
