@@ -6,7 +6,9 @@
 //! `UpdateInterest`; changes made while a proposal is under way wait for the next one, so a
 //! channel that flaps is written once, with its last state. The first proposal of a run resets
 //! the node's interest to exactly what it has, so a restarted node leaves nothing stale; it is
-//! retried (as is any failed proposal) until the cluster has a leader to take it.
+//! retried (as is any failed proposal) until the cluster has a leader to take it. The same reset
+//! is made again whenever the node is taken back into the members after being declared dead
+//! ([`crate::readmission`]), since its removal dropped its interest.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -63,6 +65,16 @@ impl InterestQueue {
         if !pending.reset {
             pending.changes.insert(key, present);
         }
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    /// The node's interest is to be reset again to what it has (it was taken back into the
+    /// members: see [`crate::readmission`]).
+    pub(crate) fn redeclare(&self) {
+        let mut pending = self.pending.lock();
+        pending.reset = true;
+        pending.changes.clear();
         drop(pending);
         self.wake.notify_one();
     }
@@ -192,6 +204,21 @@ mod tests {
             changes(queue.take(7).unwrap()),
             (false, vec![("flap".into(), false), ("news".into(), true)]),
             "a change declared after the failed proposal wins over it"
+        );
+
+        queue.declare("1", "late", true);
+        queue.redeclare();
+        assert_eq!(
+            changes(queue.take(7).unwrap()),
+            (
+                true,
+                vec![
+                    ("late".into(), true),
+                    ("news".into(), true),
+                    ("sport".into(), true)
+                ]
+            ),
+            "a re-declaration resets to everything the node has"
         );
     }
 }
