@@ -8,7 +8,8 @@
 //! with its channel interest and presence connections (each node then tells its subscribers the
 //! users that left). A newly elected leader has heard from no one yet: its clock starts at its
 //! election, so every member gets a full `dead_after` from then, and a member that died under
-//! the previous leader is declared by the new one.
+//! the previous leader is declared by the new one. Likewise when this node itself stalled (it was
+//! stopped, or starved of CPU, and sent no heartbeats): the count starts again.
 //!
 //! This is the broker's member set only: the node stays a Raft voter, so the quorum does not
 //! change because a node is down. A declared node is in the members no more, so it is declared
@@ -37,6 +38,9 @@ pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(5);
 
 /// How often the leader looks for silent members.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// A check this late means this node was not running in between.
+const STALLED: Duration = Duration::from_secs(1);
 
 /// A removed node is taken back once it answered this recently (it is sent a heartbeat every
 /// 250 ms while it answers).
@@ -84,8 +88,15 @@ pub(crate) async fn declare_the_dead(core: Arc<Core>) {
     let me = core.node_id();
     // The term this node leads in, and since when.
     let mut leading: Option<(u64, Instant)> = None;
+    let mut last_check = Instant::now();
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
+        if last_check.elapsed() > STALLED {
+            // This node itself did not run (stopped, starved): it sent no heartbeats, so the
+            // others' silence says nothing. Count again from now.
+            leading = None;
+        }
+        last_check = Instant::now();
         let (term, leader, applied_term) = {
             let metrics = core.raft.metrics();
             let metrics = metrics.borrow();
