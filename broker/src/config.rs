@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chorus_cluster::{ClusterSecret, ClusterSettings, NodeId, Peers};
 use clap::Args;
@@ -83,6 +84,9 @@ pub struct Config {
     pub peers: String,
     /// The secret every request to the cluster port carries. Required when `peers` is given.
     pub cluster_secret: Option<String>,
+    /// Seconds a cluster member may go without answering before the leader declares it dead and
+    /// removes its presence members and channel interest (at least 2).
+    pub dead_after_secs: u64,
     pub apps: Vec<AppConfig>,
 }
 
@@ -104,6 +108,7 @@ impl Default for Config {
             cluster_port: None,
             peers: String::new(),
             cluster_secret: None,
+            dead_after_secs: chorus_cluster::DEFAULT_DEAD_AFTER.as_secs(),
             apps: Vec::new(),
         }
     }
@@ -212,6 +217,9 @@ pub struct Overrides {
     /// The secret of the cluster port.
     #[arg(long, env = "CHORUS_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Seconds without an answer after which a cluster member is declared dead (default 5).
+    #[arg(long, env = "CHORUS_DEAD_AFTER_SECS")]
+    pub dead_after_secs: Option<u64>,
     /// Id of the default (first) app.
     #[arg(long, env = "CHORUS_APP_ID")]
     pub app_id: Option<String>,
@@ -293,6 +301,9 @@ impl Config {
         }
         if let Some(v) = &o.cluster_secret {
             self.cluster_secret = Some(v.clone());
+        }
+        if let Some(v) = o.dead_after_secs {
+            self.dead_after_secs = v;
         }
         let mut source = AppSource::Configured;
         if self.apps.is_empty() {
@@ -481,10 +492,21 @@ impl Config {
             secret: ClusterSecret::new(
                 self.cluster_secret.as_deref().unwrap_or(DEV_CLUSTER_SECRET),
             ),
+            dead_after: Duration::from_secs(self.dead_after_secs),
         }
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let min_dead_after = chorus_cluster::MIN_DEAD_AFTER.as_secs();
+        if self.dead_after_secs < min_dead_after {
+            return Err(invalid(
+                "dead_after_secs",
+                format!(
+                    "must be at least {min_dead_after}: a Raft election takes up to 2 s, and a \
+                     shorter silence does not mean a node is dead"
+                ),
+            ));
+        }
         let cluster_port = self.cluster_port();
         if cluster_port != 0 && (cluster_port == self.port || cluster_port == self.metrics_port) {
             return Err(invalid(
@@ -616,6 +638,7 @@ mod tests {
         .unwrap();
         let settings = config.cluster_settings();
         assert_eq!(settings.advertise_addr, "10.0.0.2:7002");
+        assert_eq!(settings.dead_after, Duration::from_secs(5));
         assert!(matches!(settings.peers, Some(Peers::Static(ref nodes)) if nodes.len() == 3));
         assert!(settings.secret.admits(b"a-long-cluster-secret"));
     }
@@ -659,6 +682,7 @@ mod tests {
                 "apps[0].limits.max_connections",
             ),
             ("activity_timeout_secs = 0", "activity_timeout_secs"),
+            ("dead_after_secs = 1", "dead_after_secs"),
             (
                 "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"ssssssssss\"\n[[apps.history]]\nchannels = \"a[\"",
                 "apps[0].history[0].channels",

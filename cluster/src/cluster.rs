@@ -1,7 +1,9 @@
 //! The node's handle on its Raft cluster: openraft running on a tokio runtime thread of its own,
 //! with the node's sled storage, the HTTP network client, the bootstrap and membership task
-//! ([`crate::membership`]), the metrics watch, the task that records this node's channel interest
-//! ([`crate::interest`]) and the streams that forward frames to other nodes ([`crate::forward`]).
+//! ([`crate::membership`]), failure detection ([`crate::liveness`]) and re-admission
+//! ([`crate::readmission`]), the metrics watch, the task that records this node's channel
+//! interest ([`crate::interest`]) and the streams that forward frames to other nodes
+//! ([`crate::forward`]).
 //!
 //! The rest of the node (actix, a current-thread runtime per worker) never runs Raft's futures
 //! itself: it hands them to the Raft runtime with [`Cluster::on_raft_runtime`] and awaits the
@@ -21,7 +23,7 @@ use crate::declared::Declared;
 use crate::delivery::Delivery;
 use crate::error::ClusterError;
 use crate::forward::Forwarder;
-use crate::interest::InterestQueue;
+use crate::liveness::{Liveness, MIN_DEAD_AFTER};
 use crate::log_store::LogStore;
 use crate::metrics::{ForwardSeries, RaftSeries};
 use crate::network::HttpNetwork;
@@ -44,6 +46,9 @@ pub struct ClusterSettings {
     /// The other nodes; `None` for a one-node cluster.
     pub peers: Option<Peers>,
     pub secret: ClusterSecret,
+    /// How long a member may go without answering before the leader declares it dead (at least
+    /// [`MIN_DEAD_AFTER`]; see [`crate::liveness`]).
+    pub dead_after: Duration,
 }
 
 /// Raft's timing: a heartbeat every 250 ms, an election after 1-2 s without one.
@@ -70,13 +75,15 @@ pub(crate) struct Core {
     pub(crate) store: Store,
     pub(crate) client: reqwest::Client,
     pub(crate) series: RaftSeries,
-    pub(crate) interest_queue: InterestQueue,
+    /// The channels this node has local subscribers of.
+    pub(crate) interest: Declared<ChannelKey, ()>,
     /// The users this node has connections of, per presence channel, with their info.
     pub(crate) presence: Declared<(ChannelKey, String), String>,
     /// The log index of this run's first presence declaration (a reset), once committed: this
     /// node has caught up once it has applied it (0 until then).
     caught_up_at: AtomicU64,
     pub(crate) forwarder: Forwarder,
+    pub(crate) liveness: Arc<Liveness>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -156,6 +163,8 @@ impl Core {
             series.voters.set(gauge_value(
                 metrics.membership_config.membership().voter_ids().count() as u64,
             ));
+            let members = self.state.read(|state| state.members().len());
+            series.members.set(gauge_value(members as u64));
             if watch.changed().await.is_err() {
                 return;
             }
@@ -211,6 +220,7 @@ struct Lifecycle {
 pub struct Cluster {
     core: Arc<Core>,
     lifecycle: Arc<Mutex<Lifecycle>>,
+    admissions: tokio::sync::watch::Receiver<u64>,
 }
 
 /// How many worker threads the Raft runtime has.
@@ -226,6 +236,12 @@ impl Cluster {
         registry: &Registry,
         delivery: Delivery,
     ) -> Result<Cluster, ClusterError> {
+        if settings.dead_after < MIN_DEAD_AFTER {
+            return Err(ClusterError::Config(format!(
+                "dead_after must be at least {MIN_DEAD_AFTER:?}, not {:?}",
+                settings.dead_after
+            )));
+        }
         let config = Arc::new(raft_config()?);
         let series = RaftSeries::register(registry).map_err(ClusterError::Metrics)?;
         let forward_series = ForwardSeries::register(registry).map_err(ClusterError::Metrics)?;
@@ -237,6 +253,8 @@ impl Cluster {
         let state_machine = StateMachineStore::delivering(store, delivery)
             .map_err(|e| ClusterError::Storage(Box::new(e)))?;
         let store = store.clone();
+        let liveness = Arc::new(Liveness::new(settings.dead_after));
+        let (admissions_tx, admissions) = tokio::sync::watch::channel(0);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -259,6 +277,7 @@ impl Cluster {
                         client: client.clone(),
                         secret: settings.secret.clone(),
                         rpc_errors: series.rpc_errors.clone(),
+                        liveness: liveness.clone(),
                     };
                     let state = state_machine.reader();
                     let interest = state_machine.interest_index();
@@ -293,16 +312,22 @@ impl Cluster {
                         store,
                         client,
                         series,
-                        interest_queue: InterestQueue::default(),
+                        interest: Declared::default(),
                         presence: Declared::default(),
                         caught_up_at: AtomicU64::new(0),
                         forwarder,
+                        liveness,
                         runtime,
                     });
                     tokio::spawn(core.clone().watch_metrics());
                     tokio::spawn(crate::membership::keep_membership(core.clone()));
                     tokio::spawn(crate::interest::submit_interest(core.clone()));
                     tokio::spawn(submit_presence(core.clone()));
+                    tokio::spawn(crate::liveness::declare_the_dead(core.clone()));
+                    tokio::spawn(crate::readmission::watch_admission(
+                        core.clone(),
+                        admissions_tx,
+                    ));
                     if started_tx.send(Ok(core)).is_err() {
                         return;
                     }
@@ -321,6 +346,7 @@ impl Cluster {
                 stop: Some(stop_tx),
                 thread: Some(thread),
             })),
+            admissions,
         })
     }
 
@@ -355,7 +381,8 @@ impl Cluster {
     /// subscribers of `channel` of `app`. Call it when the local count crosses zero; it never
     /// waits (see [`crate::interest`]).
     pub fn declare_interest(&self, app: &str, channel: &str, present: bool) {
-        self.core.interest_queue.declare(app, channel, present);
+        let key = ChannelKey::new(app, channel);
+        self.core.interest.declare(key, present.then_some(()));
     }
 
     /// Records, in the background, that this node now has connections of `user_id` in presence
@@ -408,6 +435,17 @@ impl Cluster {
             .is_ok()
         });
         waited.await.unwrap_or(false)
+    }
+
+    /// How many times this node was admitted into the replicated members, as it last applied
+    /// them (0 until it first sees itself a member). The value changes when the node is taken
+    /// back after being declared dead, which dropped everything it had declared for itself
+    /// (interest, presence connections), perhaps while it kept running and its clients stayed.
+    /// On every change, the first included, whatever the node keeps in the replicated state for
+    /// itself is to be declared again with a reset; channel interest already is (see
+    /// [`crate::readmission`]).
+    pub fn admissions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.admissions.clone()
     }
 
     /// The streams that forward published frames to the other nodes with interest.

@@ -1,12 +1,14 @@
-//! What this node declares of itself in the replicated state (which users it has connections of
-//! in presence channels), on its way there.
+//! What this node declares of itself in the replicated state (the channels it has subscribers
+//! of, the users it has connections of in presence channels), on its way there.
 //!
 //! The broker declares a change when it happens ([`Declared::declare`]: a short lock, never a
 //! wait on Raft). A task on the Raft runtime ([`submit`]) proposes what changed since its last
 //! proposal, as one request; changes made while a proposal is under way wait for the next one,
 //! so a key that flaps is written once, with its last value. The first proposal of a run resets
-//! the node's part of the state to exactly what it has, so a restarted node leaves nothing stale.
-//! A failed proposal is retried until the cluster has a leader to take it.
+//! the node's part of the state to exactly what it has, so a restarted node leaves nothing stale
+//! (and [`Declared::declare_all_again`] does the same for a node taken back into the members
+//! after it was declared dead: see [`crate::readmission`]). A failed proposal is retried until
+//! the cluster has a leader to take it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -64,6 +66,15 @@ impl<K: Ord + Clone, V: Clone> Declared<K, V> {
         if !pending.reset {
             pending.changes.insert(key, value);
         }
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    /// Declares everything the node has again, as a reset (it was removed from the state).
+    pub(crate) fn declare_all_again(&self) {
+        let mut pending = self.pending.lock();
+        pending.reset = true;
+        pending.changes.clear();
         drop(pending);
         self.wake.notify_one();
     }
@@ -168,5 +179,8 @@ mod tests {
             (false, vec![("ann", Some(5)), ("flap", None)]),
             "a change declared after the failed proposal wins over it"
         );
+
+        declared.declare_all_again();
+        assert_eq!(declared.take().unwrap(), (true, vec![("ann", Some(5))]));
     }
 }

@@ -9,7 +9,8 @@
 //! A node runs Raft through a [`Cluster`] handle: openraft on a runtime thread of its own, talking
 //! to the other nodes over HTTP on their cluster ports ([`network`] is the client, [`http`] the
 //! endpoints the node serves), forming the cluster and following the peer list by itself
-//! ([`membership`]).
+//! ([`membership`]), declaring dead the members that stop answering ([`liveness`]) and taking
+//! them back when they answer again.
 //!
 //! The data plane: the node records its channel interest ([`interest`], through the leader with
 //! [`propose`]), and [`forward`] sends a published frame to every other node with interest in its
@@ -30,6 +31,7 @@ pub mod http;
 mod interest;
 pub mod interest_index;
 pub mod join;
+pub mod liveness;
 pub mod log_store;
 pub mod membership;
 mod metrics;
@@ -37,6 +39,7 @@ mod network;
 mod peer_request;
 pub mod peers;
 pub mod propose;
+mod readmission;
 pub mod secret;
 pub mod snapshot;
 pub mod state;
@@ -49,6 +52,7 @@ pub use delivery::{Committed, Deliver, Delivery, HistoryCommit};
 pub use error::ClusterError;
 pub use forward::{ForwardBatch, ForwardedFrame, Forwarder, DELIVER_PATH};
 pub use interest_index::InterestIndex;
+pub use liveness::{DEFAULT_DEAD_AFTER, MIN_DEAD_AFTER};
 pub use log_store::{LogReader, LogStore};
 pub use peers::{ordinal_of_hostname, Peers, PeersError};
 pub use secret::{ClusterSecret, SECRET_HEADER};

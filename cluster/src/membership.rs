@@ -9,12 +9,15 @@
 //!   no peers lists only itself: a one-node cluster, the same way.
 //! - The leader adds every listed node it does not know as a learner, promotes a learner to voter
 //!   once its log is within [`PROMOTION_LAG`] entries of the leader's, and writes every voter
-//!   into the replicated state (`AddMember`) with its address. A known node whose address
-//!   changed (in the leader's static list, or answering from a new DNS record as a rescheduled
-//!   pod does, or this node alone restarted on another port) gets its address updated.
+//!   that answers (see [`crate::liveness`]) into the replicated state (`AddMember`) with its
+//!   address: a node declared dead is written back once it answers again. A known node whose
+//!   address changed (in the leader's static list, or answering from a new DNS record as a
+//!   rescheduled pod does, or this node alone restarted on another port) gets its address
+//!   updated.
 //!
-//! Nodes are never removed automatically: dropping a node from the list does not take it out of
-//! the membership (that is the failure-detection slice).
+//! Nodes are never removed from Raft's membership automatically: dropping a node from the list
+//! does not take it out, and a node declared dead ([`crate::liveness`]) leaves the replicated
+//! members only, staying a voter.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,6 +29,7 @@ use tokio::task::JoinSet;
 
 use crate::cluster::Core;
 use crate::join::{request_join, JoinRequest};
+use crate::liveness::ANSWERED_RECENTLY;
 use crate::peers::Peers;
 use crate::status::{fetch_status, ClusterStatus};
 use crate::types::{Node, NodeId, Request};
@@ -219,7 +223,10 @@ async fn reconcile(core: &Core, metrics: &RaftMetrics<NodeId, Node>) {
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
 
     let recorded = core.state.read(|state| state.members().clone());
-    for id in &voters {
+    let answers = |id: &NodeId| {
+        *id == core.node_id() || core.liveness.answered_within(*id, ANSWERED_RECENTLY)
+    };
+    for id in voters.iter().filter(|id| answers(id)) {
         let addr = &nodes[id];
         if recorded.get(id) != Some(addr) {
             let request = Request::AddMember {

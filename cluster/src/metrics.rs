@@ -1,6 +1,7 @@
 //! The cluster's series in a node's Prometheus registry: Raft's term, leadership, log positions
 //! and RPC errors, updated from openraft's metrics watch (see [`crate::cluster`]) and by the
-//! network client for failed RPCs; and the forwarding of frames between nodes, by peer.
+//! network client for failed RPCs; the members and their failures ([`crate::liveness`],
+//! [`crate::readmission`]); and the forwarding of frames between nodes, by peer.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -17,6 +18,9 @@ pub(crate) struct RaftSeries {
     pub(crate) applied_index: IntGauge,
     pub(crate) voters: IntGauge,
     pub(crate) rpc_errors: IntCounterVec,
+    pub(crate) members: IntGauge,
+    pub(crate) declared_dead: IntCounter,
+    pub(crate) readmissions: IntCounter,
 }
 
 impl RaftSeries {
@@ -26,11 +30,11 @@ impl RaftSeries {
             registry.register(Box::new(gauge.clone()))?;
             Ok(gauge)
         };
-        let leader_changes = IntCounter::new(
-            "chorus_raft_leader_changes_total",
-            "Times this node saw the cluster's leader change (to another node or to none).",
-        )?;
-        registry.register(Box::new(leader_changes.clone()))?;
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let counter = IntCounter::new(name, help)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
         let rpc_errors = IntCounterVec::new(
             Opts::new(
                 "chorus_raft_rpc_errors_total",
@@ -45,7 +49,10 @@ impl RaftSeries {
                 "chorus_raft_is_leader",
                 "1 while this node is the cluster's leader, else 0.",
             )?,
-            leader_changes,
+            leader_changes: counter(
+                "chorus_raft_leader_changes_total",
+                "Times this node saw the cluster's leader change (to another node or to none).",
+            )?,
             last_log_index: gauge(
                 "chorus_raft_last_log_index",
                 "The last index of this node's Raft log.",
@@ -63,6 +70,20 @@ impl RaftSeries {
                 "Voters in the Raft membership as this node knows it.",
             )?,
             rpc_errors,
+            members: gauge(
+                "chorus_cluster_members",
+                "Members in the replicated state as this node applied it (nodes declared dead \
+                 are not).",
+            )?,
+            declared_dead: counter(
+                "chorus_cluster_nodes_declared_dead_total",
+                "Nodes this node, as the leader, declared dead and removed from the members.",
+            )?,
+            readmissions: counter(
+                "chorus_cluster_readmissions_total",
+                "Times this node saw itself taken back into the members after being declared \
+                 dead while it ran, and declared its state again.",
+            )?,
         })
     }
 }

@@ -1,9 +1,11 @@
 //! The Raft network client: each RPC is an HTTP POST of JSON to the target's cluster port,
 //! carrying the cluster secret, answered with the JSON of the target's `Result`.
 //!
-//! A target that cannot be reached (refused, timed out, wrong secret) is reported
+//! Every answer counts as having heard from the target ([`Liveness`]: failure detection). A
+//! target that cannot be reached (refused, timed out, wrong secret) is reported
 //! `Unreachable`, so openraft backs off before the next try instead of spinning.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -18,6 +20,7 @@ use prometheus::IntCounterVec;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::liveness::Liveness;
 use crate::secret::{ClusterSecret, SECRET_HEADER};
 use crate::types::{Node, NodeId, TypeConfig};
 
@@ -36,6 +39,7 @@ pub(crate) struct HttpNetwork {
     pub(crate) client: reqwest::Client,
     pub(crate) secret: ClusterSecret,
     pub(crate) rpc_errors: IntCounterVec,
+    pub(crate) liveness: Arc<Liveness>,
 }
 
 /// The RPC client of one target node.
@@ -45,6 +49,7 @@ pub(crate) struct PeerClient {
     client: reqwest::Client,
     secret: ClusterSecret,
     rpc_errors: IntCounterVec,
+    liveness: Arc<Liveness>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -57,6 +62,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             client: self.client.clone(),
             secret: self.secret.clone(),
             rpc_errors: self.rpc_errors.clone(),
+            liveness: self.liveness.clone(),
         }
     }
 }
@@ -80,10 +86,13 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        match self
+        let answer = self
             .exchange::<Req, Result<Resp, RaftError<NodeId, E>>>(path, request, option)
-            .await
-        {
+            .await;
+        if answer.is_ok() {
+            self.liveness.heard(self.target);
+        }
+        match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
             Err(Failure::Unreachable(e)) => {

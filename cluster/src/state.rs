@@ -1,9 +1,9 @@
 //! The replicated state: what every node agrees on once a log entry is applied.
 //!
-//! Cluster members and their addresses, channel interest (which nodes have local subscribers of
-//! which channel), presence sets (each user with a connection count per node, so a node's death
-//! removes exactly the users that were only there), and the position (epoch, next offset) of every
-//! history channel. Applying a [`Request`] is a pure, deterministic function of the state and the
+//! Cluster members and their addresses (and how many times each was admitted), channel interest
+//! (which nodes have local subscribers of which channel), presence sets (each user with a
+//! connection count per node, so a node's death removes exactly the users that were only there),
+//! and the position (epoch, next offset) of every history channel. Applying a [`Request`] is a pure, deterministic function of the state and the
 //! request; the whole state is what a snapshot holds.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,6 +81,11 @@ pub struct ReplicatedState {
     presence: BTreeMap<ChannelKey, BTreeMap<String, PresenceMember>>,
     #[serde(with = "as_pairs")]
     history: BTreeMap<ChannelKey, HistoryPosition>,
+    /// How many times each node was admitted into `members` (absent, then added): a node sees
+    /// from its own count that it was removed and taken back, even when it applies both at once.
+    /// Never decreases; kept when the member is removed.
+    #[serde(default)]
+    admissions: BTreeMap<NodeId, u64>,
 }
 
 impl ReplicatedState {
@@ -88,7 +93,9 @@ impl ReplicatedState {
     pub fn apply(&mut self, request: Request) -> Response {
         match request {
             Request::AddMember { id, addr } => {
-                self.members.insert(id, addr);
+                if self.members.insert(id, addr).is_none() {
+                    *self.admissions.entry(id).or_default() += 1;
+                }
                 Response::Applied
             }
             Request::RemoveMember { id } => Response::MemberRemoved {
@@ -308,6 +315,14 @@ impl ReplicatedState {
     /// Every member and its cluster address.
     pub fn members(&self) -> &BTreeMap<NodeId, String> {
         &self.members
+    }
+
+    /// How many times node `id` was admitted into the members, while it is one; `None` while it
+    /// is not a member. A change means the node was removed and taken back since.
+    pub fn admission(&self, id: NodeId) -> Option<u64> {
+        self.members
+            .contains_key(&id)
+            .then(|| self.admissions.get(&id).copied().unwrap_or_default())
     }
 
     /// The nodes with local subscribers of a channel.
@@ -559,6 +574,28 @@ mod tests {
         assert_eq!(state.interested_nodes("1", "news"), vec![1]);
         assert_eq!(state.interested_nodes("1", "sport"), Vec::<NodeId>::new());
         assert_eq!(user_ids(&state), ["ann"]);
+    }
+
+    #[test]
+    fn a_member_removed_and_added_again_has_a_new_admission() {
+        let mut state = ReplicatedState::default();
+        let add = |addr: &str| Request::AddMember {
+            id: 2,
+            addr: addr.into(),
+        };
+        assert_eq!(state.admission(2), None);
+        state.apply(add("10.0.0.2:6002"));
+        assert_eq!(state.admission(2), Some(1));
+        state.apply(add("10.0.0.9:6002"));
+        assert_eq!(
+            state.admission(2),
+            Some(1),
+            "a new address is no new admission"
+        );
+        state.apply(Request::RemoveMember { id: 2 });
+        assert_eq!(state.admission(2), None);
+        state.apply(add("10.0.0.9:6002"));
+        assert_eq!(state.admission(2), Some(2));
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub struct MemberStatus {
     pub voter: bool,
     /// The last log index the leader knows it holds (only when this node is the leader).
     pub matched_index: Option<u64>,
-    /// The replicated state lists it, at this address (`AddMember` was applied here).
+    /// The replicated state lists it, at this address (`AddMember` was applied here, and it was
+    /// not declared dead since).
     pub recorded: bool,
 }
 
@@ -114,7 +115,7 @@ impl fmt::Display for ClusterStatus {
                 notes.push(format!("matched {matched}"));
             }
             if !member.recorded {
-                notes.push("not in the replicated state yet".to_owned());
+                notes.push("not a member yet or any more: joining, or declared dead".to_owned());
             }
             let notes = if notes.is_empty() {
                 String::new()
@@ -187,7 +188,8 @@ mod tests {
         );
         assert!(
             text.contains(
-                "2  learner  10.0.0.2:6002  (this node, not in the replicated state yet)"
+                "2  learner  10.0.0.2:6002  (this node, not a member yet or any more: joining, or \
+                 declared dead)"
             ),
             "{text}"
         );

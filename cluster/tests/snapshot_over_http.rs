@@ -33,6 +33,7 @@ fn settings(id: NodeId, peers: &[(NodeId, u16)]) -> ClusterSettings {
         advertise_addr: peers[&id].clone(),
         peers: Some(Peers::Static(peers)),
         secret: ClusterSecret::new(SECRET),
+        dead_after: chorus_cluster::DEFAULT_DEAD_AFTER,
     }
 }
 

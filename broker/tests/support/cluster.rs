@@ -3,7 +3,9 @@
 //! `CHORUS_NODE_ID`, `CHORUS_CLUSTER_PORT`, `CHORUS_PEERS`, `CHORUS_CLUSTER_SECRET` (and a small
 //! file giving app 1 history on its `history-*` channels).
 //! Clients connect to any node and publish to any node, and the channel interest each node
-//! applied is read from its cluster port.
+//! applied is read from its cluster port. A cluster may be started with more `CHORUS_*`
+//! settings ([`TestCluster::start_with_env`]); a node can be killed, restarted, or frozen and
+//! thawed (SIGSTOP, SIGCONT).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -28,13 +30,15 @@ pub struct ClusterNode {
     pub cluster_port: u16,
     /// The `CHORUS_PEERS` it starts with.
     peers: String,
+    /// More environment it starts with.
+    env: Vec<(String, String)>,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl ClusterNode {
     /// A node that is not started yet, on free ports with an empty data directory.
-    fn new(name: &str, id: u64) -> ClusterNode {
+    fn new(name: &str, id: u64, env: &[(String, String)]) -> ClusterNode {
         let dir =
             std::env::temp_dir().join(format!("chorus-cluster-{name}-{}-{id}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -45,6 +49,7 @@ impl ClusterNode {
             metrics_port: unused_port(),
             cluster_port: unused_port(),
             peers: String::new(),
+            env: env.to_vec(),
             dir,
             child: None,
         }
@@ -92,6 +97,7 @@ impl ClusterNode {
             .env("CHORUS_APP_KEY", super::KEY)
             .env("CHORUS_APP_SECRET", super::SECRET)
             .env("CHORUS_LOG", "warn,openraft=off")
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
             .spawn()
             .expect("start chorus");
@@ -151,6 +157,7 @@ const START_ATTEMPTS: usize = 3;
 /// Nodes 1..=size started with the same peer list, and any added later.
 pub struct TestCluster {
     name: String,
+    env: Vec<(String, String)>,
     pub nodes: BTreeMap<u64, ClusterNode>,
     client: reqwest::Client,
 }
@@ -158,9 +165,19 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `size` nodes (ids 1 to `size`) and waits until each serves.
     pub async fn start(name: &str, size: u64) -> TestCluster {
+        TestCluster::start_with_env(name, size, &[]).await
+    }
+
+    /// Starts `size` nodes, each (and any added or restarted later) with the environment
+    /// variables `env` as well.
+    pub async fn start_with_env(name: &str, size: u64, env: &[(&str, &str)]) -> TestCluster {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
         for _ in 0..START_ATTEMPTS {
             let mut nodes: BTreeMap<u64, ClusterNode> = (1..=size)
-                .map(|id| (id, ClusterNode::new(name, id)))
+                .map(|id| (id, ClusterNode::new(name, id, &env)))
                 .collect();
             let peers = nodes
                 .values()
@@ -178,6 +195,7 @@ impl TestCluster {
             if all_ready {
                 return TestCluster {
                     name: name.to_owned(),
+                    env,
                     nodes,
                     client: reqwest::Client::new(),
                 };
@@ -191,7 +209,7 @@ impl TestCluster {
     pub async fn add_node(&mut self) -> u64 {
         let id = self.nodes.keys().max().map_or(1, |max| max + 1);
         for _ in 0..START_ATTEMPTS {
-            let mut node = ClusterNode::new(&self.name, id);
+            let mut node = ClusterNode::new(&self.name, id, &self.env);
             let mut entries: Vec<String> =
                 self.nodes.values().map(ClusterNode::peer_entry).collect();
             entries.push(node.peer_entry());
@@ -338,6 +356,41 @@ impl TestCluster {
         let mut child = node.child.take().expect("node is running");
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+    }
+
+    /// Sends `signal` (a `kill` signal name) to node `id`'s process.
+    fn signal(&self, id: u64, signal: &str) {
+        let child = self.node(id).child.as_ref().expect("node is running");
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} of node {id}");
+    }
+
+    /// Freezes node `id` (SIGSTOP): it keeps its sockets open but answers nothing.
+    pub fn freeze(&self, id: u64) {
+        self.signal(id, "STOP");
+    }
+
+    /// Lets a frozen node `id` run again (SIGCONT).
+    pub fn thaw(&self, id: u64) {
+        self.signal(id, "CONT");
+    }
+
+    /// The members node `id` has in its replicated state (`recorded`), by id; `None` while it
+    /// does not answer.
+    pub async fn recorded_members(&self, id: u64) -> Option<Vec<u64>> {
+        let status = self.status(id).await?;
+        Some(
+            status
+                .members
+                .iter()
+                .filter(|member| member.recorded)
+                .map(|member| member.id)
+                .collect(),
+        )
     }
 
     /// Starts node `id` again on its ports, data directory and peer list.
