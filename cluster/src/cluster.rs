@@ -1,7 +1,8 @@
 //! The node's handle on its Raft cluster: openraft running on a tokio runtime thread of its own,
 //! with the node's sled storage, the HTTP network client, the bootstrap and membership task
 //! ([`crate::membership`]), the metrics watch, the task that records this node's channel interest
-//! ([`crate::interest`]) and the streams that forward frames to other nodes ([`crate::forward`]).
+//! ([`crate::interest`]), the streams that forward frames to other nodes ([`crate::forward`]),
+//! and the questions it asks every other member at once ([`crate::query`]).
 //!
 //! The rest of the node (actix, a current-thread runtime per worker) never runs Raft's futures
 //! itself: it hands them to the Raft runtime with [`Cluster::on_raft_runtime`] and awaits the
@@ -20,7 +21,7 @@ use crate::error::ClusterError;
 use crate::forward::Forwarder;
 use crate::interest::InterestQueue;
 use crate::log_store::LogStore;
-use crate::metrics::{ForwardSeries, RaftSeries};
+use crate::metrics::{ForwardSeries, QuerySeries, RaftSeries};
 use crate::network::HttpNetwork;
 use crate::peers::Peers;
 use crate::secret::ClusterSecret;
@@ -68,6 +69,7 @@ pub(crate) struct Core {
     pub(crate) series: RaftSeries,
     pub(crate) interest_queue: InterestQueue,
     pub(crate) forwarder: Forwarder,
+    pub(crate) query_series: QuerySeries,
     runtime: tokio::runtime::Handle,
 }
 
@@ -186,6 +188,7 @@ impl Cluster {
         let config = Arc::new(raft_config()?);
         let series = RaftSeries::register(registry).map_err(ClusterError::Metrics)?;
         let forward_series = ForwardSeries::register(registry).map_err(ClusterError::Metrics)?;
+        let query_series = QuerySeries::register(registry).map_err(ClusterError::Metrics)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .build()
@@ -252,6 +255,7 @@ impl Cluster {
                         series,
                         interest_queue: InterestQueue::default(),
                         forwarder,
+                        query_series,
                         runtime,
                     });
                     tokio::spawn(core.clone().watch_metrics());

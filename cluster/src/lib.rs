@@ -13,7 +13,8 @@
 //!
 //! The data plane: the node records its channel interest ([`interest`], through the leader with
 //! [`propose`]), and [`forward`] sends a published frame to every other node with interest in its
-//! channel, read from the [`InterestIndex`] kept beside the state.
+//! channel, read from the [`InterestIndex`] kept beside the state. [`query`] asks every other
+//! member the same question at once, for answers that cover the whole cluster.
 
 #![allow(
     clippy::result_large_err,
@@ -35,6 +36,7 @@ mod network;
 mod peer_request;
 pub mod peers;
 pub mod propose;
+pub mod query;
 pub mod secret;
 pub mod snapshot;
 pub mod state;
@@ -48,6 +50,7 @@ pub use forward::{ForwardBatch, ForwardedFrame, Forwarder, DELIVER_PATH};
 pub use interest_index::InterestIndex;
 pub use log_store::{LogReader, LogStore};
 pub use peers::{ordinal_of_hostname, Peers, PeersError};
+pub use query::Answers;
 pub use secret::{ClusterSecret, SECRET_HEADER};
 pub use snapshot::{SnapshotBuilder, SnapshotMeta};
 pub use state::{ChannelKey, HistoryPosition, PresenceMember, ReplicatedState};
