@@ -330,6 +330,27 @@ impl TestCluster {
         child.wait().unwrap();
     }
 
+    /// `kill -STOP` of node `id`: its process stays and its ports still accept connections, but
+    /// it answers nothing until [`TestCluster::resume`].
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// `kill -CONT` of node `id`, paused before.
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let pid = self.node(id).child.as_ref().expect("node is running").id();
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts node `id` again on its ports, data directory and peer list.
     pub async fn restart(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap();
