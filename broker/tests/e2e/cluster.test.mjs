@@ -1,6 +1,7 @@
 // A cluster of three chorus processes with the real clients: an event the Node SDK triggers on
 // one node reaches pusher-js clients connected to the others, in order; a pusher-js client
-// event on one node reaches a pusher-js client on another and is not echoed to its sender.
+// event on one node reaches a pusher-js client on another and is not echoed to its sender; the
+// Node SDK's channel queries on any node count the subscribers and users of every node.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { subscribeOk, once, record, eventually, sleep } from './harness.mjs';
@@ -50,5 +51,32 @@ describe('cluster', () => {
     assert.deepEqual(echo.items, [], 'the sender must not get its own client event');
     sender.disconnect();
     receiver.disconnect();
+  });
+
+  test('the Node SDK reads channel info of the whole cluster from any node', async () => {
+    const clients = [];
+    for (const [id, user] of [[1, 'ann'], [2, 'bob'], [3, 'ann']]) {
+      const client = await cluster.node(id).connectedClient({ user: { id: user, info: {} } });
+      await subscribeOk(client, 'presence-lobby');
+      await subscribeOk(client, 'lobby-news');
+      clients.push(client);
+    }
+    for (const id of [1, 2, 3]) {
+      const sdk = cluster.node(id).sdk();
+      const get = async (path, params) => (await sdk.get({ path, params })).json();
+      assert.deepEqual(
+        await get('/channels', { filter_by_prefix: 'presence-lobby', info: 'user_count' }),
+        { channels: { 'presence-lobby': { user_count: 2 } } },
+        `node ${id}`,
+      );
+      assert.deepEqual(
+        await get('/channels/lobby-news', { info: 'subscription_count' }),
+        { occupied: true, subscription_count: 3 },
+        `node ${id}`,
+      );
+      const { users } = await get('/channels/presence-lobby/users');
+      assert.deepEqual(users.map((u) => u.id).sort(), ['ann', 'bob'], `node ${id}`);
+    }
+    for (const client of clients) client.disconnect();
   });
 });
