@@ -31,11 +31,6 @@ struct MemberState {
 #[rtype(result = "Vec<String>")]
 pub struct GetMembers;
 
-/// How many distinct users are present.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct UserCount;
-
 pub struct PresenceActor {
     name: String,
     max_members: usize,
@@ -169,13 +164,5 @@ impl Handler<GetMembers> for PresenceActor {
 
     fn handle(&mut self, _: GetMembers, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.members.keys().cloned().collect())
-    }
-}
-
-impl Handler<UserCount> for PresenceActor {
-    type Result = usize;
-
-    fn handle(&mut self, _: UserCount, _: &mut Context<Self>) -> usize {
-        self.members.len()
     }
 }
