@@ -191,7 +191,7 @@ fn channel_info(view: &ChannelView, name: &str, wanted: InfoWanted) -> Map<Strin
 
 /// The cluster's view of the channels `selection` names in `app`, with their presence users
 /// when `users`.
-async fn view(app: &App, selection: Selection, users: bool) -> ChannelView {
+async fn view_of(app: &App, selection: Selection, users: bool) -> ChannelView {
     let query = ChannelQuery {
         app: app.id.clone(),
         selection,
@@ -299,7 +299,7 @@ async fn publish(app: &App, t: Trigger, stored: &mut bool) -> Result<Map<String,
     }
     let mut channels = Map::new();
     if t.info.any() {
-        let view = view(app, Selection::Names(t.channels.clone()), t.info.user_count).await;
+        let view = view_of(app, Selection::Names(t.channels.clone()), t.info.user_count).await;
         for c in &t.channels {
             let info = channel_info(&view, c, t.info);
             channels.insert(c.clone(), Value::Object(info));
@@ -399,7 +399,7 @@ pub async fn channels(
             "info=user_count needs filter_by_prefix=presence-",
         ));
     }
-    let view = view(
+    let view = view_of(
         &v.app,
         Selection::Prefix(prefix.to_owned()),
         wanted.user_count,
@@ -435,7 +435,7 @@ pub async fn channel(
             "info=user_count is only for presence channels",
         ));
     }
-    let view = view(
+    let view = view_of(
         &v.app,
         Selection::Names(vec![name.clone()]),
         wanted.user_count,
@@ -461,7 +461,7 @@ pub async fn channel_users(
             "users are listed only for presence channels",
         ));
     }
-    let mut view = view(&v.app, Selection::Names(vec![name.clone()]), true).await;
+    let mut view = view_of(&v.app, Selection::Names(vec![name.clone()]), true).await;
     let ids = view.channels.remove(&name).unwrap_or_default().users;
     let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
     Ok(HttpResponse::Ok().json(json!({ "users": users })))
