@@ -41,6 +41,7 @@ impl App {
         metrics: &Metrics,
         max_outbound_bytes: usize,
         store: Store,
+        history_order: Arc<Mutex<()>>,
     ) -> App {
         let app_metrics = metrics.for_app(&config.id);
         App {
@@ -56,7 +57,7 @@ impl App {
                 max_outbound_bytes,
                 store.last_events().clone(),
             ),
-            history: Histories::new(&config.history, store),
+            history: Histories::new(&config.history, store, history_order),
             metrics: app_metrics,
             connections: Mutex::default(),
             users: Mutex::default(),
@@ -153,6 +154,7 @@ fn origin_matches(pattern: &str, origin: &str) -> bool {
 }
 
 /// Every app of the node, by id and by key.
+#[derive(Clone)]
 pub struct Apps {
     by_id: HashMap<String, Arc<App>>,
     by_key: HashMap<String, Arc<App>>,
@@ -164,10 +166,20 @@ impl Apps {
         metrics: &Metrics,
         max_outbound_bytes: usize,
         store: &Store,
+        history_order: &Arc<Mutex<()>>,
     ) -> Apps {
         let apps: Vec<Arc<App>> = configs
             .iter()
-            .map(|c| Arc::new(App::new(c, metrics, max_outbound_bytes, store.clone())))
+            .map(|c| {
+                let order = history_order.clone();
+                Arc::new(App::new(
+                    c,
+                    metrics,
+                    max_outbound_bytes,
+                    store.clone(),
+                    order,
+                ))
+            })
             .collect();
         Apps {
             by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),

@@ -1,6 +1,8 @@
 //! History channels: which of an app's channels keep a durable history (its `[[apps.history]]`
 //! rules), and the store they are kept in. The publish path that uses it is in `router.rs`.
 
+use std::sync::Arc;
+
 use chorus_storage::{Retention, StorageError, Store};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use parking_lot::Mutex;
@@ -14,14 +16,15 @@ pub struct Histories {
     globs: GlobSet,
     retention: Vec<Retention>,
     pub store: Store,
-    /// Held while an event is stored and handed to its channel, so that local delivery happens
-    /// in offset order.
-    pub order: Mutex<()>,
+    /// Held while committed events are stored and handed to their channel (by the cluster's
+    /// state machine, see `chorus_cluster::delivery`), and while a subscriber's missed events
+    /// are read and it joins the channel. One lock for the node, shared by its apps.
+    pub order: Arc<Mutex<()>>,
 }
 
 impl Histories {
     /// The rules were validated with the configuration.
-    pub fn new(rules: &[HistoryRule], store: Store) -> Histories {
+    pub fn new(rules: &[HistoryRule], store: Store, order: Arc<Mutex<()>>) -> Histories {
         let mut globs = GlobSetBuilder::new();
         for rule in rules {
             globs.add(Glob::new(&rule.channels).expect("validated with the configuration"));
@@ -36,7 +39,7 @@ impl Histories {
                 })
                 .collect(),
             store,
-            order: Mutex::new(()),
+            order,
         }
     }
 
@@ -184,6 +187,7 @@ mod tests {
         let h = Histories::new(
             &[rule("chat-vip-*", 5), rule("chat-*", 10)],
             Store::temporary().unwrap(),
+            Arc::default(),
         );
         assert_eq!(h.retention("chat-vip-1").unwrap().max_events, 5);
         assert_eq!(h.retention("chat-room").unwrap().max_events, 10);

@@ -2,11 +2,12 @@
 //! cluster.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::actors::connection::Timeouts;
 use crate::apps::Apps;
-use chorus_cluster::{Cluster, ClusterError};
+use chorus_cluster::{Cluster, ClusterError, Delivery};
 use chorus_storage::Store;
 
 use crate::config::Config;
@@ -53,8 +54,27 @@ impl Node {
             source,
         })?;
         let metrics = Metrics::new();
-        let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes, &store);
-        let cluster = Cluster::start(config.cluster_settings(), &store, metrics.registry())?;
+        let history_order = Arc::default();
+        let apps = Apps::new(
+            &config.apps,
+            &metrics,
+            config.max_outbound_bytes,
+            &store,
+            &history_order,
+        );
+        let delivery = Delivery {
+            order: history_order,
+            deliver: {
+                let apps = apps.clone();
+                Arc::new(move |committed| crate::router::deliver_committed(&apps, committed))
+            },
+        };
+        let cluster = Cluster::start(
+            config.cluster_settings(),
+            &store,
+            metrics.registry(),
+            delivery,
+        )?;
         for app in apps.iter() {
             app.channels.attach_cluster(cluster.clone());
         }

@@ -3,11 +3,12 @@
 //! A frame of an ordinary channel goes to this node's subscribers of the channel, then to every
 //! other node with interest in the channel (queued on the node's stream to each, see
 //! `chorus_cluster::forward`; never waited for), which delivers it to its own subscribers with
-//! [`deliver_forwarded`]. A history channel's events stay on this node for now (they will go
-//! through the Raft log). Callers (the HTTP API, client events) never need to know which.
+//! [`deliver_forwarded`]. A history channel's events go through the Raft log
+//! ([`publish_history`]): once committed, every node stores them and delivers them to its own
+//! subscribers with [`deliver_committed`].
 
-use chorus_cluster::{ForwardedFrame, NodeId};
-use chorus_storage::{StorageError, StoredEvent};
+use chorus_cluster::{Cluster, ClusterError, Committed, ForwardedFrame, NodeId, Request};
+use chorus_storage::StoredEvent;
 
 use crate::apps::{App, Apps};
 use crate::protocol::frame::{self, Frame, SocketId};
@@ -60,32 +61,95 @@ pub fn deliver_forwarded(apps: &Apps, from: NodeId, frames: Vec<ForwardedFrame>)
     delivered
 }
 
-/// Publishes an event on a history channel: stores it, which gives it its offset, then delivers
-/// it with its offset and epoch. Not yet durable when this returns: the caller flushes the store
-/// (once for all the events of a request) before acknowledging.
-pub fn publish_history(
-    app: &App,
-    channel: &str,
-    name: &str,
-    data: &str,
-    except: Option<SocketId>,
-) -> Result<(), StorageError> {
-    let event = StoredEvent {
-        event: name.to_owned(),
-        data: data.to_owned(),
-        time_ms: crate::history::now_ms(),
-    };
-    let _in_order = app.history.order.lock();
-    let (offset, epoch) = app
-        .history
-        .store
-        .history()
-        .append(&[(&app.id, channel, event)])?
-        .remove(0);
-    let frame = frame::history_event(channel, name, data, offset, &epoch);
-    if let Err(e) = app.channels.publish(channel, frame, except) {
-        // Stored, so a subscriber can recover it; the live copy is dropped.
-        tracing::warn!(error = %e, offset, "history event stored but not delivered live");
+/// The history events of one request (the events of a batch, or one event on several channels),
+/// in order, to be published together with [`PendingHistory::publish`].
+#[derive(Default)]
+pub struct PendingHistory {
+    /// Runs of events of one channel with the same socket left out, in the order given.
+    runs: Vec<(String, Option<SocketId>, Vec<StoredEvent>)>,
+}
+
+impl PendingHistory {
+    pub fn push(&mut self, channel: &str, except: Option<SocketId>, name: &str, data: &str) {
+        let event = StoredEvent {
+            event: name.to_owned(),
+            data: data.to_owned(),
+            time_ms: crate::history::now_ms(),
+        };
+        match self.runs.iter_mut().rev().find(|run| run.0 == channel) {
+            Some(run) if run.1 == except => run.2.push(event),
+            _ => self.runs.push((channel.to_owned(), except, vec![event])),
+        }
     }
-    Ok(())
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Publishes the events through the cluster's log, and returns once a majority of the nodes
+    /// has them: acknowledged, they survive the loss of a minority. Each run is one log entry;
+    /// the channels go concurrently, each channel's runs one after the other, in order. Every
+    /// node then stores the events at the offsets applying gave them and delivers them
+    /// ([`deliver_committed`]). Fails when the cluster cannot commit (no quorum); runs already
+    /// committed stay so.
+    pub async fn publish(self, cluster: &Cluster, app: &App) -> Result<(), ClusterError> {
+        let mut channels: Vec<Vec<Request>> = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        for (channel, except, events) in self.runs {
+            let request = Request::HistoryAppend {
+                app: app.id.clone(),
+                channel: channel.clone(),
+                fresh_epoch: chorus_storage::fresh_epoch(),
+                events,
+                except: except.map(|socket| socket.to_string()),
+            };
+            match seen.iter().position(|c| *c == channel) {
+                Some(i) => channels[i].push(request),
+                None => {
+                    seen.push(channel);
+                    channels.push(vec![request]);
+                }
+            }
+        }
+        let proposals = channels.into_iter().map(|requests| async move {
+            for request in requests {
+                cluster.propose(request).await?;
+            }
+            Ok::<(), ClusterError>(())
+        });
+        futures_util::future::join_all(proposals)
+            .await
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Delivers committed history events to this node's subscribers, with their offsets and epoch.
+/// The cluster's state machine calls it, in log order, once the events are stored here.
+pub fn deliver_committed(apps: &Apps, committed: &Committed) {
+    match committed {
+        Committed::History(commit) => {
+            let Some(app) = apps.by_id(&commit.app) else {
+                tracing::debug!(app = %commit.app, "committed history of an unknown app");
+                return;
+            };
+            let except = commit
+                .except
+                .as_deref()
+                .and_then(|socket| socket.parse::<SocketId>().ok());
+            for (offset, event) in (commit.first_offset..).zip(&commit.events) {
+                let frame = frame::history_event(
+                    &commit.channel,
+                    &event.event,
+                    &event.data,
+                    offset,
+                    &commit.epoch,
+                );
+                if let Err(e) = app.channels.publish(&commit.channel, frame, except) {
+                    // Stored, so a subscriber can recover it; the live copy is dropped.
+                    tracing::warn!(error = %e, offset, "history event stored but not delivered live");
+                }
+            }
+        }
+    }
 }

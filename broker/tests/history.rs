@@ -6,32 +6,9 @@ mod support;
 
 use serde_json::json;
 
-use support::Server;
+use support::{read_history, Server};
 
 const HISTORY: &str = "[[apps.history]]\nchannels = \"chat-*\"\nmax_events = 5000\n";
-
-/// Reads a channel's whole history over REST, page by page.
-async fn read_history(server: &Server, channel: &str) -> (String, Vec<(u64, String)>) {
-    let path = format!("/apps/1/channels/{channel}/history");
-    let mut after = 0;
-    let mut events = Vec::new();
-    loop {
-        let after_s = after.to_string();
-        let url = server.signed_url("GET", &path, &[("after", &after_s), ("limit", "300")], b"");
-        let page: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-        let epoch = page["epoch"].as_str().expect("an epoch").to_owned();
-        let batch = page["events"].as_array().unwrap();
-        if batch.is_empty() {
-            return (epoch, events);
-        }
-        for e in batch {
-            let offset = e["offset"].as_u64().unwrap();
-            assert!(e["time_ms"].as_u64().unwrap() > 0);
-            events.push((offset, e["data"].as_str().unwrap().to_owned()));
-            after = offset;
-        }
-    }
-}
 
 #[tokio::test]
 async fn acknowledged_history_survives_kill_9_in_order_with_the_same_offsets_and_epoch() {
@@ -64,19 +41,16 @@ async fn acknowledged_history_survives_kill_9_in_order_with_the_same_offsets_and
     server.kill_hard();
     server.restart().await;
 
-    let (epoch_after, events) = read_history(&server, "chat-room").await;
+    let (epoch_after, events) = read_history(server.port, "chat-room").await;
     assert_eq!(epoch_after, epoch, "the epoch survives a restart");
     let expected: Vec<(u64, String)> = (1..=1000).map(|n| (n, format!("m{}", n - 1))).collect();
     assert_eq!(events, expected, "every acknowledged event, once, in order");
 
     // And over a recovering subscription, from the start of the epoch.
     let mut recovering = server.connect(None).await;
-    let confirmation = subscribe_since(
-        &mut recovering,
-        "chat-room",
-        json!({"epoch": epoch, "offset": 0}),
-    )
-    .await;
+    let confirmation = recovering
+        .subscribe_since("chat-room", json!({"epoch": epoch, "offset": 0}))
+        .await;
     assert_eq!(confirmation["recovered"], true, "{confirmation}");
     for (offset, data) in &expected {
         let e = recovering.expect("msg").await;
@@ -88,7 +62,7 @@ async fn acknowledged_history_survives_kill_9_in_order_with_the_same_offsets_and
 
     // Offsets go on after the restart.
     assert!(server.publish("chat-room", "after restart").await);
-    let (_, events) = read_history(&server, "chat-room").await;
+    let (_, events) = read_history(server.port, "chat-room").await;
     assert_eq!(events.last().unwrap(), &(1001, "after restart".to_owned()));
 }
 
@@ -135,30 +109,11 @@ async fn history_endpoint_errors_and_channels_without_history() {
     assert!(e.get("offset").is_none() && e.get("epoch").is_none(), "{e}");
 }
 
-/// Subscribes with the `since` extension; returns the confirmation's data.
-async fn subscribe_since(
-    client: &mut support::Client,
-    channel: &str,
-    since: serde_json::Value,
-) -> serde_json::Value {
-    client
-        .send_json(
-            json!({"event": "pusher:subscribe", "data": {"channel": channel, "since": since}}),
-        )
-        .await;
-    let answer = client.expect_channel_answer(channel).await;
-    assert_eq!(
-        answer["event"], "pusher_internal:subscription_succeeded",
-        "{answer}"
-    );
-    support::data(&answer)
-}
-
 #[tokio::test]
 async fn a_resubscribing_client_gets_every_missed_offset_once_while_publishes_go_on() {
     let server = Server::start_with("history-recovery", "", "", HISTORY).await;
     let mut client = server.connect(None).await;
-    let confirmation = subscribe_since(&mut client, "chat-live", json!(null)).await;
+    let confirmation = client.subscribe_since("chat-live", json!(null)).await;
     assert_eq!(confirmation["offset"], 0);
     for i in 0..10 {
         assert!(server.publish("chat-live", &format!("before {i}")).await);
@@ -190,12 +145,9 @@ async fn a_resubscribing_client_gets_every_missed_offset_once_while_publishes_go
     };
     let resubscribe = async {
         let mut client = server.connect(None).await;
-        let confirmation = subscribe_since(
-            &mut client,
-            "chat-live",
-            json!({"epoch": epoch, "offset": seen}),
-        )
-        .await;
+        let confirmation = client
+            .subscribe_since("chat-live", json!({"epoch": epoch, "offset": seen}))
+            .await;
         assert_eq!(confirmation["recovered"], true, "{confirmation}");
         assert_eq!(confirmation["epoch"], epoch.as_str());
         client
@@ -221,7 +173,7 @@ async fn recovery_that_cannot_be_exact_says_so() {
         assert!(server.publish("chat-r", &format!("{i}")).await);
     }
     let mut client = server.connect(None).await;
-    let current = subscribe_since(&mut client, "chat-r", json!(null)).await;
+    let current = client.subscribe_since("chat-r", json!(null)).await;
     let epoch = current["epoch"].as_str().unwrap().to_owned();
     assert_eq!(current["offset"], 5);
     let cases = [
@@ -231,7 +183,7 @@ async fn recovery_that_cannot_be_exact_says_so() {
     ];
     for (i, since) in cases.iter().enumerate() {
         let mut c = server.connect(None).await;
-        let confirmation = subscribe_since(&mut c, "chat-r", since.clone()).await;
+        let confirmation = c.subscribe_since("chat-r", since.clone()).await;
         assert_eq!(confirmation["recovered"], false, "case {i}: {confirmation}");
         assert_eq!(
             confirmation["offset"],
@@ -256,8 +208,9 @@ async fn recovery_that_cannot_be_exact_says_so() {
     // Recovering from the current offset: recovered, nothing replayed.
     let mut c = server.connect(None).await;
     let last = 5 + cases.len() as u64;
-    let confirmation =
-        subscribe_since(&mut c, "chat-r", json!({"epoch": epoch, "offset": last})).await;
+    let confirmation = c
+        .subscribe_since("chat-r", json!({"epoch": epoch, "offset": last}))
+        .await;
     assert_eq!(confirmation["recovered"], true);
     assert!(server.publish("chat-r", "next").await);
     let e = c.expect("e").await;
@@ -270,7 +223,7 @@ async fn a_catch_up_larger_than_the_outbound_bound_is_sent_in_parts_while_publis
     let server =
         Server::start_with("history-parts", "max_outbound_bytes = 32768", "", HISTORY).await;
     let mut client = server.connect(None).await;
-    let start = subscribe_since(&mut client, "chat-big", json!(null)).await;
+    let start = client.subscribe_since("chat-big", json!(null)).await;
     assert_eq!(start["offset"], 0);
     drop(client);
     for batch in 0..400 {
@@ -282,12 +235,12 @@ async fn a_catch_up_larger_than_the_outbound_bound_is_sent_in_parts_while_publis
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    let epoch = read_history(&server, "chat-big").await.0;
+    let epoch = read_history(server.port, "chat-big").await.0;
 
     // One client starts a catch-up and leaves in the middle of it: nothing is left behind.
     let mut leaver = server.connect(None).await;
     let since = json!({"epoch": epoch, "offset": 0});
-    subscribe_since(&mut leaver, "chat-big", since.clone()).await;
+    leaver.subscribe_since("chat-big", since.clone()).await;
     leaver
         .send_json(json!({"event": "pusher:unsubscribe", "data": {"channel": "chat-big"}}))
         .await;
@@ -300,7 +253,7 @@ async fn a_catch_up_larger_than_the_outbound_bound_is_sent_in_parts_while_publis
     };
     let resubscribe = async {
         let mut client = server.connect(None).await;
-        let confirmation = subscribe_since(&mut client, "chat-big", since.clone()).await;
+        let confirmation = client.subscribe_since("chat-big", since.clone()).await;
         assert_eq!(confirmation["recovered"], true, "{confirmation}");
         client
     };

@@ -17,6 +17,7 @@ use chorus_storage::{RaftMeta, Store};
 use parking_lot::Mutex;
 use prometheus::Registry;
 
+use crate::delivery::Delivery;
 use crate::error::ClusterError;
 use crate::forward::Forwarder;
 use crate::interest::InterestQueue;
@@ -178,12 +179,13 @@ const RAFT_WORKERS: usize = 2;
 
 impl Cluster {
     /// Starts Raft on the node's store, on its own runtime thread, with its series in
-    /// `registry`; returns once Raft has read its log and state. Bootstrap and joining go on in
-    /// the background.
+    /// `registry`; returns once Raft has read its log and state. Committed history goes to
+    /// `delivery`. Bootstrap and joining go on in the background.
     pub fn start(
         settings: ClusterSettings,
         store: &Store,
         registry: &Registry,
+        delivery: Delivery,
     ) -> Result<Cluster, ClusterError> {
         let config = Arc::new(raft_config()?);
         let series = RaftSeries::register(registry).map_err(ClusterError::Metrics)?;
@@ -194,8 +196,8 @@ impl Cluster {
             .build()
             .map_err(|e| ClusterError::Config(e.to_string()))?;
         let log_store = LogStore::new(store).map_err(ClusterError::Runtime)?;
-        let state_machine =
-            StateMachineStore::new(store).map_err(|e| ClusterError::Storage(Box::new(e)))?;
+        let state_machine = StateMachineStore::delivering(store, delivery)
+            .map_err(|e| ClusterError::Storage(Box::new(e)))?;
         let store = store.clone();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

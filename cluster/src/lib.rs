@@ -22,6 +22,7 @@
 )]
 
 pub mod cluster;
+pub mod delivery;
 pub mod error;
 mod flusher;
 pub mod forward;
@@ -45,6 +46,7 @@ pub mod status;
 pub mod types;
 
 pub use cluster::{Cluster, ClusterSettings, Raft};
+pub use delivery::{Committed, Deliver, Delivery, HistoryCommit};
 pub use error::ClusterError;
 pub use forward::{ForwardBatch, ForwardedFrame, Forwarder, DELIVER_PATH};
 pub use interest_index::InterestIndex;

@@ -16,10 +16,13 @@ use crate::types::{NodeId, Request, Response};
 pub(crate) const PROPOSE_PATH: &str = "/cluster/propose";
 
 /// How long the leader has to commit a proposal.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// How long a proposal may take in all, waiting for a leader and following changes of leader.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many times a proposal follows a change of leader before giving up.
-const LEADER_HOPS: usize = 3;
+/// How long to wait before asking again after the leader could not be reached.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// What a node asked to write a proposal did with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +39,12 @@ pub(crate) async fn write_as_leader(
     core: &Core,
     request: Request,
 ) -> Result<ProposeOutcome, ClusterError> {
-    match core.raft.client_write(request).await {
+    // A leader cut off from a majority stays leader until it hears of a newer term, and its
+    // writes wait for a commit that cannot come.
+    let written = tokio::time::timeout(COMMIT_TIMEOUT, core.raft.client_write(request))
+        .await
+        .map_err(|_| ClusterError::Uncommitted(COMMIT_TIMEOUT))?;
+    match written {
         Ok(written) => Ok(ProposeOutcome::Applied(written.data)),
         Err(e) => match e.forward_to_leader() {
             Some(forward) => Ok(ProposeOutcome::NotLeader {
@@ -52,27 +60,59 @@ pub(crate) async fn write_as_leader(
 }
 
 /// Writes `request` through the current leader, this node or another; returns what applying it
-/// answered.
+/// answered. While there is no leader (an election), or the leader cannot be connected to (it
+/// died, and the others have not noticed yet), it waits and asks again, for at most
+/// [`PROPOSE_TIMEOUT`] in all. It never sends the request twice once a leader may have taken it.
 pub(crate) async fn propose(core: &Core, request: Request) -> Result<Response, ClusterError> {
-    let mut leader_id = core.raft.metrics().borrow().current_leader;
-    for _ in 0..LEADER_HOPS {
-        let leader = leader_id.ok_or(ClusterError::NoLeader)?;
+    let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+    let mut named = None;
+    loop {
+        let leader = match named.take() {
+            Some(leader) => leader,
+            None => await_leader(core, deadline).await?,
+        };
         let outcome = if leader == core.node_id() {
-            write_as_leader(core, request.clone()).await?
+            write_as_leader(core, request.clone()).await
         } else {
-            let addr = leader_addr(core, leader).ok_or(ClusterError::NoLeader)?;
-            let post = core
-                .client
-                .post(format!("http://{addr}{PROPOSE_PATH}"))
-                .json(&request);
-            send_to_peer(post, &addr, &core.settings.secret, PROPOSE_TIMEOUT).await?
+            match leader_addr(core, leader) {
+                Some(addr) => {
+                    let post = core
+                        .client
+                        .post(format!("http://{addr}{PROPOSE_PATH}"))
+                        .json(&request);
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    send_to_peer(post, &addr, &core.settings.secret, left).await
+                }
+                None => Err(ClusterError::NoLeader),
+            }
         };
         match outcome {
-            ProposeOutcome::Applied(response) => return Ok(response),
-            ProposeOutcome::NotLeader { leader_id: named } => leader_id = named,
+            Ok(ProposeOutcome::Applied(response)) => return Ok(response),
+            Ok(ProposeOutcome::NotLeader { leader_id }) => named = leader_id,
+            Err(ClusterError::Unreachable { source, .. }) if source.is_connect() => {}
+            Err(ClusterError::NoLeader) => {}
+            Err(e) => return Err(e),
+        }
+        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(ClusterError::NoLeader);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// The leader this node knows of, waiting until `deadline` for one to be elected.
+async fn await_leader(core: &Core, deadline: tokio::time::Instant) -> Result<NodeId, ClusterError> {
+    let mut metrics = core.raft.metrics();
+    loop {
+        if let Some(leader) = metrics.borrow_and_update().current_leader {
+            return Ok(leader);
+        }
+        match tokio::time::timeout_at(deadline, metrics.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ClusterError::Stopped),
+            Err(_) => return Err(ClusterError::NoLeader),
         }
     }
-    Err(ClusterError::NoLeader)
 }
 
 /// The cluster address of node `id`, as Raft's membership has it.

@@ -151,22 +151,33 @@ impl ReplicatedState {
                 channel,
                 fresh_epoch,
                 events,
+                except: _,
             } => {
-                let position =
-                    self.history
-                        .entry(ChannelKey { app, channel })
-                        .or_insert(HistoryPosition {
-                            epoch: fresh_epoch,
-                            next_offset: 1,
-                        });
-                let first_offset = position.next_offset;
-                position.next_offset += events.len() as u64;
+                let (epoch, first_offset) =
+                    self.place_history(ChannelKey { app, channel }, fresh_epoch, events.len());
                 Response::HistoryAppended {
-                    epoch: position.epoch.clone(),
+                    epoch,
                     first_offset,
                 }
             }
         }
+    }
+
+    /// Gives `count` events of a history channel their offsets: returns the channel's epoch
+    /// (`fresh_epoch` if it had no history yet) and the first event's offset.
+    pub fn place_history(
+        &mut self,
+        key: ChannelKey,
+        fresh_epoch: String,
+        count: usize,
+    ) -> (String, u64) {
+        let position = self.history.entry(key).or_insert(HistoryPosition {
+            epoch: fresh_epoch,
+            next_offset: 1,
+        });
+        let first_offset = position.next_offset;
+        position.next_offset += count as u64;
+        (position.epoch.clone(), first_offset)
     }
 
     fn set_interest(&mut self, node: NodeId, key: ChannelKey, present: bool) {
@@ -272,6 +283,11 @@ impl ReplicatedState {
         self.presence.get(&ChannelKey::new(app, channel))
     }
 
+    /// Every history channel and where it stands.
+    pub fn history_positions(&self) -> impl Iterator<Item = (&ChannelKey, &HistoryPosition)> {
+        self.history.iter()
+    }
+
     /// Where a history channel stands, if it was ever written.
     pub fn history_position(&self, app: &str, channel: &str) -> Option<&HistoryPosition> {
         self.history.get(&ChannelKey::new(app, channel))
@@ -337,6 +353,7 @@ mod tests {
                     time_ms: 1,
                 })
                 .collect(),
+            except: None,
         }
     }
 

@@ -1,19 +1,21 @@
-//! Raft's state machine: applies committed entries to the [`ReplicatedState`] in memory, hands out
-//! snapshot builders, installs snapshots received from the leader, and lets the rest of the node
-//! read the state through a [`StateReader`].
+//! Raft's state machine: applies committed entries to the [`ReplicatedState`] in memory, stores
+//! committed history events in the node's sled history and hands them to the node to deliver
+//! ([`crate::delivery`]), hands out snapshot builders, installs snapshots received from the
+//! leader, and lets the rest of the node read the state through a [`StateReader`].
 
 use std::io::Cursor;
 use std::sync::Arc;
 
 use chorus_storage::Store;
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, OptionalSend, Snapshot, StoredMembership};
+use openraft::{EntryPayload, OptionalSend, Snapshot, StorageIOError, StoredMembership};
 use parking_lot::RwLock;
 
+use crate::delivery::{Committed, Delivery, HistoryCommit};
 use crate::interest_index::{InterestIndex, Touched};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotMeta};
-use crate::state::ReplicatedState;
-use crate::types::{Entry, LogId, Node, NodeId, RaftStorageError, Response, TypeConfig};
+use crate::state::{ChannelKey, ReplicatedState};
+use crate::types::{Entry, LogId, Node, NodeId, RaftStorageError, Request, Response, TypeConfig};
 
 /// The replicated state with where it stands in the log.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +30,7 @@ pub struct StateMachineStore {
     store: Store,
     applied: Arc<RwLock<AppliedState>>,
     interest: InterestIndex,
+    delivery: Delivery,
 }
 
 /// Read access to the replicated state for the rest of the node; cheap to clone.
@@ -50,8 +53,17 @@ impl StateReader {
 
 impl StateMachineStore {
     /// The state machine of the node whose database is `store`, starting from its last snapshot
-    /// (Raft then re-applies the committed entries after it).
+    /// (Raft then re-applies the committed entries after it), storing history but delivering
+    /// nothing.
     pub fn new(store: &Store) -> Result<StateMachineStore, RaftStorageError> {
+        StateMachineStore::delivering(store, Delivery::store_only())
+    }
+
+    /// As [`StateMachineStore::new`], handing each commit to `delivery`.
+    pub fn delivering(
+        store: &Store,
+        delivery: Delivery,
+    ) -> Result<StateMachineStore, RaftStorageError> {
         let applied = match snapshot::load(store)? {
             Some(snapshot) => AppliedState {
                 last_applied: snapshot.meta.last_log_id,
@@ -66,7 +78,24 @@ impl StateMachineStore {
             store: store.clone(),
             applied: Arc::new(RwLock::new(applied)),
             interest,
+            delivery,
         })
+    }
+
+    /// Stores each commit in the node's history and hands it to the node, in log order.
+    fn store_and_deliver(&self, commits: Vec<Committed>) -> Result<(), RaftStorageError> {
+        for committed in commits {
+            let _in_order = self.delivery.order.lock();
+            match &committed {
+                Committed::History(c) => self
+                    .store
+                    .history()
+                    .place(&c.app, &c.channel, &c.epoch, c.first_offset, &c.events)
+                    .map_err(|e| StorageIOError::write_state_machine(&e))?,
+            }
+            (self.delivery.deliver)(&committed);
+        }
+        Ok(())
     }
 
     /// The interest index this state machine keeps up to date as it applies entries.
@@ -97,6 +126,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut commits = Vec::new();
         let mut applied = self.applied.write();
         let responses = entries
             .into_iter()
@@ -104,6 +134,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => Response::Applied,
+                    EntryPayload::Normal(Request::HistoryAppend {
+                        app,
+                        channel,
+                        fresh_epoch,
+                        events,
+                        except,
+                    }) => {
+                        let key = ChannelKey { app, channel };
+                        let (epoch, first_offset) =
+                            applied
+                                .state
+                                .place_history(key.clone(), fresh_epoch, events.len());
+                        commits.push(Committed::History(HistoryCommit {
+                            app: key.app,
+                            channel: key.channel,
+                            epoch: epoch.clone(),
+                            first_offset,
+                            events,
+                            except,
+                        }));
+                        Response::HistoryAppended {
+                            epoch,
+                            first_offset,
+                        }
+                    }
                     EntryPayload::Normal(request) => {
                         let touched = Touched::by(&request, &applied.state);
                         let response = applied.state.apply(request);
@@ -117,6 +172,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             })
             .collect();
+        drop(applied);
+        self.store_and_deliver(commits)?;
         Ok(responses)
     }
 
@@ -138,6 +195,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();
         let state = snapshot::decode(meta, &data)?;
+        {
+            // This node skipped the entries the snapshot covers: its history of each channel
+            // starts again where the cluster's stands, unless it already holds all of it.
+            let _in_order = self.delivery.order.lock();
+            for (key, position) in state.history_positions() {
+                self.store
+                    .history()
+                    .align(
+                        &key.app,
+                        &key.channel,
+                        &position.epoch,
+                        position.next_offset,
+                    )
+                    .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            }
+        }
         snapshot::save(&self.store, meta, &data).await?;
         let mut applied = self.applied.write();
         self.interest.rebuild(&state);

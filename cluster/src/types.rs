@@ -73,12 +73,16 @@ pub enum Request {
     },
     /// Events published to a history channel, in order. `fresh_epoch` is the epoch the channel
     /// takes if it has no history yet (the proposer draws it at random, so applying stays
-    /// deterministic).
+    /// deterministic). Every node stores them at the offsets applying gives them, then delivers
+    /// them to its subscribers.
     HistoryAppend {
         app: String,
         channel: String,
         fresh_epoch: String,
         events: Vec<StoredEvent>,
+        /// The socket id of a connection that is not to receive the events live.
+        #[serde(default)]
+        except: Option<String>,
     },
 }
 

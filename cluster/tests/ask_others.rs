@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse};
 use chorus_cluster::http::Authorized;
-use chorus_cluster::{Cluster, ClusterSecret, ClusterSettings, Peers, Request, Role};
+use chorus_cluster::{Cluster, ClusterSecret, ClusterSettings, Delivery, Peers, Request, Role};
 use chorus_storage::Store;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{json, Value};
@@ -54,7 +54,7 @@ fn answers_come_from_the_members_that_answer_in_time_and_the_others_are_counted(
         secret: ClusterSecret::new(SECRET),
     };
     actix_web::rt::System::new().block_on(async {
-        let cluster = Cluster::start(settings, &store, &registry).unwrap();
+        let cluster = Cluster::start(settings, &store, &registry, Delivery::store_only()).unwrap();
         serve_cluster_port(&cluster, port);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

@@ -59,6 +59,7 @@ fn entries() -> Vec<Entry> {
                 data: "hi".into(),
                 time_ms: 5,
             }],
+            except: None,
         },
     ];
     let mut out = vec![entry(

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use chorus_cluster::{Cluster, ClusterSecret, ClusterSettings, NodeId, Peers, Request, Role};
+use chorus_cluster::{
+    Cluster, ClusterSecret, ClusterSettings, Delivery, NodeId, Peers, Request, Role,
+};
 use chorus_storage::Store;
 use prometheus::Registry;
 
@@ -59,7 +61,13 @@ fn a_node_joining_after_compaction_catches_up_from_a_snapshot() {
     );
     let (port_a, port_b) = (unused_port(), unused_port());
     actix_web::rt::System::new().block_on(async {
-        let a = Cluster::start(settings(1, &[(1, port_a)]), &store_a, &Registry::new()).unwrap();
+        let a = Cluster::start(
+            settings(1, &[(1, port_a)]),
+            &store_a,
+            &Registry::new(),
+            Delivery::store_only(),
+        )
+        .unwrap();
         serve_cluster_port(&a, port_a);
         eventually("node 1 leads a one-node cluster it recorded", || {
             let status = a.status();
@@ -100,6 +108,7 @@ fn a_node_joining_after_compaction_catches_up_from_a_snapshot() {
             settings(2, &[(1, port_a), (2, port_b)]),
             &store_b,
             &Registry::new(),
+            Delivery::store_only(),
         )
         .unwrap();
         serve_cluster_port(&b, port_b);

@@ -37,10 +37,15 @@ pub struct ChannelHistory {
     pub next_offset: u64,
 }
 
+/// A new epoch, drawn at random.
+pub fn fresh_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 impl ChannelHistory {
     fn new(next_offset: u64) -> ChannelHistory {
         ChannelHistory {
-            epoch: format!("{:016x}", rand::random::<u64>()),
+            epoch: fresh_epoch(),
             first_offset: next_offset,
             next_offset,
         }
@@ -177,6 +182,74 @@ impl History {
             self.tree.insert(key, encode(&meta))?;
         }
         Ok(placed)
+    }
+
+    /// Stores `events` at the offsets the cluster gave them: the first at `first_offset`, the
+    /// others after it, in the channel's `epoch`. Idempotent, so a node that applies the same
+    /// committed entry twice (re-applying its log after a restart) changes nothing:
+    /// - events this node already holds, or has trimmed since, are left alone;
+    /// - a different epoch means the channel's history was lost and began again: what this node
+    ///   held of the old epoch is dropped;
+    /// - events starting past this node's next offset leave a gap it cannot fill (it installed a
+    ///   snapshot instead of the entries between): its history then starts at `first_offset`, so
+    ///   a subscriber asking for what lies in the gap is told it cannot recover.
+    ///
+    /// The events are written first and the metadata last, as in [`History::append`]. Not yet
+    /// durable: see [`crate::Store::flush`].
+    pub fn place(
+        &self,
+        app: &str,
+        channel: &str,
+        epoch: &str,
+        first_offset: u64,
+        events: &[StoredEvent],
+    ) -> Result<()> {
+        let _writer = self.writer.lock().expect("history writer lock");
+        let end = first_offset + events.len() as u64;
+        let (mut meta, starts_again) = match self.channel(app, channel)? {
+            Some(meta) if meta.epoch == epoch && meta.next_offset >= first_offset => (meta, false),
+            _ => {
+                let meta = ChannelHistory {
+                    epoch: epoch.to_owned(),
+                    first_offset,
+                    next_offset: first_offset,
+                };
+                (meta, true)
+            }
+        };
+        if end <= meta.next_offset {
+            return Ok(());
+        }
+        let skip = meta.next_offset - first_offset;
+        for (offset, event) in (meta.next_offset..).zip(&events[skip as usize..]) {
+            self.tree
+                .insert(event_key(app, channel, offset), encode(event))?;
+        }
+        meta.next_offset = end;
+        self.tree.insert(meta_key(app, channel), encode(&meta))?;
+        if starts_again {
+            self.remove_below(app, channel, first_offset)?;
+        }
+        Ok(())
+    }
+
+    /// Brings the channel to where the cluster says it stands (a snapshot this node installed):
+    /// when this node is in another epoch or behind `next_offset`, it cannot serve what lies
+    /// between, so its history of the channel starts again, empty, at `next_offset`.
+    pub fn align(&self, app: &str, channel: &str, epoch: &str, next_offset: u64) -> Result<()> {
+        let _writer = self.writer.lock().expect("history writer lock");
+        match self.channel(app, channel)? {
+            Some(meta) if meta.epoch == epoch && meta.next_offset >= next_offset => Ok(()),
+            _ => {
+                let meta = ChannelHistory {
+                    epoch: epoch.to_owned(),
+                    first_offset: next_offset,
+                    next_offset,
+                };
+                self.tree.insert(meta_key(app, channel), encode(&meta))?;
+                self.remove_below(app, channel, next_offset)
+            }
+        }
     }
 
     /// The channel's state and up to `limit` events with offsets after `after`, oldest first.
@@ -575,6 +648,68 @@ mod tests {
             first, second,
             "the same offsets in a new database are another history"
         );
+    }
+
+    #[test]
+    fn placing_at_given_offsets_is_idempotent_and_a_gap_starts_history_again() {
+        let (_dir, store) = open();
+        let h = store.history();
+        let events = [ev(1, 1), ev(2, 2), ev(3, 3)];
+        h.place("1", "c", "e1", 1, &events[..2]).unwrap();
+        // Applied again (a restart re-applying its log), and overlapping: nothing doubles.
+        h.place("1", "c", "e1", 1, &events[..2]).unwrap();
+        h.place("1", "c", "e1", 2, &events[1..]).unwrap();
+        let r = h.replay("1", "c", 0, 10).unwrap().unwrap();
+        assert_eq!(r.channel.epoch, "e1");
+        assert_eq!((r.channel.first_offset, r.channel.next_offset), (1, 4));
+        let offsets: Vec<u64> = r.events.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [1, 2, 3]);
+        assert_eq!(r.events[2].1, ev(3, 3));
+
+        // A gap: this node never got offsets 4..9; it serves only from 10 on.
+        h.place("1", "c", "e1", 10, &[ev(10, 10)]).unwrap();
+        let c = h.channel("1", "c").unwrap().unwrap();
+        assert_eq!((c.first_offset, c.next_offset), (10, 11));
+        assert!(!c.covers_after(3));
+        assert!(c.covers_after(9));
+        assert_eq!(h.replay("1", "c", 0, 10).unwrap().unwrap().events.len(), 1);
+
+        // Another epoch: the old history is gone.
+        h.place("1", "c", "e2", 1, &[ev(1, 20)]).unwrap();
+        let r = h.replay("1", "c", 0, 10).unwrap().unwrap();
+        assert_eq!(r.channel.epoch, "e2");
+        assert_eq!(r.events, [(1, ev(1, 20))]);
+        // Trimmed events are not brought back by applying them again.
+        h.place("1", "c", "e2", 2, &[ev(2, 21), ev(3, 22)]).unwrap();
+        h.trim(
+            "1",
+            "c",
+            Retention {
+                max_events: 1,
+                max_age: Duration::from_secs(3600),
+            },
+            22,
+        )
+        .unwrap();
+        h.place("1", "c", "e2", 1, &[ev(1, 20), ev(2, 21), ev(3, 22)])
+            .unwrap();
+        let r = h.replay("1", "c", 0, 10).unwrap().unwrap();
+        assert_eq!(r.events, [(3, ev(3, 22))]);
+    }
+
+    #[test]
+    fn aligning_to_a_snapshot_keeps_what_matches_and_restarts_what_does_not() {
+        let (_dir, store) = open();
+        let h = store.history();
+        h.place("1", "c", "e1", 1, &[ev(1, 1), ev(2, 2)]).unwrap();
+        h.align("1", "c", "e1", 3).unwrap();
+        assert_eq!(h.replay("1", "c", 0, 10).unwrap().unwrap().events.len(), 2);
+        h.align("1", "c", "e1", 7).unwrap();
+        let r = h.replay("1", "c", 0, 10).unwrap().unwrap();
+        assert_eq!((r.channel.first_offset, r.channel.next_offset), (7, 7));
+        assert!(r.events.is_empty());
+        h.align("1", "new", "e9", 5).unwrap();
+        assert_eq!(h.channel("1", "new").unwrap().unwrap().epoch, "e9");
     }
 
     #[test]

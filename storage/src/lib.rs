@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use flusher::Flusher;
 
-pub use history::{ChannelHistory, History, Replay, Retention, StoredEvent};
+pub use history::{fresh_epoch, ChannelHistory, History, Replay, Retention, StoredEvent};
 pub use last_events::{LastEvent, LastEvents};
 pub use raft_store::{RaftMeta, RaftStore, StoredSnapshot};
 

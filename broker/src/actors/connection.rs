@@ -766,6 +766,7 @@ mod tests {
             &crate::metrics::Metrics::new(),
             1 << 20,
             chorus_storage::Store::temporary().unwrap(),
+            std::sync::Arc::default(),
         )
     }
 

@@ -274,20 +274,24 @@ fn validate_event(app: &App, body: EventBody, batch: bool) -> Result<Trigger, Ap
 /// Publishes a validated event; returns the requested info per channel. A channel whose
 /// subscribers are too far behind refuses the event (429); the other channels still get it.
 ///
-/// Events on history channels, and the last event of cache channels, are stored; `stored` is set,
-/// and the caller must make them durable with [`flush`] before answering.
-async fn publish(app: &App, t: Trigger, stored: &mut bool) -> Result<Map<String, Value>, ApiError> {
+/// Events on history channels are added to `pending.history`, to be published through the
+/// cluster's log; a cache channel's last event is stored and `pending.cached` set. The caller
+/// settles both with [`settle`] before answering.
+async fn publish(
+    app: &App,
+    t: Trigger,
+    pending: &mut Pending,
+) -> Result<Map<String, Value>, ApiError> {
     let mut refused = Vec::new();
     for c in &t.channels {
         app.metrics.published_api.inc();
         if app.history.keeps(c) {
-            router::publish_history(app, c, &t.name, &t.data, t.except).map_err(storage_error)?;
-            *stored = true;
+            pending.history.push(c, t.except, &t.name, &t.data);
             continue;
         }
         let frame = frame::event(c, &t.name, &t.data);
         match router::publish(app, c, frame, t.except) {
-            Ok(()) => *stored |= ChannelKind::of(c).cache,
+            Ok(()) => pending.cached |= ChannelKind::of(c).cache,
             Err(e) => refused.push(e.to_string()),
         }
     }
@@ -308,18 +312,44 @@ async fn publish(app: &App, t: Trigger, stored: &mut bool) -> Result<Map<String,
     Ok(channels)
 }
 
+/// What a publish request leaves to do before it is acknowledged.
+#[derive(Default)]
+struct Pending {
+    /// History events, to be committed by the cluster.
+    history: router::PendingHistory,
+    /// A cache channel's last event was stored and must be made durable.
+    cached: bool,
+}
+
+/// Commits the request's history events and makes its cache channels' last events durable: a
+/// publish is acknowledged only then. Without a quorum the history events are not acknowledged:
+/// 503.
+async fn settle(node: &Node, app: &App, pending: Pending) -> Result<(), ApiError> {
+    if !pending.history.is_empty() {
+        pending
+            .history
+            .publish(&node.cluster, app)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "history publish not committed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the history event was not committed, publish it again: {e}"),
+                )
+            })?;
+    }
+    if pending.cached {
+        app.history.store.flush().await.map_err(storage_error)?;
+    }
+    Ok(())
+}
+
 fn storage_error(e: chorus_storage::StorageError) -> ApiError {
     tracing::error!(error = %e, "history store failed");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         format!("could not store the event: {e}"),
     )
-}
-
-/// Makes the stored events durable: a publish to a history or cache channel is acknowledged only
-/// then.
-async fn flush(app: &App) -> Result<(), ApiError> {
-    app.history.store.flush().await.map_err(storage_error)
 }
 
 /// `POST /apps/{app_id}/events`
@@ -333,11 +363,9 @@ pub async fn events(
     let body: EventBody = v.json()?;
     let trigger = validate_event(&v.app, body, false)?;
     let wanted = trigger.info.any();
-    let mut stored = false;
-    let channels = publish(&v.app, trigger, &mut stored).await?;
-    if stored {
-        flush(&v.app).await?;
-    }
+    let mut pending = Pending::default();
+    let channels = publish(&v.app, trigger, &mut pending).await?;
+    settle(&node, &v.app, pending).await?;
     Ok(HttpResponse::Ok().json(if wanted {
         json!({ "channels": channels })
     } else {
@@ -368,15 +396,13 @@ pub async fn batch_events(
         .collect::<Result<Vec<_>, _>>()?;
     let wanted = triggers.iter().any(|t| t.info.any());
     let mut answers = Vec::with_capacity(triggers.len());
-    let mut stored = false;
+    let mut pending = Pending::default();
     for t in triggers {
         let channel = t.channels[0].clone();
-        let mut info = publish(&v.app, t, &mut stored).await?;
+        let mut info = publish(&v.app, t, &mut pending).await?;
         answers.push(info.remove(&channel).unwrap_or_else(|| json!({})));
     }
-    if stored {
-        flush(&v.app).await?;
-    }
+    settle(&node, &v.app, pending).await?;
     Ok(HttpResponse::Ok().json(if wanted {
         json!({ "batch": answers })
     } else {

@@ -1,6 +1,7 @@
 //! Several real `chorus` processes forming one Raft cluster on free loopback ports, each with
-//! its own temporary data directory, configured only through the environment as an operator
-//! would: `CHORUS_NODE_ID`, `CHORUS_CLUSTER_PORT`, `CHORUS_PEERS`, `CHORUS_CLUSTER_SECRET`.
+//! its own temporary data directory, configured through the environment as an operator would:
+//! `CHORUS_NODE_ID`, `CHORUS_CLUSTER_PORT`, `CHORUS_PEERS`, `CHORUS_CLUSTER_SECRET` (and a small
+//! file giving app 1 history on its `history-*` channels).
 //! Clients connect to any node and publish to any node, and the channel interest each node
 //! applied is read from its cluster port.
 
@@ -13,6 +14,11 @@ use std::time::{Duration, Instant};
 use chorus_cluster::{ClusterStatus, Role, SECRET_HEADER};
 
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123";
+
+/// Every node's configuration file: app 1 (its key and secret come from the environment) keeps
+/// the history of its `history-*` channels.
+const NODE_CONFIG: &str = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"replaced-by-env\"\n\
+    [[apps.history]]\nchannels = \"history-*\"\nmax_events = 100000\n";
 
 /// One node of a [`TestCluster`].
 pub struct ClusterNode {
@@ -69,7 +75,11 @@ impl ClusterNode {
     }
 
     fn spawn(&mut self) {
+        let config = self.dir.join("chorus.toml");
+        std::fs::write(&config, NODE_CONFIG).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .arg("--config")
+            .arg(config)
             .env("CHORUS_HOST", "127.0.0.1")
             .env("CHORUS_PORT", self.port.to_string())
             .env("CHORUS_METRICS_PORT", self.metrics_port.to_string())

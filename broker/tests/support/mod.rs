@@ -233,6 +233,31 @@ pub async fn publish(port: u16, channel: &str, data: &str) -> bool {
     }
 }
 
+/// The node on `port`'s whole history of `channel` of app 1 over REST, page by page: its epoch
+/// and every (offset, data).
+pub async fn read_history(port: u16, channel: &str) -> (String, Vec<(u64, String)>) {
+    let path = format!("/apps/1/channels/{channel}/history");
+    let mut after = 0;
+    let mut events = Vec::new();
+    loop {
+        let after_s = after.to_string();
+        let params = [("after", after_s.as_str()), ("limit", "500")];
+        let url = signed_url(port, "GET", &path, &params, b"");
+        let page: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        let epoch = page["epoch"].as_str().expect("an epoch").to_owned();
+        let batch = page["events"].as_array().unwrap();
+        if batch.is_empty() {
+            return (epoch, events);
+        }
+        for e in batch {
+            let offset = e["offset"].as_u64().unwrap();
+            assert!(e["time_ms"].as_u64().unwrap() > 0);
+            events.push((offset, e["data"].as_str().unwrap().to_owned()));
+            after = offset;
+        }
+    }
+}
+
 /// A raw WebSocket client of the node on `port`, after `connection_established`.
 pub async fn connect(port: u16, recv_buffer: Option<u32>) -> Client {
     let socket = TcpSocket::new_v4().unwrap();
@@ -314,6 +339,24 @@ impl Client {
         .await;
         let answer = self.expect_channel_answer(channel).await;
         assert_eq!(answer["event"], "pusher_internal:subscription_succeeded");
+    }
+
+    /// Subscribes with `since` (the Chorus extension for recovery); returns the confirmation's
+    /// data.
+    pub async fn subscribe_since(
+        &mut self,
+        channel: &str,
+        since: serde_json::Value,
+    ) -> serde_json::Value {
+        self.send_json(serde_json::json!({"event": "pusher:subscribe",
+            "data": {"channel": channel, "since": since}}))
+            .await;
+        let answer = self.expect_channel_answer(channel).await;
+        assert_eq!(
+            answer["event"], "pusher_internal:subscription_succeeded",
+            "{answer}"
+        );
+        data(&answer)
     }
 
     /// Subscribes to a private channel, signing the subscription with the app's secret as the
