@@ -1,12 +1,17 @@
 //! Asking every other member of the cluster the same question at once.
 //!
-//! The node POSTs one JSON body to a path of each other member's cluster port (the members as the
-//! replicated state records them, this node left out), with the cluster secret, all in parallel
-//! on the Raft runtime, and gives each member at most a timeout to answer 200 with JSON. The
-//! question never fails as a whole: a member that does not answer in time, cannot be reached,
-//! refuses or answers something else is left out of the answers, logged at debug, and counted in
-//! `chorus_cluster_query_unanswered_total` by peer and reason. A one-node cluster has no other
+//! The node POSTs one JSON body to a path of each other member's cluster port, with the cluster
+//! secret, all in parallel on the Raft runtime, and gives each member at most a timeout to answer
+//! 200 with JSON. The question never fails as a whole: a member that does not answer in time,
+//! cannot be reached, refuses or answers something else is left out of the answers, logged at
+//! debug, and counted in `chorus_cluster_query_unanswered_total` by peer and reason. A one-node
+//! cluster has no other
 //! member: its answers are empty at once, on the same code path.
+//!
+//! The members are the nodes of the Raft membership as this node last saw it, voters and
+//! learners (a joining node serves clients while it catches up), with their cluster addresses, as
+//! forwarding reaches them. The replicated state's list of members would do too, but it records
+//! only voters, and a leader records them a membership round after the cluster forms.
 //!
 //! What the question is and what its answers mean is the caller's (the broker's cluster-wide
 //! HTTP API answers and the termination of a user's connections on every node).
@@ -63,14 +68,16 @@ async fn ask<A: DeserializeOwned + Send + 'static>(
     timeout: Duration,
 ) -> Answers<A> {
     let me = core.node_id();
-    let others: Vec<(NodeId, String)> = core.state.read(|state| {
-        state
-            .members()
-            .iter()
-            .filter(|(id, _)| **id != me)
-            .map(|(id, addr)| (*id, addr.clone()))
-            .collect()
-    });
+    let others: Vec<(NodeId, String)> = core
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, node)| (*id, node.addr.clone()))
+        .collect();
     let mut asking = JoinSet::new();
     for (node, addr) in others {
         let request = core

@@ -1,7 +1,8 @@
 //! Asking every other member at once, in one process: a one-node cluster asks no one; with other
-//! members recorded in the replicated state, the node gets the answer of the one that answers
-//! (which sees the cluster secret) and leaves out, within the timeout, the one that never
-//! answers, the one nothing listens for and the one that refuses, counting each by its reason.
+//! members in its Raft membership (learners, as joining nodes are), the node gets the answer of
+//! the one that answers (which sees the cluster secret) and leaves out, within the timeout, the
+//! one that never answers, the one nothing listens for and the one that refuses, counting each by
+//! its reason.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse};
 use chorus_cluster::http::Authorized;
-use chorus_cluster::{Cluster, ClusterSecret, ClusterSettings, Delivery, Peers, Request, Role};
+use chorus_cluster::{Cluster, ClusterSecret, ClusterSettings, Delivery, Node, Peers, Role};
 use chorus_storage::Store;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{json, Value};
@@ -92,10 +93,12 @@ fn answers_come_from_the_members_that_answer_in_time_and_the_others_are_counted(
             (5, refusing),
         ];
         for (id, port) in members {
-            let addr = format!("127.0.0.1:{port}");
+            let node = Node::new(format!("127.0.0.1:{port}"));
+            let raft = cluster.raft().clone();
             cluster
-                .propose(Request::AddMember { id, addr })
+                .on_raft_runtime(async move { raft.add_learner(id, node, false).await })
                 .await
+                .unwrap()
                 .unwrap();
         }
 
