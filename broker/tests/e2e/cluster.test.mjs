@@ -61,6 +61,8 @@ describe('cluster', () => {
       await subscribeOk(client, 'lobby-news');
       clients.push(client);
     }
+    // The cluster has formed and every node knows the others.
+    for (const id of [1, 2, 3]) await cluster.awaitInterest(id, 'lobby-news', [1, 2, 3]);
     for (const id of [1, 2, 3]) {
       const sdk = cluster.node(id).sdk();
       const get = async (path, params) => (await sdk.get({ path, params })).json();
