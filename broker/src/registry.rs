@@ -296,15 +296,6 @@ impl Registry {
         Ok(())
     }
 
-    /// Number of subscriptions to `channel` on this node.
-    pub fn subscription_count(&self, channel: &str) -> usize {
-        self.table
-            .lock()
-            .live
-            .get(channel)
-            .map_or(0, |e| e.subscriptions)
-    }
-
     pub fn get(&self, channel: &str) -> Option<ChannelSummary> {
         self.table.lock().live.get(channel).map(|e| ChannelSummary {
             name: channel.to_owned(),

@@ -66,6 +66,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             .app_data(cluster.clone())
             .app_data(cluster_node.clone())
             .route(DELIVER_PATH, web::post().to(deliver))
+            .configure(http::peers::cluster_port_routes)
             .configure(chorus_cluster::http::cluster_routes)
     })
     .workers(CLUSTER_WORKERS)

@@ -2,8 +2,9 @@
 //! with the node's sled storage, the HTTP network client, the bootstrap and membership task
 //! ([`crate::membership`]), failure detection ([`crate::liveness`]) and re-admission
 //! ([`crate::readmission`]), the metrics watch, the task that records this node's channel
-//! interest ([`crate::interest`]) and the streams that forward frames to other nodes
-//! ([`crate::forward`]).
+//! interest ([`crate::interest`]), the streams that forward frames to other nodes
+//! ([`crate::forward`]), and the questions it asks every other member at once
+//! ([`crate::query`]).
 //!
 //! The rest of the node (actix, a current-thread runtime per worker) never runs Raft's futures
 //! itself: it hands them to the Raft runtime with [`Cluster::on_raft_runtime`] and awaits the
@@ -25,7 +26,7 @@ use crate::error::ClusterError;
 use crate::forward::Forwarder;
 use crate::liveness::{Liveness, MIN_DEAD_AFTER};
 use crate::log_store::LogStore;
-use crate::metrics::{ForwardSeries, RaftSeries};
+use crate::metrics::{ForwardSeries, QuerySeries, RaftSeries};
 use crate::network::HttpNetwork;
 use crate::peers::Peers;
 use crate::secret::ClusterSecret;
@@ -84,6 +85,7 @@ pub(crate) struct Core {
     caught_up_at: AtomicU64,
     pub(crate) forwarder: Forwarder,
     pub(crate) liveness: Arc<Liveness>,
+    pub(crate) query_series: QuerySeries,
     runtime: tokio::runtime::Handle,
 }
 
@@ -245,6 +247,7 @@ impl Cluster {
         let config = Arc::new(raft_config()?);
         let series = RaftSeries::register(registry).map_err(ClusterError::Metrics)?;
         let forward_series = ForwardSeries::register(registry).map_err(ClusterError::Metrics)?;
+        let query_series = QuerySeries::register(registry).map_err(ClusterError::Metrics)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .build()
@@ -317,6 +320,7 @@ impl Cluster {
                         caught_up_at: AtomicU64::new(0),
                         forwarder,
                         liveness,
+                        query_series,
                         runtime,
                     });
                     tokio::spawn(core.clone().watch_metrics());

@@ -181,6 +181,10 @@ mod tests {
         );
 
         declared.declare_all_again();
-        assert_eq!(declared.take().unwrap(), (true, vec![("ann", Some(5))]));
+        assert_eq!(
+            declared.take().unwrap(),
+            (true, vec![("ann", Some(5)), ("bob", Some(3))]),
+            "taken back, the node declares all it has again"
+        );
     }
 }

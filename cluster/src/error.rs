@@ -15,6 +15,8 @@ pub enum ClusterError {
     Storage(#[source] Box<RaftStorageError>),
     #[error("raft stopped: {0}")]
     Fatal(#[source] Box<openraft::error::Fatal<NodeId>>),
+    #[error("cannot encode a question to the other nodes: {0}")]
+    Encode(#[source] serde_json::Error),
     #[error("the raft runtime has stopped")]
     Stopped,
     #[error("the cluster has no leader to write to")]

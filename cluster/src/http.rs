@@ -7,7 +7,9 @@
 //! secret in the `x-chorus-cluster-secret` header and answers 401 without it: the port is for the
 //! nodes and their operators only, and `/cluster` lists the nodes' internal addresses.
 //!
-//! The routes expect the node's [`Cluster`] as `web::Data<Cluster>`.
+//! A body that is not the JSON a route takes is answered 400 (413 when too large) with a JSON
+//! `{"error": ...}` ([`bad_body`]). The routes expect the node's [`Cluster`] as
+//! `web::Data<Cluster>`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,15 +32,33 @@ const MAX_RPC_BYTES: usize = 64 * 1024 * 1024;
 
 /// Adds the cluster port's routes to an actix app that has `web::Data<Cluster>`.
 pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::JsonConfig::default().limit(MAX_RPC_BYTES))
-        .route("/cluster", web::get().to(status))
-        .route(APPEND_PATH, web::post().to(append_entries))
-        .route(VOTE_PATH, web::post().to(vote))
-        .route(SNAPSHOT_PATH, web::post().to(install_snapshot))
-        .route(JOIN_PATH, web::post().to(join))
-        .route(PROPOSE_PATH, web::post().to(propose))
-        .route("/cluster/interest", web::get().to(interest))
-        .default_service(web::to(not_found));
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_RPC_BYTES)
+            .error_handler(bad_body),
+    )
+    .route("/cluster", web::get().to(status))
+    .route(APPEND_PATH, web::post().to(append_entries))
+    .route(VOTE_PATH, web::post().to(vote))
+    .route(SNAPSHOT_PATH, web::post().to(install_snapshot))
+    .route(JOIN_PATH, web::post().to(join))
+    .route(PROPOSE_PATH, web::post().to(propose))
+    .route("/cluster/interest", web::get().to(interest))
+    .default_service(web::to(not_found));
+}
+
+/// Answers a body that is not the JSON the route takes: 413 when it is too large, else 400,
+/// with `{"error": ...}` (use it as a `web::JsonConfig`'s error handler).
+pub fn bad_body(error: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError;
+    let mut answer = match error {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            HttpResponse::PayloadTooLarge()
+        }
+        _ => HttpResponse::BadRequest(),
+    };
+    let refusal = answer.json(json!({"error": error.to_string()}));
+    actix_web::error::InternalError::from_response(error, refusal).into()
 }
 
 /// Proof that a request carried the cluster secret; extracting it answers 401 otherwise.

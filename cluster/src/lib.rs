@@ -14,7 +14,8 @@
 //!
 //! The data plane: the node records its channel interest ([`interest`], through the leader with
 //! [`propose`]), and [`forward`] sends a published frame to every other node with interest in its
-//! channel, read from the [`InterestIndex`] kept beside the state.
+//! channel, read from the [`InterestIndex`] kept beside the state. [`query`] asks every other
+//! member the same question at once, for answers that cover the whole cluster.
 
 #![allow(
     clippy::result_large_err,
@@ -39,6 +40,7 @@ mod network;
 mod peer_request;
 pub mod peers;
 pub mod propose;
+pub mod query;
 mod readmission;
 pub mod secret;
 pub mod snapshot;
@@ -55,6 +57,7 @@ pub use interest_index::InterestIndex;
 pub use liveness::{DEFAULT_DEAD_AFTER, MIN_DEAD_AFTER};
 pub use log_store::{LogReader, LogStore};
 pub use peers::{ordinal_of_hostname, Peers, PeersError};
+pub use query::Answers;
 pub use secret::{ClusterSecret, SECRET_HEADER};
 pub use snapshot::{SnapshotBuilder, SnapshotMeta};
 pub use state::{ChannelKey, HistoryPosition, PresenceMember, ReplicatedState};

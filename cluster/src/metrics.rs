@@ -1,7 +1,8 @@
 //! The cluster's series in a node's Prometheus registry: Raft's term, leadership, log positions
 //! and RPC errors, updated from openraft's metrics watch (see [`crate::cluster`]) and by the
 //! network client for failed RPCs; the members and their failures ([`crate::liveness`],
-//! [`crate::readmission`]); and the forwarding of frames between nodes, by peer.
+//! [`crate::readmission`]); the forwarding of frames between nodes, by peer; and the questions
+//! to the other members that went unanswered ([`crate::query`]), by peer and reason.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -134,5 +135,34 @@ impl ForwardSeries {
         self.dropped
             .with_label_values(&[&peer.to_string()])
             .inc_by(frames as u64);
+    }
+}
+
+/// The questions to other members that got no usable answer.
+#[derive(Clone)]
+pub(crate) struct QuerySeries {
+    unanswered: IntCounterVec,
+}
+
+impl QuerySeries {
+    pub(crate) fn register(registry: &Registry) -> Result<QuerySeries, prometheus::Error> {
+        let unanswered = IntCounterVec::new(
+            Opts::new(
+                "chorus_cluster_query_unanswered_total",
+                "Questions to another node (cluster-wide API answers, terminations) it did not \
+                 answer in time or at all, by peer and reason (timeout, unreachable, refused, \
+                 invalid_answer).",
+            ),
+            &["peer", "reason"],
+        )?;
+        registry.register(Box::new(unanswered.clone()))?;
+        Ok(QuerySeries { unanswered })
+    }
+
+    /// Counts a question `peer` left unanswered for `reason`.
+    pub(crate) fn unanswered(&self, peer: NodeId, reason: &str) {
+        self.unanswered
+            .with_label_values(&[&peer.to_string(), reason])
+            .inc();
     }
 }

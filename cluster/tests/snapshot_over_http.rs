@@ -3,25 +3,21 @@
 //! it, receives the snapshot over HTTP (install_snapshot), is promoted to voter, and holds the
 //! leader's replicated state.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpServer};
 use chorus_cluster::{
     Cluster, ClusterSecret, ClusterSettings, Delivery, NodeId, Peers, Request, Role,
 };
 use chorus_storage::Store;
 use prometheus::Registry;
 
-const SECRET: &str = "in-process-cluster-secret";
+use support::{serve_cluster_port, unused_port};
 
-fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap()
-}
+const SECRET: &str = "in-process-cluster-secret";
 
 fn settings(id: NodeId, peers: &[(NodeId, u16)]) -> ClusterSettings {
     let peers: BTreeMap<NodeId, String> = peers
@@ -35,22 +31,6 @@ fn settings(id: NodeId, peers: &[(NodeId, u16)]) -> ClusterSettings {
         secret: ClusterSecret::new(SECRET),
         dead_after: chorus_cluster::DEFAULT_DEAD_AFTER,
     }
-}
-
-/// Serves the cluster port of `cluster` on `port`, in this actix system.
-fn serve(cluster: &Cluster, port: u16) {
-    let data = web::Data::new(cluster.clone());
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .configure(chorus_cluster::http::cluster_routes)
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(("127.0.0.1", port))
-    .unwrap()
-    .run();
-    actix_web::rt::spawn(server);
 }
 
 /// Waits (at most 15 s) until `done` holds.
@@ -89,7 +69,7 @@ fn a_node_joining_after_compaction_catches_up_from_a_snapshot() {
             Delivery::store_only(),
         )
         .unwrap();
-        serve(&a, port_a);
+        serve_cluster_port(&a, port_a);
         eventually("node 1 leads a one-node cluster it recorded", || {
             let status = a.status();
             status.state == Role::Leader && status.members.iter().all(|m| m.recorded)
@@ -132,7 +112,7 @@ fn a_node_joining_after_compaction_catches_up_from_a_snapshot() {
             Delivery::store_only(),
         )
         .unwrap();
-        serve(&b, port_b);
+        serve_cluster_port(&b, port_b);
         eventually("node 2 joined as a voter, recorded, and caught up", || {
             let status = b.status();
             status.leader_id == Some(1)

@@ -49,11 +49,6 @@ pub struct MemberChanged {
 #[rtype(result = "Vec<String>")]
 pub struct GetMembers;
 
-/// How many distinct users are present (as [`GetMembers`] lists them).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct UserCount;
-
 pub struct PresenceActor {
     app_id: String,
     name: String,
@@ -298,13 +293,5 @@ impl Handler<GetMembers> for PresenceActor {
                 .map(|(id, _)| id.clone())
                 .collect(),
         )
-    }
-}
-
-impl Handler<UserCount> for PresenceActor {
-    type Result = usize;
-
-    fn handle(&mut self, _: UserCount, _: &mut Context<Self>) -> usize {
-        self.listed().len()
     }
 }

@@ -1,5 +1,6 @@
 //! The Pusher HTTP API under `/apps/{app_id}`: publish events, query channels and users,
-//! terminate a user's connections. Every request is signed; every error is JSON.
+//! terminate a user's connections. Every request is signed; every error is JSON. Channels,
+//! their counts and users, and terminations cover the whole cluster (see [`super::peers`]).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,13 +11,13 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::actors::presence::{GetMembers, UserCount};
 use crate::apps::App;
+use crate::channel_view::{ChannelQuery, ChannelView, Selection};
+use crate::http::peers;
 use crate::node::Node;
 use crate::protocol::channel::{self, ChannelKind};
 use crate::protocol::frame::{self, SocketId};
 use crate::protocol::signature::{self, SignedRequest};
-use crate::registry::ChannelAddr;
 use crate::router;
 
 /// An API error: an HTTP status and a message, answered as `{"error": message}`.
@@ -173,22 +174,30 @@ impl InfoWanted {
     }
 }
 
-/// The attributes of one channel, as the API reports them.
-async fn channel_info(app: &App, name: &str, wanted: InfoWanted) -> Map<String, Value> {
+/// The attributes of channel `name`, as the API reports them, from the cluster's view of it.
+fn channel_info(view: &ChannelView, name: &str, wanted: InfoWanted) -> Map<String, Value> {
     let mut info = Map::new();
-    let summary = app.channels.get(name);
+    let occupancy = view.get(name);
     if wanted.subscription_count {
-        let count = summary.as_ref().map_or(0, |s| s.subscriptions);
+        let count = occupancy.map_or(0, |o| o.subscription_count);
         info.insert("subscription_count".into(), count.into());
     }
     if wanted.user_count && ChannelKind::of(name).is_presence() {
-        let count = match summary.map(|s| s.addr) {
-            Some(ChannelAddr::Presence(addr)) => addr.send(UserCount).await.unwrap_or(0),
-            _ => 0,
-        };
+        let count = occupancy.map_or(0, |o| o.users.len());
         info.insert("user_count".into(), count.into());
     }
     info
+}
+
+/// The cluster's view of the channels `selection` names in `app`, with their presence users
+/// when `users`.
+async fn view_of(app: &App, selection: Selection, users: bool) -> ChannelView {
+    let query = ChannelQuery {
+        app: app.id.clone(),
+        selection,
+        users,
+    };
+    peers::cluster_view(app, &query).await
 }
 
 /// A validated event, ready to publish.
@@ -294,8 +303,9 @@ async fn publish(
     }
     let mut channels = Map::new();
     if t.info.any() {
+        let view = view_of(app, Selection::Names(t.channels.clone()), t.info.user_count).await;
         for c in &t.channels {
-            let info = channel_info(app, c, t.info).await;
+            let info = channel_info(&view, c, t.info);
             channels.insert(c.clone(), Value::Object(info));
         }
     }
@@ -415,11 +425,22 @@ pub async fn channels(
             "info=user_count needs filter_by_prefix=presence-",
         ));
     }
-    let mut channels = Map::new();
-    for summary in v.app.channels.list(prefix) {
-        let info = channel_info(&v.app, &summary.name, wanted).await;
-        channels.insert(summary.name, Value::Object(info));
-    }
+    let view = view_of(
+        &v.app,
+        Selection::Prefix(prefix.to_owned()),
+        wanted.user_count,
+    )
+    .await;
+    let channels: Map<String, Value> = view
+        .channels
+        .keys()
+        .map(|name| {
+            (
+                name.clone(),
+                Value::Object(channel_info(&view, name, wanted)),
+            )
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "channels": channels })))
 }
 
@@ -440,8 +461,14 @@ pub async fn channel(
             "info=user_count is only for presence channels",
         ));
     }
-    let mut info = channel_info(&v.app, &name, wanted).await;
-    let occupied = v.app.channels.subscription_count(&name) > 0;
+    let view = view_of(
+        &v.app,
+        Selection::Names(vec![name.clone()]),
+        wanted.user_count,
+    )
+    .await;
+    let mut info = channel_info(&view, &name, wanted);
+    let occupied = view.get(&name).is_some_and(|o| o.subscription_count > 0);
     info.insert("occupied".into(), occupied.into());
     Ok(HttpResponse::Ok().json(Value::Object(info)))
 }
@@ -460,10 +487,8 @@ pub async fn channel_users(
             "users are listed only for presence channels",
         ));
     }
-    let ids = match v.app.channels.get(&name).map(|s| s.addr) {
-        Some(ChannelAddr::Presence(addr)) => addr.send(GetMembers).await.unwrap_or_default(),
-        _ => Vec::new(),
-    };
+    let mut view = view_of(&v.app, Selection::Names(vec![name.clone()]), true).await;
+    let ids = view.channels.remove(&name).unwrap_or_default().users;
     let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
     Ok(HttpResponse::Ok().json(json!({ "users": users })))
 }
@@ -479,7 +504,7 @@ pub async fn terminate_connections(
     let v = verify(&node, &req, &app_id, payload).await?;
     channel::validate_user_id(&user_id, v.app.limits.max_user_id_len)
         .map_err(|e| ApiError::bad_request(format!("invalid user id: {e}")))?;
-    v.app.terminate_user(&user_id);
+    peers::terminate_everywhere(&v.app, &user_id).await;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 

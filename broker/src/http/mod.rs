@@ -1,6 +1,8 @@
-//! The node's HTTP listeners: the public port (WebSocket, HTTP API, health) and the metrics port.
+//! The node's HTTP listeners: the public port (WebSocket, HTTP API, health) and the metrics port;
+//! [`peers`] adds the broker's questions to the cluster port.
 
 pub mod api;
+pub mod peers;
 pub mod sse;
 pub mod websocket;
 

@@ -2,7 +2,8 @@
 // one node reaches pusher-js clients connected to the others, in order; a pusher-js client
 // event on one node reaches a pusher-js client on another and is not echoed to its sender;
 // pusher-js presence members on different nodes see one list, with single member_added and
-// member_removed events.
+// member_removed events; the Node SDK's channel queries on any node count the subscribers and
+// users of every node.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { subscribeOk, once, record, eventually, sleep } from './harness.mjs';
@@ -86,5 +87,34 @@ describe('cluster', () => {
     assert.deepEqual(members(roomB), { alice: { name: 'Alice' }, bob: { name: 'Bob' } });
     alice.disconnect();
     bob.disconnect();
+  });
+
+  test('the Node SDK reads channel info of the whole cluster from any node', async () => {
+    const clients = [];
+    for (const [id, user] of [[1, 'ann'], [2, 'bob'], [3, 'ann']]) {
+      const client = await cluster.node(id).connectedClient({ user: { id: user, info: {} } });
+      await subscribeOk(client, 'presence-lobby');
+      await subscribeOk(client, 'lobby-news');
+      clients.push(client);
+    }
+    // The cluster has formed and every node knows the others.
+    for (const id of [1, 2, 3]) await cluster.awaitInterest(id, 'lobby-news', [1, 2, 3]);
+    for (const id of [1, 2, 3]) {
+      const sdk = cluster.node(id).sdk();
+      const get = async (path, params) => (await sdk.get({ path, params })).json();
+      assert.deepEqual(
+        await get('/channels', { filter_by_prefix: 'presence-lobby', info: 'user_count' }),
+        { channels: { 'presence-lobby': { user_count: 2 } } },
+        `node ${id}`,
+      );
+      assert.deepEqual(
+        await get('/channels/lobby-news', { info: 'subscription_count' }),
+        { occupied: true, subscription_count: 3 },
+        `node ${id}`,
+      );
+      const { users } = await get('/channels/presence-lobby/users');
+      assert.deepEqual(users.map((u) => u.id).sort(), ['ann', 'bob'], `node ${id}`);
+    }
+    for (const client of clients) client.disconnect();
   });
 });

@@ -394,6 +394,34 @@ impl Client {
         data(&answer)["presence"].clone()
     }
 
+    /// Signs in as `user_id`, signed as the app's sign-in endpoint would, then subscribes to the
+    /// user's `#server-to-user-{id}` channel, as pusher-js does after a sign-in.
+    pub async fn sign_in(&mut self, user_id: &str) {
+        let user_data = serde_json::json!({"id": user_id}).to_string();
+        let to_sign = signature::signin_string(&self.socket_id, &user_data);
+        let auth = format!("{KEY}:{}", signature::sign(SECRET, &to_sign));
+        self.send_json(serde_json::json!({"event": "pusher:signin",
+            "data": {"auth": auth, "user_data": user_data}}))
+            .await;
+        self.expect("pusher:signin_success").await;
+        self.subscribe(&format!("#server-to-user-{user_id}")).await;
+    }
+
+    /// Reads frames until the server closes the socket, and returns the close code it gave
+    /// (bounded wait); `None` when the socket ended without a close frame.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("a frame within 5 s");
+            match msg {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// The subscription answer for `channel` (succeeded or error).
     pub async fn expect_channel_answer(&mut self, channel: &str) -> serde_json::Value {
         loop {
