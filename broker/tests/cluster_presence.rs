@@ -7,6 +7,8 @@
 //!   user moving between nodes faster than a commit may be seen to leave and join again.)
 //! - A node killed with `kill -9` and started again declares what it has (nothing): its users
 //!   leave everyone's list once, and no stale member of its earlier run stays.
+//! - A node killed and not restarted is declared dead: the users that were only there leave
+//!   everyone's list once; a user also connected elsewhere stays.
 //! - The HTTP API's users of the channel, asked of any node, are the cluster's members.
 
 mod support;
@@ -211,4 +213,46 @@ async fn a_node_killed_and_restarted_leaves_no_stale_member() {
             .collect()
     );
     ann.assert_quiet(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_members_leave_everywhere_once() {
+    let mut cluster =
+        TestCluster::start_with_env("presence-dead", 3, &[("CHORUS_DEAD_AFTER_SECS", "2")]).await;
+    cluster
+        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
+        .await;
+    let port = |cluster: &TestCluster, id: u64| cluster.node(id).port;
+    let mut ann = Roster::join(port(&cluster, 1), "ann").await;
+    let mut bob = Roster::join(port(&cluster, 2), "bob").await;
+    // Carol has two tabs, both on node 3; dan has one there and one on node 1.
+    let carol = Roster::join(port(&cluster, 3), "carol").await;
+    let carol_again = Roster::join(port(&cluster, 3), "carol").await;
+    let dan_there = Roster::join(port(&cluster, 3), "dan").await;
+    let mut dan_here = Roster::join(port(&cluster, 1), "dan").await;
+    let everyone = ["ann", "bob", "carol", "dan"];
+    for roster in [&mut ann, &mut bob, &mut dan_here] {
+        roster.await_members(&everyone).await;
+    }
+
+    // Node 3 dies and stays dead: once declared dead, carol (only there) leaves everywhere,
+    // once; dan, still on node 1, stays.
+    cluster.kill_hard(3);
+    drop((carol, carol_again, dan_there));
+    for roster in [&mut ann, &mut bob, &mut dan_here] {
+        roster.await_members(&["ann", "bob", "dan"]).await;
+    }
+    for roster in [&mut ann, &mut bob, &mut dan_here] {
+        roster.assert_quiet(Duration::from_millis(500)).await;
+    }
+    for id in [1, 2] {
+        assert_eq!(
+            api_users(port(&cluster, id)).await,
+            ["ann", "bob", "dan"]
+                .iter()
+                .map(|u| u.to_string())
+                .collect(),
+            "node {id}'s API"
+        );
+    }
 }
