@@ -4,8 +4,9 @@
 //! other node with interest in the channel (queued on the node's stream to each, see
 //! `chorus_cluster::forward`; never waited for), which delivers it to its own subscribers with
 //! [`deliver_forwarded`]. A history channel's events go through the Raft log
-//! ([`publish_history`]): once committed, every node stores them and delivers them to its own
-//! subscribers with [`deliver_committed`].
+//! ([`PendingHistory::publish`]): once committed, every node stores them and delivers them to its
+//! own subscribers with [`deliver_committed`], which also hands presence changes to the
+//! channels' presence actors.
 
 use chorus_cluster::{Cluster, ClusterError, Committed, ForwardedFrame, NodeId, Request};
 use chorus_storage::StoredEvent;
@@ -125,8 +126,9 @@ impl PendingHistory {
     }
 }
 
-/// Delivers committed history events to this node's subscribers, with their offsets and epoch.
-/// The cluster's state machine calls it, in log order, once the events are stored here.
+/// Delivers committed history events to this node's subscribers, with their offsets and epoch,
+/// and tells presence channels' actors which users joined or left. The cluster's state machine
+/// calls it, in log order (history events once they are stored here).
 pub fn deliver_committed(apps: &Apps, committed: &Committed) {
     match committed {
         Committed::Presence(events) => {

@@ -1,8 +1,8 @@
 //! The node's handle on its Raft cluster: openraft running on a tokio runtime thread of its own,
 //! with the node's sled storage, the HTTP network client, the bootstrap and membership task
 //! ([`crate::membership`]), failure detection ([`crate::liveness`]) and re-admission
-//! ([`crate::readmission`]), the metrics watch, the task that records this node's channel
-//! interest ([`crate::interest`]), the streams that forward frames to other nodes
+//! (`readmission`), the metrics watch, the task that records this node's channel
+//! interest (`interest`), the streams that forward frames to other nodes
 //! ([`crate::forward`]), and the questions it asks every other member at once
 //! ([`crate::query`]).
 //!
@@ -384,7 +384,7 @@ impl Cluster {
 
     /// Records, in the background, that this node now has (`present`) or no longer has local
     /// subscribers of `channel` of `app`. Call it when the local count crosses zero; it never
-    /// waits (see [`crate::interest`]).
+    /// waits.
     pub fn declare_interest(&self, app: &str, channel: &str, present: bool) {
         let key = ChannelKey::new(app, channel);
         self.core.interest.declare(key, present.then_some(()));

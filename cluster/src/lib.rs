@@ -7,15 +7,17 @@
 //! [`StateMachineStore`] are the two storage halves `openraft::Raft::new` takes.
 //!
 //! A node runs Raft through a [`Cluster`] handle: openraft on a runtime thread of its own, talking
-//! to the other nodes over HTTP on their cluster ports ([`network`] is the client, [`http`] the
+//! to the other nodes over HTTP on their cluster ports (`network` is the client, [`http`] the
 //! endpoints the node serves), forming the cluster and following the peer list by itself
 //! ([`membership`]), declaring dead the members that stop answering ([`liveness`]) and taking
-//! them back when they answer again.
+//! them back when they answer again (`readmission`).
 //!
-//! The data plane: the node records its channel interest ([`interest`], through the leader with
-//! [`propose`]), and [`forward`] sends a published frame to every other node with interest in its
-//! channel, read from the [`InterestIndex`] kept beside the state. [`query`] asks every other
-//! member the same question at once, for answers that cover the whole cluster.
+//! The data plane: the node declares its channel interest and its presence users (`declared`,
+//! through the leader with [`propose`]), and [`forward`] sends a published frame to every other
+//! node with interest in its channel, read from the [`InterestIndex`] kept beside the state. A
+//! history publish is a log entry: applying it stores the events in every node's history and
+//! hands them, with presence changes, to the node to deliver ([`delivery`]). [`query`] asks
+//! every other member the same question at once, for answers that cover the whole cluster.
 
 #![allow(
     clippy::result_large_err,
