@@ -87,6 +87,9 @@ pub struct Config {
     /// Seconds a cluster member may go without answering before the leader declares it dead and
     /// removes its presence members and channel interest (at least 2).
     pub dead_after_secs: u64,
+    /// Raft log entries between two snapshots of the replicated state; as many are kept after
+    /// each snapshot, so a node that was down for fewer catches up from the log.
+    pub raft_snapshot_every: u64,
     pub apps: Vec<AppConfig>,
 }
 
@@ -109,6 +112,7 @@ impl Default for Config {
             peers: String::new(),
             cluster_secret: None,
             dead_after_secs: chorus_cluster::DEFAULT_DEAD_AFTER.as_secs(),
+            raft_snapshot_every: chorus_cluster::DEFAULT_SNAPSHOT_EVERY,
             apps: Vec::new(),
         }
     }
@@ -220,6 +224,9 @@ pub struct Overrides {
     /// Seconds without an answer after which a cluster member is declared dead (default 5).
     #[arg(long, env = "CHORUS_DEAD_AFTER_SECS")]
     pub dead_after_secs: Option<u64>,
+    /// Raft log entries between two snapshots (default 20000).
+    #[arg(long, env = "CHORUS_RAFT_SNAPSHOT_EVERY")]
+    pub raft_snapshot_every: Option<u64>,
     /// Id of the default (first) app.
     #[arg(long, env = "CHORUS_APP_ID")]
     pub app_id: Option<String>,
@@ -304,6 +311,9 @@ impl Config {
         }
         if let Some(v) = o.dead_after_secs {
             self.dead_after_secs = v;
+        }
+        if let Some(v) = o.raft_snapshot_every {
+            self.raft_snapshot_every = v;
         }
         let mut source = AppSource::Configured;
         if self.apps.is_empty() {
@@ -493,10 +503,14 @@ impl Config {
                 self.cluster_secret.as_deref().unwrap_or(DEV_CLUSTER_SECRET),
             ),
             dead_after: Duration::from_secs(self.dead_after_secs),
+            snapshot_every: self.raft_snapshot_every,
         }
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
+        if self.raft_snapshot_every < 10 {
+            return Err(invalid("raft_snapshot_every", "must be at least 10"));
+        }
         let min_dead_after = chorus_cluster::MIN_DEAD_AFTER.as_secs();
         if self.dead_after_secs < min_dead_after {
             return Err(invalid(
@@ -683,6 +697,7 @@ mod tests {
             ),
             ("activity_timeout_secs = 0", "activity_timeout_secs"),
             ("dead_after_secs = 1", "dead_after_secs"),
+            ("raft_snapshot_every = 5", "raft_snapshot_every"),
             (
                 "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"ssssssssss\"\n[[apps.history]]\nchannels = \"a[\"",
                 "apps[0].history[0].channels",

@@ -8,6 +8,8 @@
 //! - Without a quorum a history publish is refused with 503 and not acknowledged, while a
 //!   publish to a channel without history still reaches the subscribers it can reach; once the
 //!   quorum is back, history publishes are acknowledged again and every node agrees.
+//! - A node down long enough to catch up from a snapshot instead of the log fetches the history
+//!   it skipped from the others, and serves all of it.
 
 mod support;
 
@@ -325,4 +327,45 @@ async fn without_a_quorum_history_is_refused_while_other_channels_still_deliver(
         "{live:?}"
     );
     assert_dense(&history, history.len() as u64, "node 1's history");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_catches_up_from_a_snapshot_fetches_the_history_it_skipped() {
+    // A snapshot every 20 entries, and 20 kept after it: a node that misses more catches up
+    // from a snapshot.
+    let env = [("CHORUS_RAFT_SNAPSHOT_EVERY", "20")];
+    let mut cluster = TestCluster::start_with_env("history-snapshot", 3, &env).await;
+    let (leader, _) = cluster
+        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
+        .await;
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    let port = cluster.node(leader).port;
+    for n in 0..30 {
+        let data = [format!("before-{n}")];
+        assert_eq!(publish_batch(port, CHANNEL, &data).await, Some(200));
+    }
+    cluster.kill_hard(follower);
+    for n in 0..200 {
+        let data = [format!("while-down-{n}")];
+        assert_eq!(publish_batch(port, CHANNEL, &data).await, Some(200));
+    }
+    let expected = read_history(port, CHANNEL).await;
+    assert_eq!(expected.1.len(), 230);
+    cluster.restart(follower).await;
+    await_history(
+        cluster.node(follower).port,
+        &expected,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    // A client recovers everything from the first offset on the node that was down.
+    let mut client = support::connect(cluster.node(follower).port, None).await;
+    let confirmation = client
+        .subscribe_since(CHANNEL, json!({"epoch": expected.0, "offset": 0}))
+        .await;
+    assert_eq!(confirmation["recovered"], true, "{confirmation}");
+    let first = client.expect("e").await;
+    assert_eq!(first["offset"], 1);
+    assert_eq!(first["data"], "before-0");
 }

@@ -24,6 +24,7 @@ use crate::declared::Declared;
 use crate::delivery::Delivery;
 use crate::error::ClusterError;
 use crate::forward::Forwarder;
+use crate::history_repair::HistoryGaps;
 use crate::liveness::{Liveness, MIN_DEAD_AFTER};
 use crate::log_store::LogStore;
 use crate::metrics::{ForwardSeries, QuerySeries, RaftSeries};
@@ -50,11 +51,18 @@ pub struct ClusterSettings {
     /// How long a member may go without answering before the leader declares it dead (at least
     /// [`MIN_DEAD_AFTER`]; see [`crate::liveness`]).
     pub dead_after: Duration,
+    /// Log entries between two snapshots of the replicated state; as many stay in the log after
+    /// a snapshot, for followers to catch up from (see [`DEFAULT_SNAPSHOT_EVERY`]).
+    pub snapshot_every: u64,
 }
+
+/// Log entries between snapshots, by default. A follower that fell further behind installs a
+/// snapshot, and fetches the history it skipped from the others ([`crate::history_repair`]).
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20_000;
 
 /// Raft's timing: a heartbeat every 150 ms, an election after 0.75-1.5 s without one (five
 /// missed heartbeats at least), so a dead leader is replaced in about 1-2 s.
-fn raft_config() -> Result<openraft::Config, ClusterError> {
+fn raft_config(snapshot_every: u64) -> Result<openraft::Config, ClusterError> {
     openraft::Config {
         cluster_name: "chorus".to_owned(),
         heartbeat_interval: 150,
@@ -63,6 +71,8 @@ fn raft_config() -> Result<openraft::Config, ClusterError> {
         install_snapshot_timeout: 5000,
         // Snapshot chunks travel as JSON arrays of numbers (about 4 bytes a byte).
         snapshot_max_chunk_size: 1024 * 1024,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: snapshot_every,
         ..openraft::Config::default()
     }
     .validate()
@@ -79,6 +89,8 @@ pub(crate) struct Core {
     pub(crate) series: RaftSeries,
     /// The channels this node has local subscribers of.
     pub(crate) interest: Declared<ChannelKey, ()>,
+    /// Channels whose history a snapshot skipped, to fetch from another node.
+    pub(crate) history_gaps: HistoryGaps,
     /// The users this node has connections of, per presence channel, with their info.
     pub(crate) presence: Declared<(ChannelKey, String), String>,
     /// The log index of this run's first presence declaration (a reset), once committed: this
@@ -93,6 +105,22 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn node_id(&self) -> NodeId {
         self.settings.node_id
+    }
+
+    /// The other nodes of the Raft membership as this node last saw it (voters and learners),
+    /// with their cluster addresses; the leader first.
+    pub(crate) fn other_nodes(&self) -> Vec<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let me = self.node_id();
+        let mut nodes: Vec<(NodeId, String)> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect();
+        nodes.sort_by_key(|(id, _)| Some(*id) != metrics.current_leader);
+        nodes
     }
 
     /// The last log index this node knows committed, as Raft last saved it.
@@ -245,7 +273,7 @@ impl Cluster {
                 settings.dead_after
             )));
         }
-        let config = Arc::new(raft_config()?);
+        let config = Arc::new(raft_config(settings.snapshot_every)?);
         let series = RaftSeries::register(registry).map_err(ClusterError::Metrics)?;
         let forward_series = ForwardSeries::register(registry).map_err(ClusterError::Metrics)?;
         let query_series = QuerySeries::register(registry).map_err(ClusterError::Metrics)?;
@@ -285,6 +313,7 @@ impl Cluster {
                     };
                     let state = state_machine.reader();
                     let interest = state_machine.interest_index();
+                    let history_gaps = state_machine.history_gaps();
                     let raft = match Raft::new(
                         settings.node_id,
                         config,
@@ -317,6 +346,7 @@ impl Cluster {
                         client,
                         series,
                         interest: Declared::default(),
+                        history_gaps,
                         presence: Declared::default(),
                         caught_up_at: AtomicU64::new(0),
                         forwarder,
@@ -328,6 +358,7 @@ impl Cluster {
                     tokio::spawn(crate::membership::keep_membership(core.clone()));
                     tokio::spawn(crate::interest::submit_interest(core.clone()));
                     tokio::spawn(submit_presence(core.clone()));
+                    tokio::spawn(crate::history_repair::repair_history(core.clone()));
                     tokio::spawn(crate::liveness::declare_the_dead(core.clone()));
                     tokio::spawn(crate::readmission::watch_admission(
                         core.clone(),

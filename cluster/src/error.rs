@@ -21,6 +21,8 @@ pub enum ClusterError {
     Stopped,
     #[error("the cluster has no leader to write to")]
     NoLeader,
+    #[error("history: {0}")]
+    History(String),
     #[error("not committed within {0:?}: the leader cannot reach a majority")]
     Uncommitted(std::time::Duration),
     #[error("cannot reach the cluster port at {addr}: {source}")]

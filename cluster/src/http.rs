@@ -1,8 +1,9 @@
 //! The cluster port's endpoints, for the node's actix server: the Raft RPCs (POST, JSON in and
 //! out), `POST /cluster/join` (a new node asking the leader to take it), `POST /cluster/propose`
 //! (a node asking the leader to write a change to the replicated state), `GET /cluster`, this
-//! node's view of the cluster, and `GET /cluster/interest`, which nodes have subscribers of which
-//! channel as this node last applied it. (The broker adds `POST /cluster/deliver`, forwarded
+//! node's view of the cluster, `GET /cluster/interest`, which nodes have subscribers of which
+//! channel as this node last applied it, and `POST /cluster/history`, history events for a node
+//! that skipped them (see [`crate::history_repair`]). (The broker adds `POST /cluster/deliver`, forwarded
 //! frames, which it delivers.) Every one of them, `/cluster` included, requires the cluster
 //! secret in the `x-chorus-cluster-secret` header and answers 401 without it: the port is for the
 //! nodes and their operators only, and `/cluster` lists the nodes' internal addresses.
@@ -21,6 +22,7 @@ use serde_json::json;
 
 use crate::cluster::{Cluster, Core, Raft};
 use crate::error::ClusterError;
+use crate::history_repair::{self, HistoryQuestion, HISTORY_PATH};
 use crate::join::{admit, JoinRequest, JOIN_PATH};
 use crate::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::propose::{write_as_leader, PROPOSE_PATH};
@@ -44,6 +46,7 @@ pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
     .route(JOIN_PATH, web::post().to(join))
     .route(PROPOSE_PATH, web::post().to(propose))
     .route("/cluster/interest", web::get().to(interest))
+    .route(HISTORY_PATH, web::post().to(history))
     .default_service(web::to(not_found));
 }
 
@@ -192,6 +195,18 @@ async fn interest(_: Authorized, cluster: web::Data<Cluster>) -> HttpResponse {
             .collect()
     });
     HttpResponse::Ok().json(channels)
+}
+
+/// Events of a channel's history before an offset, for a node that skipped them.
+async fn history(
+    _: Authorized,
+    cluster: web::Data<Cluster>,
+    question: web::Json<HistoryQuestion>,
+) -> HttpResponse {
+    match history_repair::answer(&cluster.core().store, &question) {
+        Ok(page) => HttpResponse::Ok().json(page),
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
 }
 
 async fn not_found(_: Authorized) -> HttpResponse {

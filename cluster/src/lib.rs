@@ -30,6 +30,7 @@ pub mod delivery;
 pub mod error;
 mod flusher;
 pub mod forward;
+pub mod history_repair;
 pub mod http;
 mod interest;
 pub mod interest_index;
@@ -51,7 +52,7 @@ pub mod state_machine;
 pub mod status;
 pub mod types;
 
-pub use cluster::{Cluster, ClusterSettings, Raft};
+pub use cluster::{Cluster, ClusterSettings, Raft, DEFAULT_SNAPSHOT_EVERY};
 pub use delivery::{Committed, Deliver, Delivery, HistoryCommit};
 pub use error::ClusterError;
 pub use forward::{ForwardBatch, ForwardedFrame, Forwarder, DELIVER_PATH};

@@ -67,19 +67,8 @@ async fn ask<A: DeserializeOwned + Send + 'static>(
     body: Vec<u8>,
     timeout: Duration,
 ) -> Answers<A> {
-    let me = core.node_id();
-    let others: Vec<(NodeId, String)> = core
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .nodes()
-        .filter(|(id, _)| **id != me)
-        .map(|(id, node)| (*id, node.addr.clone()))
-        .collect();
     let mut asking = JoinSet::new();
-    for (node, addr) in others {
+    for (node, addr) in core.other_nodes() {
         let request = core
             .client
             .post(format!("http://{addr}{path}"))

@@ -12,6 +12,7 @@ use openraft::{EntryPayload, OptionalSend, Snapshot, StorageIOError, StoredMembe
 use parking_lot::RwLock;
 
 use crate::delivery::{Committed, Delivery, HistoryCommit};
+use crate::history_repair::HistoryGaps;
 use crate::interest_index::{InterestIndex, Touched};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotMeta};
 use crate::state::{ChannelKey, ReplicatedState};
@@ -33,6 +34,7 @@ pub struct StateMachineStore {
     applied: Arc<RwLock<AppliedState>>,
     interest: InterestIndex,
     delivery: Delivery,
+    history_gaps: HistoryGaps,
 }
 
 /// Read access to the replicated state for the rest of the node; cheap to clone.
@@ -81,7 +83,13 @@ impl StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
             interest,
             delivery,
+            history_gaps: HistoryGaps::default(),
         })
+    }
+
+    /// The channels whose history this state machine skipped by installing a snapshot.
+    pub fn history_gaps(&self) -> HistoryGaps {
+        self.history_gaps.clone()
     }
 
     /// Stores each commit's history in the node's history and hands it to the node, in log
@@ -226,7 +234,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // starts again where the cluster's stands, unless it already holds all of it.
             let _in_order = self.delivery.order.lock();
             for (key, position) in state.history_positions() {
-                self.store
+                let started_again = self
+                    .store
                     .history()
                     .align(
                         &key.app,
@@ -235,6 +244,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         position.next_offset,
                     )
                     .map_err(|e| StorageIOError::write_state_machine(&e))?;
+                if started_again {
+                    self.history_gaps.record(key.clone());
+                }
             }
         }
         snapshot::save(&self.store, meta, &data).await?;

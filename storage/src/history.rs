@@ -235,11 +235,12 @@ impl History {
 
     /// Brings the channel to where the cluster says it stands (a snapshot this node installed):
     /// when this node is in another epoch or behind `next_offset`, it cannot serve what lies
-    /// between, so its history of the channel starts again, empty, at `next_offset`.
-    pub fn align(&self, app: &str, channel: &str, epoch: &str, next_offset: u64) -> Result<()> {
+    /// between, so its history of the channel starts again, empty, at `next_offset`, and this
+    /// answers true (what came before can be fetched from another node: [`History::backfill`]).
+    pub fn align(&self, app: &str, channel: &str, epoch: &str, next_offset: u64) -> Result<bool> {
         let _writer = self.writer.lock().expect("history writer lock");
         match self.channel(app, channel)? {
-            Some(meta) if meta.epoch == epoch && meta.next_offset >= next_offset => Ok(()),
+            Some(meta) if meta.epoch == epoch && meta.next_offset >= next_offset => Ok(false),
             _ => {
                 let meta = ChannelHistory {
                     epoch: epoch.to_owned(),
@@ -247,9 +248,45 @@ impl History {
                     next_offset,
                 };
                 self.tree.insert(meta_key(app, channel), encode(&meta))?;
-                self.remove_below(app, channel, next_offset)
+                self.remove_below(app, channel, next_offset)?;
+                Ok(true)
             }
         }
+    }
+
+    /// Adds events older than the oldest this node holds, as another node of the cluster holds
+    /// them: `events` must be in `epoch`, dense, and end just before the channel's first offset.
+    /// The events are written first and the first offset lowered last. Answers whether they were
+    /// taken (not when the channel moved to another epoch, or they do not fit).
+    pub fn backfill(
+        &self,
+        app: &str,
+        channel: &str,
+        epoch: &str,
+        events: &[(u64, StoredEvent)],
+    ) -> Result<bool> {
+        let _writer = self.writer.lock().expect("history writer lock");
+        let Some(mut meta) = self.channel(app, channel)? else {
+            return Ok(false);
+        };
+        let Some(&(first, _)) = events.first() else {
+            return Ok(false);
+        };
+        let dense = events
+            .iter()
+            .zip(first..)
+            .all(|((offset, _), expected)| *offset == expected);
+        let fits = first + events.len() as u64 == meta.first_offset;
+        if meta.epoch != epoch || !dense || !fits {
+            return Ok(false);
+        }
+        for (offset, event) in events {
+            self.tree
+                .insert(event_key(app, channel, *offset), encode(event))?;
+        }
+        meta.first_offset = first;
+        self.tree.insert(meta_key(app, channel), encode(&meta))?;
+        Ok(true)
     }
 
     /// The channel's state and up to `limit` events with offsets after `after`, oldest first.
@@ -698,18 +735,45 @@ mod tests {
     }
 
     #[test]
-    fn aligning_to_a_snapshot_keeps_what_matches_and_restarts_what_does_not() {
+    fn aligning_to_a_snapshot_keeps_what_matches_and_restarts_what_does_not_then_backfills() {
         let (_dir, store) = open();
         let h = store.history();
         h.place("1", "c", "e1", 1, &[ev(1, 1), ev(2, 2)]).unwrap();
-        h.align("1", "c", "e1", 3).unwrap();
+        assert!(!h.align("1", "c", "e1", 3).unwrap());
         assert_eq!(h.replay("1", "c", 0, 10).unwrap().unwrap().events.len(), 2);
-        h.align("1", "c", "e1", 7).unwrap();
+        assert!(h.align("1", "c", "e1", 7).unwrap());
         let r = h.replay("1", "c", 0, 10).unwrap().unwrap();
         assert_eq!((r.channel.first_offset, r.channel.next_offset), (7, 7));
         assert!(r.events.is_empty());
-        h.align("1", "new", "e9", 5).unwrap();
+        assert!(h.align("1", "new", "e9", 5).unwrap());
         assert_eq!(h.channel("1", "new").unwrap().unwrap().epoch, "e9");
+
+        // What the snapshot skipped comes back from another node, newest part first.
+        let older = |from: u64, to: u64| -> Vec<(u64, StoredEvent)> {
+            (from..to).map(|n| (n, ev(n, n))).collect()
+        };
+        assert!(
+            !h.backfill("1", "c", "e2", &older(4, 7)).unwrap(),
+            "another epoch"
+        );
+        assert!(
+            !h.backfill("1", "c", "e1", &older(3, 6)).unwrap(),
+            "does not reach 7"
+        );
+        assert!(!h
+            .backfill(
+                "1",
+                "c",
+                "e1",
+                &[(5, ev(5, 5)), (6, ev(6, 6)), (4, ev(4, 4))]
+            )
+            .unwrap());
+        assert!(h.backfill("1", "c", "e1", &older(4, 7)).unwrap());
+        assert!(h.backfill("1", "c", "e1", &older(1, 4)).unwrap());
+        h.place("1", "c", "e1", 7, &[ev(7, 7)]).unwrap();
+        let r = h.replay("1", "c", 0, 10).unwrap().unwrap();
+        assert_eq!((r.channel.first_offset, r.channel.next_offset), (1, 8));
+        assert_eq!(r.events, older(1, 8));
     }
 
     #[test]
