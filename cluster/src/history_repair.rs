@@ -21,6 +21,7 @@ use crate::cluster::Core;
 use crate::error::ClusterError;
 use crate::peer_request::send_to_peer;
 use crate::state::ChannelKey;
+use crate::types::LONGEST_NAME;
 
 /// The path of a history question on the cluster port.
 pub(crate) const HISTORY_PATH: &str = "/cluster/history";
@@ -56,6 +57,13 @@ pub(crate) struct HistoryQuestion {
     pub(crate) channel: String,
     pub(crate) before: u64,
     pub(crate) limit: usize,
+}
+
+impl HistoryQuestion {
+    /// Names no app or channel could have are refused before they reach the store.
+    pub(crate) fn is_plausible(&self) -> bool {
+        self.app.len() <= LONGEST_NAME && self.channel.len() <= LONGEST_NAME
+    }
 }
 
 /// The channel's epoch here (`None`: no history here) and the newest events before the asked

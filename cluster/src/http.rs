@@ -203,6 +203,10 @@ async fn history(
     cluster: web::Data<Cluster>,
     question: web::Json<HistoryQuestion>,
 ) -> HttpResponse {
+    if !question.is_plausible() {
+        return HttpResponse::BadRequest()
+            .json(json!({"error": "app id or channel name too long"}));
+    }
     match history_repair::answer(&cluster.core().store, &question) {
         Ok(page) => HttpResponse::Ok().json(page),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),

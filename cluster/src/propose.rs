@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::Core;
 use crate::error::ClusterError;
 use crate::peer_request::send_to_peer;
-use crate::types::{NodeId, Request, Response};
+use crate::types::{NodeId, Request, Response, LONGEST_NAME};
 
 /// The path of a proposal on the cluster port.
 pub(crate) const PROPOSE_PATH: &str = "/cluster/propose";
@@ -39,6 +39,13 @@ pub(crate) async fn write_as_leader(
     core: &Core,
     request: Request,
 ) -> Result<ProposeOutcome, ClusterError> {
+    if !request.is_plausible() {
+        return Err(ClusterError::Refused {
+            addr: core.settings.advertise_addr.clone(),
+            status: 400,
+            body: format!("an app id or channel name is over {LONGEST_NAME} bytes"),
+        });
+    }
     // A leader cut off from a majority stays leader until it hears of a newer term, and its
     // writes wait for a commit that cannot come.
     let written = tokio::time::timeout(COMMIT_TIMEOUT, core.raft.client_write(request))

@@ -78,6 +78,30 @@ pub enum Request {
     },
 }
 
+/// The longest app id or channel name a request may carry (the broker's own limits are far
+/// lower); the store keys names by a 16-bit length.
+pub const LONGEST_NAME: usize = 1024;
+
+impl Request {
+    /// Whether every app id and channel name in it fits [`LONGEST_NAME`]: the leader writes no
+    /// other request into the log, where applying it on every node could not store it.
+    pub fn is_plausible(&self) -> bool {
+        let fits =
+            |app: &str, channel: &str| app.len() <= LONGEST_NAME && channel.len() <= LONGEST_NAME;
+        match self {
+            Request::AddMember { .. } | Request::RemoveMember { .. } => true,
+            Request::SetInterest { app, channel, .. }
+            | Request::HistoryAppend { app, channel, .. } => fits(app, channel),
+            Request::UpdateInterest { changes, .. } => {
+                changes.iter().all(|c| fits(&c.app, &c.channel))
+            }
+            Request::UpdatePresence { changes, .. } => {
+                changes.iter().all(|c| fits(&c.app, &c.channel))
+            }
+        }
+    }
+}
+
 /// A channel of an app that a node now has (`present`) or no longer has local subscribers of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterestChange {
@@ -128,4 +152,35 @@ pub struct PresenceUserRef {
     pub app: String,
     pub channel: String,
     pub user_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_with_names_too_long_to_store_are_not_plausible() {
+        let history = |channel: String| Request::HistoryAppend {
+            app: "1".into(),
+            channel,
+            fresh_epoch: "e".into(),
+            events: Vec::new(),
+            except: None,
+        };
+        assert!(history("chat".into()).is_plausible());
+        assert!(history("c".repeat(LONGEST_NAME)).is_plausible());
+        assert!(!history("c".repeat(70_000)).is_plausible());
+        let presence = Request::UpdatePresence {
+            node: 1,
+            reset: false,
+            changes: vec![PresenceChange {
+                app: "a".repeat(LONGEST_NAME + 1),
+                channel: "presence-x".into(),
+                user_id: "u".into(),
+                user_info: None,
+            }],
+        };
+        assert!(!presence.is_plausible());
+        assert!(Request::RemoveMember { id: 3 }.is_plausible());
+    }
 }
