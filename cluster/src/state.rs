@@ -232,31 +232,31 @@ impl ReplicatedState {
                 }
             }
         }
-        let mut events = Vec::new();
-        for (key, was) in before {
-            let now = self.presence.get(&key);
-            for user_id in &was {
-                if now.is_none_or(|users| !users.contains_key(user_id)) {
-                    events.push(PresenceEvent {
-                        app: key.app.clone(),
-                        channel: key.channel.clone(),
-                        user_id: user_id.clone(),
-                        joined: None,
-                    });
-                }
-            }
-            for (user_id, member) in now.into_iter().flatten() {
-                if !was.contains(user_id) {
-                    events.push(PresenceEvent {
-                        app: key.app.clone(),
-                        channel: key.channel.clone(),
-                        user_id: user_id.clone(),
-                        joined: Some(member.user_info.clone()),
-                    });
-                }
-            }
-        }
-        events
+        before
+            .into_iter()
+            .flat_map(|(key, was)| {
+                let now = self.presence.get(&key);
+                user_changes(&key, &was, now)
+            })
+            .collect()
+    }
+
+    /// The users that joined or left presence channels between this state and `later`: what a
+    /// node that skips from one to the other (installing a snapshot) tells its subscribers.
+    pub fn presence_changes_to(&self, later: &ReplicatedState) -> Vec<PresenceEvent> {
+        let channels: BTreeSet<&ChannelKey> =
+            self.presence.keys().chain(later.presence.keys()).collect();
+        channels
+            .into_iter()
+            .flat_map(|key| {
+                let was: BTreeSet<String> = self
+                    .presence
+                    .get(key)
+                    .map(|users| users.keys().cloned().collect())
+                    .unwrap_or_default();
+                user_changes(key, &was, later.presence.get(key))
+            })
+            .collect()
     }
 
     /// The presence channels `node` has connections in.
@@ -365,6 +365,30 @@ impl ReplicatedState {
     pub fn history_position(&self, app: &str, channel: &str) -> Option<&HistoryPosition> {
         self.history.get(&ChannelKey::new(app, channel))
     }
+}
+
+/// The users of a presence channel that left (were in `was`, are not in `now`) and joined.
+fn user_changes(
+    key: &ChannelKey,
+    was: &BTreeSet<String>,
+    now: Option<&BTreeMap<String, PresenceMember>>,
+) -> Vec<PresenceEvent> {
+    let event = |user_id: &String, joined: Option<String>| PresenceEvent {
+        app: key.app.clone(),
+        channel: key.channel.clone(),
+        user_id: user_id.clone(),
+        joined,
+    };
+    let left = was
+        .iter()
+        .filter(|user_id| now.is_none_or(|users| !users.contains_key(*user_id)))
+        .map(|user_id| event(user_id, None));
+    let joined = now
+        .into_iter()
+        .flatten()
+        .filter(|(user_id, _)| !was.contains(*user_id))
+        .map(|(user_id, member)| event(user_id, Some(member.user_info.clone())));
+    left.chain(joined).collect()
 }
 
 #[cfg(test)]
@@ -535,6 +559,30 @@ mod tests {
         assert_eq!(events(&mut state, leave("ann", 2)), ["-ann"], "last node");
         assert_eq!(events(&mut state, leave("carol", 2)), ["-carol"]);
         assert!(state.presence_members("1", "presence-room").is_none());
+    }
+
+    #[test]
+    fn skipping_from_one_state_to_another_tells_who_joined_and_left() {
+        let mut before = ReplicatedState::default();
+        before.apply(join("ann", 1));
+        before.apply(join("bob", 2));
+        let mut after = before.clone();
+        after.apply(leave("bob", 2));
+        after.apply(join("carol", 3));
+        after.apply(join("ann", 3));
+        let changes: Vec<String> = before
+            .presence_changes_to(&after)
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "{}{}",
+                    if e.joined.is_some() { "+" } else { "-" },
+                    e.user_id
+                )
+            })
+            .collect();
+        assert_eq!(changes, ["-bob", "+carol"]);
+        assert!(after.presence_changes_to(&after).is_empty());
     }
 
     #[test]

@@ -250,13 +250,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         snapshot::save(&self.store, meta, &data).await?;
+        let delivery = self.delivery.clone();
+        let _in_order = delivery.order.lock();
         let mut applied = self.applied.write();
         self.interest.rebuild(&state);
+        // The presence changes the skipped entries made, as the node's subscribers see them.
+        let presence = applied.state.presence_changes_to(&state);
         *applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             state,
         };
+        drop(applied);
+        if !presence.is_empty() {
+            (delivery.deliver)(&Committed::Presence(presence));
+        }
         Ok(())
     }
 
