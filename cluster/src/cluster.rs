@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::liveness::{Liveness, MIN_DEAD_AFTER};
 use crate::log_store::LogStore;
 use crate::metrics::{ForwardSeries, QuerySeries, RaftSeries};
 use crate::network::HttpNetwork;
+use crate::outbound::cluster_client;
 use crate::peers::Peers;
 use crate::secret::ClusterSecret;
 use crate::state::ChannelKey;
@@ -50,6 +52,9 @@ pub struct ClusterSettings {
     /// How long a member may go without answering before the leader declares it dead (at least
     /// [`MIN_DEAD_AFTER`]; see [`crate::liveness`]).
     pub dead_after: Duration,
+    /// The address this node's cluster traffic leaves from; `None`: the system's choice (see
+    /// [`crate::outbound`]).
+    pub local_address: Option<IpAddr>,
 }
 
 /// Raft's timing: a heartbeat every 250 ms, an election after 1-2 s without one.
@@ -248,9 +253,10 @@ impl Cluster {
         let series = RaftSeries::register(registry).map_err(ClusterError::Metrics)?;
         let forward_series = ForwardSeries::register(registry).map_err(ClusterError::Metrics)?;
         let query_series = QuerySeries::register(registry).map_err(ClusterError::Metrics)?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .build()
+        let client = cluster_client(settings.local_address)
+            .map_err(|e| ClusterError::Config(e.to_string()))?;
+        // A client of its own for forwarding: its connections stay open to each destination.
+        let forward_client = cluster_client(settings.local_address)
             .map_err(|e| ClusterError::Config(e.to_string()))?;
         let log_store = LogStore::new(store).map_err(ClusterError::Runtime)?;
         let state_machine = StateMachineStore::delivering(store, delivery)
@@ -304,6 +310,7 @@ impl Cluster {
                         settings.node_id,
                         interest,
                         raft.clone(),
+                        forward_client,
                         settings.secret.clone(),
                         forward_series,
                         runtime.clone(),

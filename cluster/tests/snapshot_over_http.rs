@@ -30,6 +30,7 @@ fn settings(id: NodeId, peers: &[(NodeId, u16)]) -> ClusterSettings {
         peers: Some(Peers::Static(peers)),
         secret: ClusterSecret::new(SECRET),
         dead_after: chorus_cluster::DEFAULT_DEAD_AFTER,
+        local_address: None,
     }
 }
 
