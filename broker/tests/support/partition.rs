@@ -7,9 +7,10 @@
 //! it). Every node's peer list names the proxies (`127.0.0.1:pN`), so a connection to node N
 //! arrives at proxy N, which knows where it comes from by its source address and passes it on
 //! to node N's cluster port. [`Partition::isolate`] cuts node N off: its proxy, and every other
-//! proxy for connections from N, close new connections at once and the open ones are aborted,
-//! as a firewall rejecting the node's packets would; [`Partition::heal`] lets everything through
-//! again. Clients and the test's own status requests go to the nodes directly, never through a
+//! proxy for connections from N, close new connections as soon as they are accepted (the sender
+//! sees the connection closed before any answer, much as after a firewall's reset) and abort the
+//! open ones, so nothing N sends reaches the others and nothing they send reaches N;
+//! [`Partition::heal`] lets everything through again. Clients and the test's own status requests go to the nodes directly, never through a
 //! proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
