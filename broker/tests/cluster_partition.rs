@@ -10,6 +10,10 @@
 //!   throughout, gets the events committed in the meantime, in order, once each.
 //! - A follower cut off: the same from the other side; the leader and the other follower go on
 //!   without an election.
+//!
+//! Each is run with the links rejected (connections closed at once) and with them dropped
+//! (connections pass nothing, so every request waits for its timeout; once healed, what was held
+//! goes through, and a refused publish held on its way to the leader may then be committed).
 
 mod support;
 
@@ -18,10 +22,14 @@ use std::time::{Duration, Instant};
 
 use chorus_cluster::{ClusterStatus, Role};
 use support::cluster::TestCluster;
+use support::partition::Cut;
 use support::{publish_batch, read_history, Client};
 
 const CHANNEL: &str = "history-partition";
 const PLAIN: &str = "plain-partition";
+
+/// The data of the history publish made to the cut-off node.
+const REFUSED: &str = "refused";
 
 /// A cut-off member is declared dead after 2 s (and taken back once it answers again).
 const ENV: &[(&str, &str)] = &[("CHORUS_DEAD_AFTER_SECS", "2")];
@@ -93,7 +101,7 @@ async fn plain_reaches_local_subscriber(cluster: &TestCluster, id: u64, subscrib
 }
 
 /// Waits (at most `within`) until every node has the same history of [`CHANNEL`], holding
-/// `last` at its end; returns it.
+/// `last`; returns it.
 async fn await_same_history(
     cluster: &TestCluster,
     last: &str,
@@ -106,8 +114,8 @@ async fn await_same_history(
             histories.insert(node.id, read_history(node.public_addr(), CHANNEL).await);
         }
         let first = histories.values().next().unwrap().clone();
-        let ends_with_last = first.1.last().is_some_and(|(_, data)| data == last);
-        if ends_with_last && histories.values().all(|history| *history == first) {
+        let holds_last = first.1.iter().any(|(_, data)| data == last);
+        if holds_last && histories.values().all(|history| *history == first) {
             return first;
         }
         assert!(
@@ -120,7 +128,8 @@ async fn await_same_history(
 
 /// The history every node converged to is `before`, then `during`, with the refused event
 /// (`refused`) nowhere or once after `before` (Raft cannot tell a client whether an entry it
-/// did not acknowledge is committed later), at dense offsets.
+/// did not acknowledge is committed later: a proposal held by a dropping link reaches the
+/// leader once healed), at dense offsets.
 fn assert_converged(history: &[(u64, String)], before: &[&str], during: &[&str], refused: &str) {
     let offsets: Vec<u64> = history.iter().map(|(offset, _)| *offset).collect();
     assert_eq!(offsets, (1..=history.len() as u64).collect::<Vec<_>>());
@@ -197,7 +206,7 @@ async fn heal_and_converge(
     let last_data = DURING[DURING.len() - 1];
     let history = await_same_history(cluster, last_data, Duration::from_secs(15)).await;
     let converged_after = healed.elapsed();
-    assert_converged(&history.1, &["before"], &DURING, "refused");
+    assert_converged(&history.1, &["before"], &DURING, REFUSED);
     let last = history.1.last().unwrap().0;
     for (id, subscriber) in subscribers {
         let seen = subscriber.read_until(last).await;
@@ -206,25 +215,50 @@ async fn heal_and_converge(
     (leader, statuses, history, converged_after)
 }
 
+/// Whether the event refused during the partition is in `history`.
+fn was_committed_later(history: &[(u64, String)]) -> bool {
+    history.iter().any(|(_, data)| data == REFUSED)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_off_leader_refuses_history_the_majority_goes_on_and_healing_converges() {
-    let cluster = TestCluster::start_behind_proxies("partition-leader", 3, ENV).await;
+async fn a_leader_cut_off_by_resets_refuses_history_the_majority_goes_on_and_healing_converges() {
+    leader_cut_off("partition-leader-rejected", Cut::Rejected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_by_lost_packets_refuses_history_the_majority_goes_on_and_heals() {
+    leader_cut_off("partition-leader-dropped", Cut::Dropped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_by_resets_refuses_history_the_leader_goes_on_and_healing_converges() {
+    follower_cut_off("partition-follower-rejected", Cut::Rejected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_by_lost_packets_refuses_history_the_leader_goes_on_and_heals() {
+    follower_cut_off("partition-follower-dropped", Cut::Dropped).await;
+}
+
+/// The leader cut off (`cut`), then healed.
+async fn leader_cut_off(name: &str, cut: Cut) {
+    let cluster = TestCluster::start_behind_proxies(name, 3, ENV).await;
     let (leader, _) = cluster
         .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
         .await;
     let majority: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
     let (mut subscribers, mut plain) = subscribe_everywhere(&cluster, leader, leader).await;
 
-    cluster.isolate(leader);
-    let cut = Instant::now();
+    cluster.isolate(leader, cut);
+    let cut_at = Instant::now();
     let elected = async {
         let (new_leader, _) = cluster
             .leader_among(&majority, Duration::from_secs(15))
             .await;
-        (new_leader, cut.elapsed())
+        (new_leader, cut_at.elapsed())
     };
     let (refused_after, (new_leader, elected_after)) =
-        tokio::join!(publish_refused(&cluster, leader, "refused"), elected);
+        tokio::join!(publish_refused(&cluster, leader, REFUSED), elected);
     assert_ne!(new_leader, leader);
     plain_reaches_local_subscriber(&cluster, leader, &mut plain).await;
     let follower = majority
@@ -234,7 +268,7 @@ async fn a_cut_off_leader_refuses_history_the_majority_goes_on_and_healing_conve
         .unwrap();
     majority_goes_on(&cluster, new_leader, follower, &mut subscribers).await;
 
-    let (final_leader, statuses, (epoch, _), converged_after) =
+    let (final_leader, statuses, (epoch, history), converged_after) =
         heal_and_converge(&cluster, &mut subscribers).await;
     assert_ne!(
         final_leader, leader,
@@ -244,15 +278,16 @@ async fn a_cut_off_leader_refuses_history_the_majority_goes_on_and_healing_conve
     let old_leaders_history = read_history(cluster.node(leader).public_addr(), CHANNEL).await;
     assert_eq!(old_leaders_history.0, epoch);
     println!(
-        "leader {leader} cut off: refused in {refused_after:?}; node {new_leader} led after \
+        "leader {leader} cut off ({cut:?}): refused in {refused_after:?}; node {new_leader} led after \
          {elected_after:?}; healed, all agreed on node {final_leader} and converged in \
-         {converged_after:?}"
+         {converged_after:?}; the refused event was committed later: {}",
+        was_committed_later(&history)
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_off_follower_refuses_history_the_leader_goes_on_and_healing_converges() {
-    let cluster = TestCluster::start_behind_proxies("partition-follower", 3, ENV).await;
+/// A follower cut off (`cut`), then healed.
+async fn follower_cut_off(name: &str, cut: Cut) {
+    let cluster = TestCluster::start_behind_proxies(name, 3, ENV).await;
     let (leader, before_cut) = cluster
         .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
         .await;
@@ -264,8 +299,8 @@ async fn a_cut_off_follower_refuses_history_the_leader_goes_on_and_healing_conve
         .unwrap();
     let (mut subscribers, mut plain) = subscribe_everywhere(&cluster, leader, cut_off).await;
 
-    cluster.isolate(cut_off);
-    let refused_after = publish_refused(&cluster, cut_off, "refused").await;
+    cluster.isolate(cut_off, cut);
+    let refused_after = publish_refused(&cluster, cut_off, REFUSED).await;
     plain_reaches_local_subscriber(&cluster, cut_off, &mut plain).await;
     majority_goes_on(&cluster, leader, other, &mut subscribers).await;
     // No election on the majority's side: the same leader in the same term.
@@ -278,10 +313,12 @@ async fn a_cut_off_follower_refuses_history_the_leader_goes_on_and_healing_conve
         "the majority held an election"
     );
 
-    let (final_leader, _, _, converged_after) = heal_and_converge(&cluster, &mut subscribers).await;
+    let (final_leader, _, (_, history), converged_after) =
+        heal_and_converge(&cluster, &mut subscribers).await;
     println!(
-        "follower {cut_off} cut off: refused in {refused_after:?}; leader {leader} went on in \
+        "follower {cut_off} cut off ({cut:?}): refused in {refused_after:?}; leader {leader} went on in \
          term {term}; healed, all agreed on node {final_leader} and converged in \
-         {converged_after:?}"
+         {converged_after:?}; the refused event was committed later: {}",
+        was_committed_later(&history)
     );
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chorus_cluster::{ClusterStatus, Role, SECRET_HEADER};
 
-use super::partition::{node_host, Partition};
+use super::partition::{node_host, Cut, Partition};
 
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123";
 
@@ -457,11 +457,11 @@ impl TestCluster {
         self.signal(id, "CONT");
     }
 
-    /// Cuts node `id` off from the other nodes (a cluster started behind proxies): no cluster
-    /// traffic to or from it goes through, open connections included. Its clients stay
-    /// connected.
-    pub fn isolate(&self, id: u64) {
-        self.partition.isolate(id);
+    /// Cuts node `id` off from the other nodes (a cluster started behind proxies), as `cut`
+    /// says: no cluster traffic to or from it goes through, open connections included. Its
+    /// clients stay connected.
+    pub fn isolate(&self, id: u64, cut: Cut) {
+        self.partition.isolate(id, cut);
     }
 
     /// Lets the cluster traffic of every node through again.
