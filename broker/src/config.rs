@@ -504,6 +504,8 @@ impl Config {
             ),
             dead_after: Duration::from_secs(self.dead_after_secs),
             snapshot_every: self.raft_snapshot_every,
+            // A node listening on one address sends its cluster traffic from it.
+            local_address: (!self.host.is_unspecified()).then_some(self.host),
         }
     }
 
@@ -638,6 +640,19 @@ mod tests {
         assert_eq!(settings.node_id, 4);
         assert_eq!(settings.advertise_addr, "127.0.0.1:6002");
         assert_eq!(settings.peers, None);
+        assert_eq!(settings.local_address, None, "listening on every address");
+    }
+
+    #[test]
+    fn a_node_on_one_address_sends_its_cluster_traffic_from_it() {
+        let (config, _) = Config::load(&Overrides {
+            host: Some("127.0.1.2".parse().unwrap()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let settings = config.cluster_settings();
+        assert_eq!(settings.local_address, Some("127.0.1.2".parse().unwrap()));
+        assert_eq!(settings.advertise_addr, "127.0.1.2:6002");
     }
 
     #[test]

@@ -21,30 +21,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::cluster::TestCluster;
-use support::{read_history, Client};
+use support::{publish_batch, read_history, Client};
 use tokio_tungstenite::tungstenite::Message;
 
 const CHANNEL: &str = "history-feed";
-
-/// Publishes a batch of events through node `port`'s HTTP API; the status, or `None` when the
-/// node could not be reached (it is down).
-async fn publish_batch(port: u16, channel: &str, data: &[String]) -> Option<u16> {
-    let batch: Vec<Value> = data
-        .iter()
-        .map(|d| json!({"name": "e", "channel": channel, "data": d}))
-        .collect();
-    let body = json!({ "batch": batch }).to_string().into_bytes();
-    let url = support::signed_url(port, "POST", "/apps/1/batch_events", &[], &body);
-    let response = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .timeout(Duration::from_secs(20))
-        .send()
-        .await
-        .ok()?;
-    Some(response.status().as_u16())
-}
 
 /// Waits (at most `within`) until node `port`'s history of the channel is `expected`.
 async fn await_history(port: u16, expected: &(String, Vec<(u64, String)>), within: Duration) {

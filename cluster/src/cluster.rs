@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::liveness::{Liveness, MIN_DEAD_AFTER};
 use crate::log_store::LogStore;
 use crate::metrics::{ForwardSeries, QuerySeries, RaftSeries};
 use crate::network::HttpNetwork;
+use crate::outbound::cluster_client;
 use crate::peers::Peers;
 use crate::secret::ClusterSecret;
 use crate::state::ChannelKey;
@@ -54,6 +56,9 @@ pub struct ClusterSettings {
     /// Log entries between two snapshots of the replicated state; as many stay in the log after
     /// a snapshot, for followers to catch up from (see [`DEFAULT_SNAPSHOT_EVERY`]).
     pub snapshot_every: u64,
+    /// The address this node's cluster traffic leaves from; `None`: the system's choice (see
+    /// [`crate::outbound`]).
+    pub local_address: Option<IpAddr>,
 }
 
 /// Log entries between snapshots, by default. A follower that fell further behind installs a
@@ -277,9 +282,10 @@ impl Cluster {
         let series = RaftSeries::register(registry).map_err(ClusterError::Metrics)?;
         let forward_series = ForwardSeries::register(registry).map_err(ClusterError::Metrics)?;
         let query_series = QuerySeries::register(registry).map_err(ClusterError::Metrics)?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .build()
+        let client = cluster_client(settings.local_address)
+            .map_err(|e| ClusterError::Config(e.to_string()))?;
+        // A client of its own for forwarding: its connections stay open to each destination.
+        let forward_client = cluster_client(settings.local_address)
             .map_err(|e| ClusterError::Config(e.to_string()))?;
         let log_store = LogStore::new(store).map_err(ClusterError::Runtime)?;
         let state_machine = StateMachineStore::delivering(store, delivery)
@@ -334,6 +340,7 @@ impl Cluster {
                         settings.node_id,
                         interest,
                         raft.clone(),
+                        forward_client,
                         settings.secret.clone(),
                         forward_series,
                         runtime.clone(),

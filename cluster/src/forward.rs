@@ -82,11 +82,13 @@ struct Inner {
 }
 
 impl Forwarder {
-    /// The forwarder of node `me`; its streams' tasks run on `runtime`.
+    /// The forwarder of node `me`, sending with `client` (one of its own: its connections stay
+    /// open to each destination); its streams' tasks run on `runtime`.
     pub(crate) fn new(
         me: NodeId,
         interest: InterestIndex,
         raft: Raft,
+        client: reqwest::Client,
         secret: ClusterSecret,
         series: ForwardSeries,
         runtime: tokio::runtime::Handle,
@@ -97,12 +99,7 @@ impl Forwarder {
                 interest,
                 streams: RwLock::default(),
                 raft,
-                // A client of its own: its connections stay open to each destination.
-                client: reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(1))
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .build()
-                    .unwrap_or_default(),
+                client,
                 secret,
                 series,
                 runtime,

@@ -40,6 +40,7 @@ pub mod log_store;
 pub mod membership;
 mod metrics;
 mod network;
+mod outbound;
 mod peer_request;
 pub mod peers;
 pub mod propose;

@@ -5,15 +5,20 @@
 //! Clients connect to any node and publish to any node, and the channel interest each node
 //! applied is read from its cluster port. A cluster may be started with more `CHORUS_*`
 //! settings ([`TestCluster::start_with_env`]); a node can be killed, restarted, or frozen and
-//! thawed (SIGSTOP, SIGCONT).
+//! thawed (SIGSTOP, SIGCONT). A cluster started [`TestCluster::start_behind_proxies`] has each
+//! node on an address of its own, reached by the others through a proxy, so that a node can be
+//! cut off from the others and taken back ([`super::partition`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chorus_cluster::{ClusterStatus, Role, SECRET_HEADER};
+
+use super::partition::{node_host, Cut, Partition};
 
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123";
 
@@ -25,9 +30,13 @@ const NODE_CONFIG: &str = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"replace
 /// One node of a [`TestCluster`].
 pub struct ClusterNode {
     pub id: u64,
+    /// The address it listens on (`CHORUS_HOST`), and sends its cluster traffic from.
+    pub host: IpAddr,
     pub port: u16,
     pub metrics_port: u16,
     pub cluster_port: u16,
+    /// Where the other nodes reach its cluster port, when not directly (a proxy).
+    advertised: Option<SocketAddr>,
     /// The `CHORUS_PEERS` it starts with.
     peers: String,
     /// More environment it starts with.
@@ -37,14 +46,16 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
-    /// A node that is not started yet, on free ports with an empty data directory.
-    fn new(name: &str, id: u64, env: &[(String, String)]) -> ClusterNode {
+    /// A node that is not started yet, on free ports of `host` with an empty data directory.
+    fn new(name: &str, id: u64, host: IpAddr, env: &[(String, String)]) -> ClusterNode {
         let dir =
             std::env::temp_dir().join(format!("chorus-cluster-{name}-{}-{id}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         ClusterNode {
             id,
+            host,
+            advertised: None,
             port: unused_port(),
             metrics_port: unused_port(),
             cluster_port: unused_port(),
@@ -55,9 +66,14 @@ impl ClusterNode {
         }
     }
 
-    /// The node's cluster address, `127.0.0.1:port`.
+    /// The node's cluster address, `host:port` (not its proxy's).
     pub fn cluster_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.cluster_port)
+        SocketAddr::new(self.host, self.cluster_port).to_string()
+    }
+
+    /// The address of its public port, for clients.
+    pub fn public_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
     }
 
     pub fn cluster_url(&self, path: &str) -> String {
@@ -66,17 +82,20 @@ impl ClusterNode {
 
     /// A raw WebSocket client of this node, after `connection_established`.
     pub async fn connect(&self) -> super::Client {
-        super::connect(self.port, None).await
+        super::connect(self.public_addr(), None).await
     }
 
     /// Publishes one event (name `e`) through this node's HTTP API; `false` when refused (429).
     pub async fn publish(&self, channel: &str, data: &str) -> bool {
-        super::publish(self.port, channel, data).await
+        super::publish(self.public_addr(), channel, data).await
     }
 
-    /// This node's entry in a peer list.
+    /// This node's entry in a peer list: where the others reach it.
     fn peer_entry(&self) -> String {
-        format!("{}@{}", self.id, self.cluster_addr())
+        match self.advertised {
+            Some(addr) => format!("{}@{addr}", self.id),
+            None => format!("{}@{}", self.id, self.cluster_addr()),
+        }
     }
 
     fn spawn(&mut self) {
@@ -85,7 +104,7 @@ impl ClusterNode {
         let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
             .arg("--config")
             .arg(config)
-            .env("CHORUS_HOST", "127.0.0.1")
+            .env("CHORUS_HOST", self.host.to_string())
             .env("CHORUS_PORT", self.port.to_string())
             .env("CHORUS_METRICS_PORT", self.metrics_port.to_string())
             .env("CHORUS_CLUSTER_PORT", self.cluster_port.to_string())
@@ -107,7 +126,7 @@ impl ClusterNode {
     /// Waits until the node serves; `false` if its process ended first (a port it was given
     /// was taken in the meantime by another process).
     async fn wait_ready(&mut self) -> bool {
-        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        let url = format!("http://{}/readyz", self.public_addr());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
@@ -160,6 +179,8 @@ pub struct TestCluster {
     env: Vec<(String, String)>,
     pub nodes: BTreeMap<u64, ClusterNode>,
     client: reqwest::Client,
+    /// The proxies between the nodes, if started behind them.
+    partition: Partition,
 }
 
 impl TestCluster {
@@ -171,14 +192,42 @@ impl TestCluster {
     /// Starts `size` nodes, each (and any added or restarted later) with the environment
     /// variables `env` as well.
     pub async fn start_with_env(name: &str, size: u64, env: &[(&str, &str)]) -> TestCluster {
+        TestCluster::start_nodes(name, size, env, false).await
+    }
+
+    /// Starts `size` nodes (with the environment `env` as well), node N on `127.0.1.N`, each
+    /// reached by the others through a proxy, so that [`TestCluster::isolate`] can cut a node
+    /// off. Nodes added later are not behind proxies.
+    pub async fn start_behind_proxies(name: &str, size: u64, env: &[(&str, &str)]) -> TestCluster {
+        TestCluster::start_nodes(name, size, env, true).await
+    }
+
+    async fn start_nodes(
+        name: &str,
+        size: u64,
+        env: &[(&str, &str)],
+        behind_proxies: bool,
+    ) -> TestCluster {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
         for _ in 0..START_ATTEMPTS {
-            let mut nodes: BTreeMap<u64, ClusterNode> = (1..=size)
-                .map(|id| (id, ClusterNode::new(name, id, &env)))
-                .collect();
+            let mut partition = Partition::default();
+            let mut nodes = BTreeMap::new();
+            for id in 1..=size {
+                let host = if behind_proxies {
+                    node_host(id)
+                } else {
+                    IpAddr::V4(Ipv4Addr::LOCALHOST)
+                };
+                let mut node = ClusterNode::new(name, id, host, &env);
+                if behind_proxies {
+                    let cluster_addr = SocketAddr::new(host, node.cluster_port);
+                    node.advertised = Some(partition.proxy(id, host, cluster_addr).await);
+                }
+                nodes.insert(id, node);
+            }
             let peers = nodes
                 .values()
                 .map(ClusterNode::peer_entry)
@@ -198,6 +247,7 @@ impl TestCluster {
                     env,
                     nodes,
                     client: reqwest::Client::new(),
+                    partition,
                 };
             }
         }
@@ -209,7 +259,8 @@ impl TestCluster {
     pub async fn add_node(&mut self) -> u64 {
         let id = self.nodes.keys().max().map_or(1, |max| max + 1);
         for _ in 0..START_ATTEMPTS {
-            let mut node = ClusterNode::new(&self.name, id, &self.env);
+            let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            let mut node = ClusterNode::new(&self.name, id, localhost, &self.env);
             let mut entries: Vec<String> =
                 self.nodes.values().map(ClusterNode::peer_entry).collect();
             entries.push(node.peer_entry());
@@ -261,6 +312,33 @@ impl TestCluster {
         voters: usize,
         within: Duration,
     ) -> (u64, BTreeMap<u64, ClusterStatus>) {
+        let agreed = |statuses: &BTreeMap<u64, ClusterStatus>| agreement(statuses, among, voters);
+        let what = format!("agree on a leader with {voters} voters");
+        self.await_statuses(among, within, &what, agreed).await
+    }
+
+    /// Waits (at most `within`) until every node of `among` names the same leader, one of
+    /// `among`, which says it leads (whatever the membership: some voters may be cut off);
+    /// returns the leader's id and every node's status at that moment.
+    pub async fn leader_among(
+        &self,
+        among: &[u64],
+        within: Duration,
+    ) -> (u64, BTreeMap<u64, ClusterStatus>) {
+        let named = |statuses: &BTreeMap<u64, ClusterStatus>| named_leader(statuses, among);
+        self.await_statuses(among, within, "agree on a leader", named)
+            .await
+    }
+
+    /// Waits (at most `within`, else fails saying they did not `what`) until the statuses of
+    /// every node of `among` pass `check`; returns what it found and the statuses.
+    async fn await_statuses<T>(
+        &self,
+        among: &[u64],
+        within: Duration,
+        what: &str,
+        check: impl Fn(&BTreeMap<u64, ClusterStatus>) -> Option<T>,
+    ) -> (T, BTreeMap<u64, ClusterStatus>) {
         let deadline = Instant::now() + within;
         let mut last = BTreeMap::new();
         loop {
@@ -270,13 +348,12 @@ impl TestCluster {
                     last.insert(id, status);
                 }
             }
-            if let Some(leader) = agreement(&last, among, voters) {
-                return (leader, last);
+            if let Some(found) = check(&last) {
+                return (found, last);
             }
             assert!(
                 Instant::now() < deadline,
-                "nodes {among:?} did not agree on a leader with {voters} voters within \
-                 {within:?}; they said {last:#?}"
+                "nodes {among:?} did not {what} within {within:?}; they said {last:#?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -315,7 +392,8 @@ impl TestCluster {
     /// The value of the series `series` (its name and labels, as exposed) in node `id`'s
     /// `/metrics`, if it is there.
     async fn series(&self, id: u64, series: &str) -> Option<f64> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.node(id).metrics_port);
+        let node = self.node(id);
+        let url = format!("http://{}:{}/metrics", node.host, node.metrics_port);
         let text = reqwest::get(url).await.unwrap().text().await.unwrap();
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
@@ -379,6 +457,18 @@ impl TestCluster {
         self.signal(id, "CONT");
     }
 
+    /// Cuts node `id` off from the other nodes (a cluster started behind proxies), as `cut`
+    /// says: no cluster traffic to or from it goes through, open connections included. Its
+    /// clients stay connected.
+    pub fn isolate(&self, id: u64, cut: Cut) {
+        self.partition.isolate(id, cut);
+    }
+
+    /// Lets the cluster traffic of every node through again.
+    pub fn heal(&self) {
+        self.partition.heal();
+    }
+
     /// The members node `id` has in its replicated state (`recorded`), by id; `None` while it
     /// does not answer.
     pub async fn recorded_members(&self, id: u64) -> Option<Vec<u64>> {
@@ -401,18 +491,27 @@ impl TestCluster {
     }
 }
 
-/// The leader every node of `among` names, if they all answered and agree.
+/// The leader every node of `among` names, if they all answered and agree, and every one has
+/// `voters` voters, each recorded in the replicated state.
 fn agreement(statuses: &BTreeMap<u64, ClusterStatus>, among: &[u64], voters: usize) -> Option<u64> {
+    let leader = named_leader(statuses, among)?;
+    let agreed = statuses.values().all(|status| {
+        status.voters().count() == voters && status.voters().all(|member| member.recorded)
+    });
+    agreed.then_some(leader)
+}
+
+/// The leader every node of `among` names, if they all answered and agree, and it is one of
+/// them and says it leads.
+fn named_leader(statuses: &BTreeMap<u64, ClusterStatus>, among: &[u64]) -> Option<u64> {
     if statuses.len() != among.len() {
         return None;
     }
     let leader = statuses.values().next()?.leader_id?;
     let agreed = among.contains(&leader)
-        && statuses.values().all(|status| {
-            status.leader_id == Some(leader)
-                && status.voters().count() == voters
-                && status.voters().all(|member| member.recorded)
-        })
+        && statuses
+            .values()
+            .all(|status| status.leader_id == Some(leader))
         && statuses[&leader].state == Role::Leader;
     agreed.then_some(leader)
 }

@@ -4,7 +4,9 @@
 #![allow(dead_code)] // each test file uses its own part
 
 pub mod cluster;
+pub mod partition;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -177,10 +179,26 @@ impl Server {
     }
 }
 
-/// A URL of the node on `port` for `path`, signed as the Pusher HTTP API requires, with extra
+/// Where a node's public port is: a bare port is on `127.0.0.1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAddr(pub SocketAddr);
+
+impl From<u16> for NodeAddr {
+    fn from(port: u16) -> NodeAddr {
+        NodeAddr(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    }
+}
+
+impl From<SocketAddr> for NodeAddr {
+    fn from(addr: SocketAddr) -> NodeAddr {
+        NodeAddr(addr)
+    }
+}
+
+/// A URL of the node at `node` for `path`, signed as the Pusher HTTP API requires, with extra
 /// query `params`.
 pub fn signed_url(
-    port: u16,
+    node: impl Into<NodeAddr>,
     method: &str,
     path: &str,
     params: &[(&str, &str)],
@@ -206,14 +224,19 @@ pub fn signed_url(
         .collect::<Vec<_>>()
         .join("&");
     let sig = signature::sign(SECRET, &format!("{method}\n{path}\n{query}"));
-    format!("http://127.0.0.1:{port}{path}?{query}&auth_signature={sig}")
+    let NodeAddr(addr) = node.into();
+    format!("http://{addr}{path}?{query}&auth_signature={sig}")
 }
 
-/// A signed POST of `body` to `path` of the node on `port`: the status and the body.
-pub async fn post(port: u16, path: &str, body: impl Into<Vec<u8>>) -> (u16, String) {
+/// A signed POST of `body` to `path` of the node at `node`: the status and the body.
+pub async fn post(
+    node: impl Into<NodeAddr>,
+    path: &str,
+    body: impl Into<Vec<u8>>,
+) -> (u16, String) {
     let body = body.into();
     let res = reqwest::Client::new()
-        .post(signed_url(port, "POST", path, &[], &body))
+        .post(signed_url(node, "POST", path, &[], &body))
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -222,27 +245,57 @@ pub async fn post(port: u16, path: &str, body: impl Into<Vec<u8>>) -> (u16, Stri
     (res.status().as_u16(), res.text().await.unwrap())
 }
 
-/// Publishes one event (name `e`) to the node on `port`; `false` when the channel refused it for
+/// Publishes one event (name `e`) to the node at `node`; `false` when the channel refused it for
 /// now (429).
-pub async fn publish(port: u16, channel: &str, data: &str) -> bool {
+pub async fn publish(node: impl Into<NodeAddr>, channel: &str, data: &str) -> bool {
     let body = serde_json::json!({"name": "e", "channel": channel, "data": data}).to_string();
-    match post(port, "/apps/1/events", body).await {
+    match post(node, "/apps/1/events", body).await {
         (200, _) => true,
         (429, _) => false,
         (status, body) => panic!("publish answered {status}: {body}"),
     }
 }
 
-/// The node on `port`'s whole history of `channel` of app 1 over REST, page by page: its epoch
-/// and every (offset, data).
-pub async fn read_history(port: u16, channel: &str) -> (String, Vec<(u64, String)>) {
+/// Publishes a batch of events (name `e`) through the HTTP API of the node at `node`; the
+/// status, or `None` when the node could not be reached (it is down).
+pub async fn publish_batch(
+    node: impl Into<NodeAddr>,
+    channel: &str,
+    data: &[String],
+) -> Option<u16> {
+    let batch: Vec<serde_json::Value> = data
+        .iter()
+        .map(|d| serde_json::json!({"name": "e", "channel": channel, "data": d}))
+        .collect();
+    let body = serde_json::json!({ "batch": batch })
+        .to_string()
+        .into_bytes();
+    let url = signed_url(node, "POST", "/apps/1/batch_events", &[], &body);
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .ok()?;
+    Some(response.status().as_u16())
+}
+
+/// The whole history of `channel` of app 1 of the node at `node`, over REST, page by page: its
+/// epoch and every (offset, data).
+pub async fn read_history(
+    node: impl Into<NodeAddr>,
+    channel: &str,
+) -> (String, Vec<(u64, String)>) {
+    let node = node.into();
     let path = format!("/apps/1/channels/{channel}/history");
     let mut after = 0;
     let mut events = Vec::new();
     loop {
         let after_s = after.to_string();
         let params = [("after", after_s.as_str()), ("limit", "500")];
-        let url = signed_url(port, "GET", &path, &params, b"");
+        let url = signed_url(node, "GET", &path, &params, b"");
         let page: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
         let epoch = page["epoch"].as_str().expect("an epoch").to_owned();
         let batch = page["events"].as_array().unwrap();
@@ -258,17 +311,15 @@ pub async fn read_history(port: u16, channel: &str) -> (String, Vec<(u64, String
     }
 }
 
-/// A raw WebSocket client of the node on `port`, after `connection_established`.
-pub async fn connect(port: u16, recv_buffer: Option<u32>) -> Client {
+/// A raw WebSocket client of the node at `node`, after `connection_established`.
+pub async fn connect(node: impl Into<NodeAddr>, recv_buffer: Option<u32>) -> Client {
+    let NodeAddr(addr) = node.into();
     let socket = TcpSocket::new_v4().unwrap();
     if let Some(size) = recv_buffer {
         socket.set_recv_buffer_size(size).unwrap();
     }
-    let tcp = socket
-        .connect(format!("127.0.0.1:{port}").parse().unwrap())
-        .await
-        .unwrap();
-    let url = format!("ws://127.0.0.1:{port}/app/{KEY}?protocol=7");
+    let tcp = socket.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/app/{KEY}?protocol=7");
     let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
     let mut client = Client {
         ws,
