@@ -110,6 +110,14 @@ pub async fn run(args: &ClusterHistoryArgs) -> Result<Report> {
             args.cluster_secret.clone(),
         )?)
     };
+    if args
+        .kill_leader_after_secs
+        .is_some_and(|s| !s.is_finite() || s < 0.0)
+    {
+        return Err(Error::Args(
+            "--kill-leader-after-secs must be a number of seconds, 0 or more".into(),
+        ));
+    }
     if args.kill_leader_after_secs.is_some() && (admin.is_none() || pids.is_empty()) {
         return Err(Error::Args(
             "--kill-leader-after-secs needs --cluster-node ID=HOST:PORT and --pid ID=PID for the nodes".into(),
@@ -153,7 +161,7 @@ pub async fn run(args: &ClusterHistoryArgs) -> Result<Report> {
         (Some(after), Some(admin)) => Some(tokio::spawn(kill_leader(
             admin.clone(),
             pids.clone(),
-            Duration::from_secs_f64(after.max(0.0)),
+            Duration::from_secs_f64(after),
             progress.clone(),
             publish_deadline + Duration::from_secs(args.failover_timeout_secs),
         ))),
