@@ -2,6 +2,7 @@
 //! (Chorus, Soketi, Sockudo, Pusher). It is only a client: Pusher WebSocket connections and the
 //! signed HTTP API. Each subcommand is one scenario, bounded by `--duration-secs` and by counts.
 
+mod cluster_admin;
 mod common;
 mod deliveries;
 mod error;
@@ -16,6 +17,7 @@ mod pusher;
 mod ramp;
 mod recovering;
 mod report;
+mod retrying_publisher;
 mod sampler;
 mod scenario;
 mod sequence;
@@ -28,7 +30,9 @@ use clap::{Parser, Subcommand};
 use crate::common::CommonArgs;
 use crate::error::Result;
 use crate::report::Report;
-use crate::scenario::{catch_up, compare, connections, fanout, history, latency, presence};
+use crate::scenario::{
+    catch_up, cluster_history, compare, connections, fanout, history, latency, presence,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "chorus-loadtest", version, about)]
@@ -54,6 +58,8 @@ enum Command {
     History(history::HistoryArgs),
     /// Publishes a large backlog to one history channel, then times subscribers catching up on it with `since` from offset 0; checks every offset arrives exactly once, in order.
     CatchUp(catch_up::CatchUpArgs),
+    /// Publishes batches to a history channel over every node of a cluster (retrying on another node), optionally kills the leader; committed events/s, commit latency, time to the first acknowledged publish after the kill; checks every node replays every offset once, in order.
+    ClusterHistory(cluster_history::ClusterHistoryArgs),
     /// Run a scenario against two targets in turn (A B A B) and compare the medians.
     Compare(compare::CompareArgs),
     /// Internal: one worker process of `connections`.
@@ -70,6 +76,7 @@ impl Command {
             Command::Presence(a) => Some(&a.common),
             Command::History(a) => Some(&a.common),
             Command::CatchUp(a) => Some(&a.common),
+            Command::ClusterHistory(a) => Some(&a.common),
             Command::Compare(_) | Command::ConnectionsWorker(_) => None,
         }
     }
@@ -83,6 +90,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Presence(a) => presence::run(a).await?,
         Command::History(a) => history::run(a).await?,
         Command::CatchUp(a) => catch_up::run(a).await?,
+        Command::ClusterHistory(a) => cluster_history::run(a).await?,
         Command::Compare(a) => return compare::run(a).await,
         Command::ConnectionsWorker(a) => return connections::run_worker(a).await,
     };

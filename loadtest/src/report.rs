@@ -205,6 +205,41 @@ pub struct CatchUpStats {
     pub failures: Vec<String>,
 }
 
+/// The `cluster-history` scenario's own figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterHistoryStats {
+    /// HTTP nodes published to.
+    pub nodes: u64,
+    pub batch: u64,
+    pub window: u64,
+    /// Requests sent again to another node (after a connection error or 502/503/504).
+    pub retries: u64,
+    /// Server CPU (all `--server-pid`s) per acknowledged event while publishing.
+    pub publish_server_cpu_us_per_event: Option<f64>,
+    /// The leader before the kill, and the node killed (the same, unless it changed meanwhile).
+    pub leader_before: Option<u64>,
+    pub killed_node: Option<u64>,
+    pub killed_pid: Option<u32>,
+    /// Seconds into publishing the leader was killed.
+    pub killed_after_secs: Option<f64>,
+    /// The leader a surviving node named first after the kill.
+    pub new_leader: Option<u64>,
+    /// From the kill to a surviving node naming a new leader (polled every 10 ms).
+    pub kill_to_new_leader_ms: Option<f64>,
+    /// From the kill to the acknowledgment of the first publish request sent after it.
+    pub kill_to_first_ack_ms: Option<f64>,
+    /// The channel's last offset after publishing (read from a surviving node).
+    pub stored: u64,
+    pub epoch: Option<String>,
+    /// Nodes that replayed offsets 1..stored exactly once, in order, and those not reachable.
+    pub replicas_complete: u64,
+    pub replicas_unreachable: u64,
+    pub gaps: u64,
+    pub other_epoch: u64,
+    /// One line per node whose replay did not finish.
+    pub failures: Vec<String>,
+}
+
 /// Every figure of a run. Fields that a scenario does not measure stay at zero / null.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -245,6 +280,8 @@ pub struct Report {
     pub history: Option<HistoryStats>,
     #[serde(default)]
     pub catch_up: Option<CatchUpStats>,
+    #[serde(default)]
+    pub cluster_history: Option<ClusterHistoryStats>,
     /// `catch-up`: replayed events per second, all subscribers together.
     #[serde(default)]
     pub replay_events_per_sec: Option<f64>,
@@ -336,7 +373,7 @@ impl Report {
                 self.out_of_order
             );
             let l = &self.latency_ms;
-            if l.count > 0 || self.catch_up.is_none() {
+            if l.count > 0 || (self.catch_up.is_none() && self.cluster_history.is_none()) {
                 let _ = writeln!(
                     s,
                     "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, n {})",
@@ -369,6 +406,33 @@ impl Report {
             }
             if let Some(us) = c.publish_server_cpu_us_per_event {
                 let _ = writeln!(s, "publish CPU   server {us:.2} us per published event");
+            }
+            for f in &c.failures {
+                let _ = writeln!(s, "FAILED        {f}");
+            }
+        }
+        if let Some(c) = &self.cluster_history {
+            let _ = writeln!(
+                s,
+                "cluster       {} nodes, batch {}, window {}; {} retries on another node; {} nodes replayed offsets 1..{} of epoch {} exactly once in order, {} unreachable; {} gaps, {} from another epoch",
+                c.nodes, c.batch, c.window, c.retries, c.replicas_complete, c.stored,
+                c.epoch.as_deref().unwrap_or("-"), c.replicas_unreachable, c.gaps, c.other_epoch
+            );
+            if let Some(node) = c.killed_node {
+                let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} ms"));
+                let _ = writeln!(
+                    s,
+                    "failover      leader {} killed (pid {}) {:.2} s in; new leader {} named after {}; first publish sent after the kill acknowledged after {}",
+                    node,
+                    c.killed_pid.map_or("-".into(), |p| p.to_string()),
+                    c.killed_after_secs.unwrap_or(0.0),
+                    c.new_leader.map_or("-".into(), |l| l.to_string()),
+                    ms(c.kill_to_new_leader_ms),
+                    ms(c.kill_to_first_ack_ms)
+                );
+            }
+            if let Some(us) = c.publish_server_cpu_us_per_event {
+                let _ = writeln!(s, "publish CPU   servers {us:.2} us per acknowledged event");
             }
             for f in &c.failures {
                 let _ = writeln!(s, "FAILED        {f}");

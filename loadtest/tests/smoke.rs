@@ -89,6 +89,13 @@ impl Server {
 
     /// A node with its own configuration file.
     fn start_with(name: &str, config: &str) -> Server {
+        let mut server = Server::launch(name, config, free_port(), &[]);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts a node on `port` with more environment, without waiting for it to serve.
+    fn launch(name: &str, config: &str, port: u16, env: &[(&str, String)]) -> Server {
         let bin = chorus_bin();
         let dir = std::env::temp_dir().join(format!(
             "chorus-loadtest-smoke-{name}-{}",
@@ -98,33 +105,36 @@ impl Server {
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("chorus.toml"), config).expect("config");
         let log = File::create(dir.join("chorus.log")).expect("log file");
-        let (port, metrics_port) = (free_port(), free_port());
         let child = Command::new(bin)
             .arg("--config")
             .arg(dir.join("chorus.toml"))
             .env("CHORUS_HOST", "127.0.0.1")
             .env("CHORUS_PORT", port.to_string())
-            .env("CHORUS_METRICS_PORT", metrics_port.to_string())
+            .env("CHORUS_METRICS_PORT", free_port().to_string())
             .env("CHORUS_DATA_DIR", dir.join("data"))
             .env("CHORUS_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start chorus");
-        let mut server = Server { child, port, dir };
+        Server { child, port, dir }
+    }
+
+    /// Waits until `GET /readyz` answers 200.
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready(port) {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("chorus exited with {status}: {}", server.log());
+        while !ready(self.port) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("chorus exited with {status}: {}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "chorus not ready after 30 s: {}",
-                server.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
     }
 
     fn url(&self) -> String {
@@ -577,4 +587,87 @@ fn compare_a_server_with_itself() {
         .expect("lost compared");
     assert_eq!(f(lost, "a_median"), 0.0);
     assert_eq!(f(lost, "b_median"), 0.0);
+}
+
+/// Three nodes forming one cluster (ids 1, 2, 3) on free loopback ports, with the history rule.
+fn start_cluster(name: &str) -> (Vec<Server>, Vec<u16>) {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, cluster))| format!("{}@127.0.0.1:{cluster}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<Server> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &(port, cluster))| {
+            let env = [
+                ("CHORUS_NODE_ID", (i + 1).to_string()),
+                ("CHORUS_CLUSTER_PORT", cluster.to_string()),
+                ("CHORUS_PEERS", peers.clone()),
+                ("CHORUS_CLUSTER_SECRET", CLUSTER_SECRET.to_string()),
+                ("CHORUS_LOG", "warn,openraft=off".to_string()),
+            ];
+            Server::launch(&format!("{name}-{}", i + 1), CONFIG, port, &env)
+        })
+        .collect();
+    for node in &mut nodes {
+        node.wait_ready();
+    }
+    (nodes, ports.iter().map(|&(_, cluster)| cluster).collect())
+}
+
+const CLUSTER_SECRET: &str = "smoke-cluster-secret-0123456789";
+
+#[test]
+fn cluster_history_survives_killing_the_leader() {
+    let (nodes, cluster_ports) = start_cluster("cluster-history");
+    let mut args: Vec<String> = vec!["cluster-history".into(), "--no-progress".into()];
+    for (i, node) in nodes.iter().enumerate() {
+        let id = i + 1;
+        args.extend(["--target".into(), node.url()]);
+        args.extend(["--server-pid".into(), node.pid()]);
+        args.extend(["--pid".into(), format!("{id}={}", node.pid())]);
+        args.extend([
+            "--cluster-node".into(),
+            format!("{id}=127.0.0.1:{}", cluster_ports[i]),
+        ]);
+    }
+    args.extend(
+        [
+            "--cluster-secret",
+            CLUSTER_SECRET,
+            "--batch",
+            "5",
+            "--window",
+            "4",
+            "--duration-secs",
+            "2",
+            "--kill-leader-after-secs",
+            "0.5",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = nodes[0].run("cluster-history", &args);
+    assert_eq!(r["scenario"], "cluster-history");
+    let c = &r["cluster_history"];
+    // The leader was killed, another node took over and publishing went on.
+    assert_eq!(u(c, "killed_node"), u(c, "leader_before"), "{c}");
+    assert_ne!(u(c, "new_leader"), u(c, "killed_node"), "{c}");
+    let first_ack = f(c, "kill_to_first_ack_ms");
+    assert!(first_ack > 0.0 && first_ack < 10_000.0, "{c}");
+    assert!(f(c, "kill_to_new_leader_ms") > 0.0, "{c}");
+    assert!(u(&r, "published") > 0);
+    assert_latency_sane(&r["publish_rtt_ms"]);
+    // Both surviving nodes replayed every offset exactly once, in order; none was lost.
+    assert_eq!(u(c, "replicas_complete"), 2, "{c}");
+    assert_eq!(u(c, "replicas_unreachable"), 1, "{c}");
+    assert!(u(c, "stored") >= u(&r, "published"), "{r}");
+    assert_eq!(u(&r, "expected"), 2 * u(c, "stored"));
+    assert_eq!(u(&r, "delivered"), u(&r, "expected"), "{r}");
+    assert_eq!(u(&r, "lost"), 0);
+    assert_eq!(u(&r, "duplicates"), 0);
+    assert_eq!(u(&r, "out_of_order"), 0);
 }

@@ -104,7 +104,7 @@ impl Rest {
 }
 
 /// The body of a 2xx response; any other status is an error that carries the body.
-async fn success_body(response: reqwest::Response, url: String) -> Result<bytes::Bytes> {
+pub async fn success_body(response: reqwest::Response, url: String) -> Result<bytes::Bytes> {
     let status = response.status();
     let bytes = response.bytes().await?;
     if !status.is_success() {

@@ -75,19 +75,19 @@ struct Light<'a> {
 }
 
 /// One subscriber's catch-up.
-struct Replay {
-    tracker: OffsetTracker,
-    recovered: Option<bool>,
-    confirm_ms: Option<f64>,
+pub struct Replay {
+    pub tracker: OffsetTracker,
+    pub recovered: Option<bool>,
+    pub confirm_ms: Option<f64>,
     /// Subscribe to last offset.
-    secs: Option<f64>,
+    pub secs: Option<f64>,
     /// When the last offset arrived.
-    done_at: Option<Instant>,
-    frame_bytes: u64,
-    pusher_errors: u64,
-    without_offset: u64,
+    pub done_at: Option<Instant>,
+    pub frame_bytes: u64,
+    pub pusher_errors: u64,
+    pub without_offset: u64,
     /// Error kind and message of a subscriber that did not finish.
-    failure: Option<(String, String)>,
+    pub failure: Option<(String, String)>,
 }
 
 pub async fn run(args: &CatchUpArgs) -> Result<Report> {
@@ -112,15 +112,8 @@ pub async fn run(args: &CatchUpArgs) -> Result<Report> {
         ..Report::default()
     };
 
-    // Probe: a history channel's subscription_succeeded carries {"epoch","offset"}, even empty.
-    let position = probe(&target, &channel, timeout)
-        .await
-        .map_err(|e| e.during("probing the history channel"))?;
-    if position.offset.is_none() {
-        report.skipped = Some(format!(
-            "{SKIPPED} (no \"offset\" in the subscription_succeeded of {channel}: is there a history rule for {}*?)",
-            args.history_prefix
-        ));
+    if let Some(reason) = without_history(&target, &channel, &args.history_prefix, timeout).await? {
+        report.skipped = Some(reason);
         return Ok(report);
     }
 
@@ -305,8 +298,27 @@ pub async fn run(args: &CatchUpArgs) -> Result<Report> {
     Ok(report)
 }
 
+/// Why a scenario on history channels cannot run, if it cannot: a history channel's
+/// `subscription_succeeded` carries `{"epoch", "offset"}`, even when empty, and a probe
+/// subscription to `channel` shows whether it does.
+pub async fn without_history(
+    target: &Target,
+    channel: &str,
+    history_prefix: &str,
+    timeout: Duration,
+) -> Result<Option<String>> {
+    let position = probe(target, channel, timeout)
+        .await
+        .map_err(|e| e.during("probing the history channel"))?;
+    Ok(position.offset.is_none().then(|| {
+        format!(
+            "{SKIPPED} (no \"offset\" in the subscription_succeeded of {channel}: is there a history rule for {history_prefix}*?)"
+        )
+    }))
+}
+
 /// The position a fresh subscription to `channel` is confirmed at.
-async fn probe(target: &Target, channel: &str, timeout: Duration) -> Result<frame::Position> {
+pub async fn probe(target: &Target, channel: &str, timeout: Duration) -> Result<frame::Position> {
     let mut probe = ws::connect(target, 0, timeout).await?;
     let ok: Frame = ws::subscribe(&mut probe.ws, channel, None, None, timeout).await?;
     let _ = tokio::time::timeout(Duration::from_secs(2), probe.ws.close(None)).await;
@@ -315,7 +327,7 @@ async fn probe(target: &Target, channel: &str, timeout: Duration) -> Result<fram
 
 /// Subscribes `ws` to `channel` with `since` offset 0 of `epoch` and reads until offset `last`
 /// arrived, the connection fails or `deadline` passes. The connection comes back unless it failed.
-async fn replay(
+pub async fn replay(
     mut ws: Ws,
     channel: String,
     epoch: String,

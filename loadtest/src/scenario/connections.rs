@@ -444,6 +444,7 @@ pub async fn run(args: &ConnectionsArgs) -> Result<Report> {
         presence: None,
         history: None,
         catch_up: None,
+        cluster_history: None,
         replay_events_per_sec: None,
         publish_events_per_sec: None,
         publish_latency_ms: None,

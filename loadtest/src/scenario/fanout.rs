@@ -285,6 +285,7 @@ pub async fn run_with(common: &CommonArgs, p: &FanoutParams, scenario: &str) -> 
         presence: None,
         history: None,
         catch_up: None,
+        cluster_history: None,
         replay_events_per_sec: None,
         publish_events_per_sec: None,
         publish_latency_ms: None,

@@ -1,6 +1,7 @@
 //! The scenarios (one per subcommand) and the measurement bookkeeping they share.
 
 pub mod catch_up;
+pub mod cluster_history;
 pub mod compare;
 pub mod connections;
 pub mod fanout;

@@ -337,6 +337,7 @@ pub async fn run(args: &PresenceArgs) -> Result<Report> {
         presence: Some(stats),
         history: None,
         catch_up: None,
+        cluster_history: None,
         replay_events_per_sec: None,
         publish_events_per_sec: None,
         publish_latency_ms: None,
