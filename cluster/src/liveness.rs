@@ -1,7 +1,7 @@
 //! Failure detection: the leader declares dead a member that stopped answering.
 //!
 //! Every Raft RPC this node sends and gets an answer to (the leader's heartbeats and appends,
-//! every 150 ms per follower; votes; snapshot chunks) counts as having heard from its target
+//! every 100 ms per follower; votes; snapshot chunks) counts as having heard from its target
 //! ([`Liveness::heard`], called by the network client). The leader checks, every
 //! [`CHECK_EVERY`], each node of the replicated members: one not heard from for `dead_after` is
 //! declared dead, and the leader commits `RemoveMember` for it, which drops it from the members
@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use crate::cluster::Core;
 use crate::types::{NodeId, Request, Response};
 
-/// The shortest `dead_after` accepted: a follower calls an election after 0.75-1.5 s without a
+/// The shortest `dead_after` accepted: a follower calls an election after 0.6-1.2 s without a
 /// heartbeat, and openraft retries an unreachable node after 250 ms, then 500 ms, 1 s: below
 /// 2 s, one slow round would remove a node that is alive.
 pub const MIN_DEAD_AFTER: Duration = Duration::from_secs(2);
@@ -44,7 +44,7 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 const STALLED: Duration = Duration::from_secs(1);
 
 /// A removed node is taken back once it answered this recently (it is sent a heartbeat every
-/// 150 ms while it answers).
+/// 100 ms while it answers).
 pub(crate) const ANSWERED_RECENTLY: Duration = Duration::from_secs(1);
 
 /// When this node last heard from each other node, and how long a silence means death.
