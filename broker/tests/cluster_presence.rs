@@ -182,13 +182,23 @@ async fn members_on_different_nodes_see_one_list_and_join_and_leave_once() {
     bob.assert_quiet(Duration::from_millis(500)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_killed_and_restarted_leaves_no_stale_member() {
-    let mut cluster = TestCluster::start("presence-restart", 3).await;
+/// Three nodes with `env`, once they agree on a leader.
+async fn started(name: &str, env: &[(&str, &str)]) -> TestCluster {
+    let cluster = TestCluster::start_with_env(name, 3, env).await;
     cluster
         .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
         .await;
-    let port = |cluster: &TestCluster, id: u64| cluster.node(id).port;
+    cluster
+}
+
+/// The public port of node `id`.
+fn port(cluster: &TestCluster, id: u64) -> u16 {
+    cluster.node(id).port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_and_restarted_leaves_no_stale_member() {
+    let mut cluster = started("presence-restart", &[]).await;
     let mut ann = Roster::join(port(&cluster, 1), "ann").await;
     let mut bob = Roster::join(port(&cluster, 2), "bob").await;
     let carol = Roster::join(port(&cluster, 3), "carol").await;
@@ -217,12 +227,7 @@ async fn a_node_killed_and_restarted_leaves_no_stale_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_members_leave_everywhere_once() {
-    let mut cluster =
-        TestCluster::start_with_env("presence-dead", 3, &[("CHORUS_DEAD_AFTER_SECS", "2")]).await;
-    cluster
-        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
-        .await;
-    let port = |cluster: &TestCluster, id: u64| cluster.node(id).port;
+    let mut cluster = started("presence-dead", &[("CHORUS_DEAD_AFTER_SECS", "2")]).await;
     let mut ann = Roster::join(port(&cluster, 1), "ann").await;
     let mut bob = Roster::join(port(&cluster, 2), "bob").await;
     // Carol has two tabs, both on node 3; dan has one there and one on node 1.

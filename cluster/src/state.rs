@@ -429,19 +429,24 @@ mod tests {
         presence(node, false, &[(user, false)])
     }
 
+    /// `+user` joined, `-user` left.
+    fn described(events: Vec<PresenceEvent>) -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "{}{}",
+                    if e.joined.is_some() { "+" } else { "-" },
+                    e.user_id
+                )
+            })
+            .collect()
+    }
+
     /// What the request made happen: `+user` joined, `-user` left.
     fn events(state: &mut ReplicatedState, request: Request) -> Vec<String> {
         match state.apply(request) {
-            Response::Presence { events } => events
-                .into_iter()
-                .map(|e| {
-                    format!(
-                        "{}{}",
-                        if e.joined.is_some() { "+" } else { "-" },
-                        e.user_id
-                    )
-                })
-                .collect(),
+            Response::Presence { events } => described(events),
             other => panic!("presence request answered {other:?}"),
         }
     }
@@ -570,17 +575,7 @@ mod tests {
         after.apply(leave("bob", 2));
         after.apply(join("carol", 3));
         after.apply(join("ann", 3));
-        let changes: Vec<String> = before
-            .presence_changes_to(&after)
-            .into_iter()
-            .map(|e| {
-                format!(
-                    "{}{}",
-                    if e.joined.is_some() { "+" } else { "-" },
-                    e.user_id
-                )
-            })
-            .collect();
+        let changes = described(before.presence_changes_to(&after));
         assert_eq!(changes, ["-bob", "+carol"]);
         assert!(after.presence_changes_to(&after).is_empty());
     }
