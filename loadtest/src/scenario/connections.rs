@@ -417,12 +417,10 @@ pub async fn run(args: &ConnectionsArgs) -> Result<Report> {
         out_of_order: 0,
         deliveries_per_sec: 0.0,
         latency_ms: LatencySummary::from_us(&latency),
-        server_cpu_us_per_delivery: None,
         server_cpu_percent: figures.server_cpu_percent(),
         server_rss_kib: rss_after,
         server_rss_kib_per_conn: rss_per_conn,
         harness_cpu_percent: figures.harness_cpu_percent(),
-        harness_cpu_us_per_delivery: None,
         disconnects: dropped,
         pusher_errors,
         errors,
@@ -441,17 +439,9 @@ pub async fn run(args: &ConnectionsArgs) -> Result<Report> {
             server_rss_kib_before: rss_before,
             server_rss_kib_after: rss_after,
         }),
-        presence: None,
-        history: None,
-        catch_up: None,
-        cluster_history: None,
-        replay_events_per_sec: None,
-        publish_events_per_sec: None,
-        publish_latency_ms: None,
-        server_cpu_us_per_event: None,
-        skipped: None,
         latency_distribution: latency_distribution(&latency),
         timeline,
+        ..Report::default()
     })
 }
 

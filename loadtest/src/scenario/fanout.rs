@@ -281,17 +281,8 @@ pub async fn run_with(common: &CommonArgs, p: &FanoutParams, scenario: &str) -> 
         pusher_errors,
         errors,
         last_error,
-        connect: None,
-        presence: None,
-        history: None,
-        catch_up: None,
-        cluster_history: None,
-        replay_events_per_sec: None,
-        publish_events_per_sec: None,
-        publish_latency_ms: None,
-        server_cpu_us_per_event: None,
-        skipped: None,
         latency_distribution: latency_distribution(&latency),
         timeline,
+        ..Report::default()
     })
 }

@@ -326,25 +326,16 @@ pub async fn run(args: &PresenceArgs) -> Result<Report> {
         server_cpu_us_per_delivery: crate::scenario::per(figures.server_cpu_us, delivered),
         server_cpu_percent: figures.server_cpu_percent(),
         server_rss_kib: figures.server_rss_kib,
-        server_rss_kib_per_conn: None,
         harness_cpu_percent: figures.harness_cpu_percent(),
         harness_cpu_us_per_delivery: crate::scenario::per(Some(figures.harness_cpu_us), delivered),
         disconnects,
         pusher_errors: 0,
         errors,
         last_error,
-        connect: None,
         presence: Some(stats),
-        history: None,
-        catch_up: None,
-        cluster_history: None,
-        replay_events_per_sec: None,
-        publish_events_per_sec: None,
-        publish_latency_ms: None,
-        server_cpu_us_per_event: None,
-        skipped: None,
         latency_distribution: crate::report::latency_distribution(&added_us),
         timeline,
+        ..Report::default()
     })
 }
 
