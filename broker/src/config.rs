@@ -3,13 +3,16 @@
 //! Precedence, lowest first: built-in defaults, the TOML file (`--config` / `CHORUS_CONFIG`),
 //! environment variables, flags. With no file at all the node serves one default development app.
 //! A file that cannot be read or parsed, or a value that makes no sense, stops start-up with a
-//! message that names the key; nothing falls back to a default silently.
+//! message that names the key; nothing falls back to a default silently. One exception, for
+//! Kubernetes: a Service named `chorus` gives every pod of its namespace `CHORUS_PORT=tcp://...`
+//! (a service link; `chorus-metrics` and `chorus-cluster` give `CHORUS_METRICS_PORT` and
+//! `CHORUS_CLUSTER_PORT`), which is not a port: it is ignored, with a warning that names it.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chorus_cluster::{ClusterSecret, ClusterSettings, NodeId, Peers};
+use chorus_cluster::{ClusterSecret, ClusterSettings, DesiredMembers, NodeId, Peers};
 use clap::Args;
 use serde::Deserialize;
 
@@ -18,14 +21,18 @@ pub const DEV_APP_ID: &str = "1";
 pub const DEV_APP_KEY: &str = "chorus-dev-key";
 pub const DEV_APP_SECRET: &str = "chorus-dev-secret";
 
-/// The cluster secret of a node with no peers and no secret configured.
-pub const DEV_CLUSTER_SECRET: &str = "chorus-dev-cluster-secret";
+/// The file in the data directory that holds the random cluster secret of a one-node cluster
+/// started without one (mode 0600), for `chorus cluster` commands on the same machine.
+pub const CLUSTER_SECRET_FILE: &str = "cluster-secret";
 
 /// The cluster port when none is configured.
 pub const DEFAULT_CLUSTER_PORT: u16 = 6002;
 
 /// The shortest cluster secret accepted.
 const MIN_CLUSTER_SECRET_LEN: usize = 16;
+
+/// The longest app id accepted.
+const MAX_APP_ID_LEN: usize = 128;
 
 /// Why a configuration was refused. Every variant names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -80,10 +87,23 @@ pub struct Config {
     /// The cluster port (Raft RPCs, `GET /cluster`). Absent: 6002 (see [`Config::cluster_port`]).
     pub cluster_port: Option<u16>,
     /// The cluster's nodes: `id@host:port` comma-separated (this node among them), or one DNS
-    /// name whose address records are the nodes. Empty: a one-node cluster.
+    /// name whose address records are the nodes. Empty: a one-node cluster (unless
+    /// `members_file` is given).
     pub peers: String,
-    /// The secret every request to the cluster port carries. Required when `peers` is given.
+    /// A members file the node re-reads every 2 s: the nodes the cluster should have, by
+    /// revision (`revision = N`, `peers = "id@host:port,..."`); the leader adds and removes
+    /// voters to match. Exclusive with `peers`.
+    pub members_file: Option<PathBuf>,
+    /// The secret every request to the cluster port carries. Required with `peers` or
+    /// `members_file`; a one-node cluster without one makes a random one at start (see
+    /// [`Config::cluster_secret_generated`]).
     pub cluster_secret: Option<String>,
+    /// The cluster secret was made at start, at random: none was configured.
+    #[serde(skip)]
+    pub cluster_secret_generated: bool,
+    /// Seconds an idle HTTP keep-alive connection of the public port stays open: longer than
+    /// the clients' own idle timeouts (Node's agent: 5 s), as load balancers do.
+    pub keep_alive_secs: u64,
     /// Seconds a cluster member may go without answering before the leader declares it dead and
     /// removes its presence members and channel interest (at least 2).
     pub dead_after_secs: u64,
@@ -110,7 +130,10 @@ impl Default for Config {
             node_id: None,
             cluster_port: None,
             peers: String::new(),
+            members_file: None,
             cluster_secret: None,
+            cluster_secret_generated: false,
+            keep_alive_secs: 75,
             dead_after_secs: chorus_cluster::DEFAULT_DEAD_AFTER.as_secs(),
             raft_snapshot_every: chorus_cluster::DEFAULT_SNAPSHOT_EVERY,
             apps: Vec::new(),
@@ -201,10 +224,10 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     #[arg(long, env = "CHORUS_HOST")]
     pub host: Option<IpAddr>,
-    #[arg(long, env = "CHORUS_PORT")]
-    pub port: Option<u16>,
-    #[arg(long, env = "CHORUS_METRICS_PORT")]
-    pub metrics_port: Option<u16>,
+    #[arg(long, env = "CHORUS_PORT", value_parser = port_setting("CHORUS_PORT"))]
+    pub port: Option<PortSetting>,
+    #[arg(long, env = "CHORUS_METRICS_PORT", value_parser = port_setting("CHORUS_METRICS_PORT"))]
+    pub metrics_port: Option<PortSetting>,
     #[arg(long, env = "CHORUS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     #[arg(long, env = "CHORUS_WORKERS")]
@@ -213,11 +236,17 @@ pub struct Overrides {
     #[arg(long, env = "CHORUS_NODE_ID")]
     pub node_id: Option<NodeId>,
     /// The cluster port (default 6002).
-    #[arg(long, env = "CHORUS_CLUSTER_PORT")]
-    pub cluster_port: Option<u16>,
+    #[arg(long, env = "CHORUS_CLUSTER_PORT", value_parser = port_setting("CHORUS_CLUSTER_PORT"))]
+    pub cluster_port: Option<PortSetting>,
     /// The cluster's nodes: `id@host:port,...` or a DNS name.
     #[arg(long, env = "CHORUS_PEERS")]
     pub peers: Option<String>,
+    /// A members file to follow: the nodes the cluster should have, by revision.
+    #[arg(long, env = "CHORUS_MEMBERS_FILE")]
+    pub members_file: Option<PathBuf>,
+    /// Seconds an idle HTTP keep-alive connection stays open (default 75).
+    #[arg(long, env = "CHORUS_KEEP_ALIVE_SECS")]
+    pub keep_alive_secs: Option<u64>,
     /// The secret of the cluster port.
     #[arg(long, env = "CHORUS_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
@@ -238,6 +267,68 @@ pub struct Overrides {
     pub app_secret: Option<String>,
 }
 
+/// A port from the environment or the command line, or a Kubernetes service link that stands
+/// where a port was expected (`tcp://10.0.0.7:6001`), to be ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSetting {
+    Port(u16),
+    /// The variable that held it, and its value.
+    ServiceLink {
+        variable: &'static str,
+        value: String,
+    },
+}
+
+/// The parser of a port setting read from `variable` (or its flag): a port number, or a service
+/// link; anything else is refused, naming the variable.
+fn port_setting(
+    variable: &'static str,
+) -> impl Fn(&str) -> Result<PortSetting, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        if let Ok(port) = text.trim().parse::<u16>() {
+            return Ok(PortSetting::Port(port));
+        }
+        if is_service_link(text) {
+            return Ok(PortSetting::ServiceLink {
+                variable,
+                value: text.to_owned(),
+            });
+        }
+        Err(format!(
+            "{variable}: {text:?} is neither a port number nor a Kubernetes service link \
+             (tcp://host:port)"
+        ))
+    }
+}
+
+/// Whether `text` is a Kubernetes service link: `tcp://`, `udp://` or `sctp://`, an address,
+/// a port.
+fn is_service_link(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return false;
+    };
+    let address = rest.rsplit_once(':');
+    ["tcp", "udp", "sctp"].contains(&scheme)
+        && address.is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// The port a setting gives; none for a service link, with a warning that names it.
+fn port_given(setting: &Option<PortSetting>) -> Option<u16> {
+    match setting {
+        Some(PortSetting::Port(port)) => Some(*port),
+        Some(PortSetting::ServiceLink { variable, value }) => {
+            tracing::warn!(
+                variable = *variable,
+                value = %value,
+                "ignored: a Kubernetes service link (a Service named after it), not a port; set \
+                 enableServiceLinks: false on the pod"
+            );
+            None
+        }
+        None => None,
+    }
+}
+
 /// How the configuration came to be: callers warn when the development credentials are in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppSource {
@@ -254,7 +345,18 @@ impl Config {
         };
         let source = config.apply(overrides);
         config.validate()?;
+        config.make_secret_if_alone();
         Ok((config, source))
+    }
+
+    /// A node alone (no peers, no members file) without a cluster secret gets a random one, so
+    /// that its cluster port never takes a secret anyone can know.
+    fn make_secret_if_alone(&mut self) {
+        let alone = self.peers().is_none() && self.members_file.is_none();
+        if alone && self.cluster_secret.is_none() {
+            self.cluster_secret = Some(hex::encode(rand::random::<[u8; 32]>()));
+            self.cluster_secret_generated = true;
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -277,10 +379,10 @@ impl Config {
         if let Some(v) = o.host {
             self.host = v;
         }
-        if let Some(v) = o.port {
+        if let Some(v) = port_given(&o.port) {
             self.port = v;
         }
-        if let Some(v) = o.metrics_port {
+        if let Some(v) = port_given(&o.metrics_port) {
             self.metrics_port = v;
         }
         if let Some(v) = &o.data_dir {
@@ -300,11 +402,17 @@ impl Config {
                     .unwrap_or(1),
             );
         }
-        if let Some(v) = o.cluster_port {
+        if let Some(v) = port_given(&o.cluster_port) {
             self.cluster_port = Some(v);
         }
         if let Some(v) = &o.peers {
             self.peers = v.clone();
+        }
+        if let Some(v) = &o.members_file {
+            self.members_file = Some(v.clone());
+        }
+        if let Some(v) = o.keep_alive_secs {
+            self.keep_alive_secs = v;
         }
         if let Some(v) = &o.cluster_secret {
             self.cluster_secret = Some(v.clone());
@@ -363,16 +471,16 @@ impl Config {
         if self.port == self.metrics_port && self.port != 0 {
             return Err(invalid("metrics_port", "must differ from port"));
         }
+        if !(1..=3600).contains(&self.keep_alive_secs) {
+            return Err(invalid("keep_alive_secs", "must be between 1 and 3600"));
+        }
         self.validate_cluster()?;
         let mut ids = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
             let key = |field: &str| format!("apps[{i}].{field}");
-            if app.id.is_empty() || !app.id.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(invalid(
-                    key("id"),
-                    format!("{:?} is not a numeric id", app.id),
-                ));
+            if let Err(problem) = check_app_id(&app.id) {
+                return Err(invalid(key("id"), problem));
             }
             if app.key.is_empty() || !app.key.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(invalid(key("key"), "must be non-empty printable ASCII"));
@@ -447,6 +555,21 @@ impl Config {
     }
 }
 
+/// Checks an app id: any text a URL path segment carries as it is (RFC 3986's unreserved
+/// characters, sub-delimiters, `:` and `@`), so `/apps/{id}/events` needs no escaping.
+fn check_app_id(id: &str) -> Result<(), String> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b);
+    if id.is_empty() || id.len() > MAX_APP_ID_LEN {
+        return Err(format!("must be 1 to {MAX_APP_ID_LEN} characters"));
+    }
+    if id == "." || id == ".." || !id.bytes().all(allowed) {
+        return Err(format!(
+            "{id:?} does not fit a URL path as it is: use letters, digits and -._~!$&'()*+,;=:@"
+        ));
+    }
+    Ok(())
+}
+
 /// This machine's hostname, if it can be read.
 fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -474,9 +597,10 @@ impl Config {
             .flatten()
     }
 
-    /// True when the node runs alone on the public development cluster secret.
-    pub fn uses_dev_cluster_secret(&self) -> bool {
-        self.cluster_secret.is_none()
+    /// The members file as it is now, if the node follows one.
+    pub fn members(&self) -> Option<DesiredMembers> {
+        let path = self.members_file.as_ref()?;
+        chorus_cluster::read_members_file(path).ok()
     }
 
     /// How this node joins the cluster.
@@ -487,21 +611,23 @@ impl Config {
         } else {
             self.host.to_string()
         };
-        let advertise_addr = match &peers {
-            Some(Peers::Static(nodes)) => nodes.get(&self.node_id()).cloned(),
-            Some(Peers::Dns { .. }) => {
+        let listed = self.members().map(|desired| desired.members);
+        let advertise_addr = match (&peers, listed) {
+            (Some(Peers::Static(nodes)), _) => nodes.get(&self.node_id()).cloned(),
+            (Some(Peers::Dns { .. }), _) => {
                 hostname().map(|name| format!("{name}:{}", self.cluster_port()))
             }
-            None => None,
+            (None, Some(members)) => members.get(&self.node_id()).cloned(),
+            (None, None) => None,
         }
         .unwrap_or_else(|| format!("{host}:{}", self.cluster_port()));
         ClusterSettings {
             node_id: self.node_id(),
             advertise_addr,
             peers,
-            secret: ClusterSecret::new(
-                self.cluster_secret.as_deref().unwrap_or(DEV_CLUSTER_SECRET),
-            ),
+            members_file: self.members_file.clone(),
+            // Validated and filled in by `Config::load`: never empty there.
+            secret: ClusterSecret::new(self.cluster_secret.clone().unwrap_or_default()),
             dead_after: Duration::from_secs(self.dead_after_secs),
             snapshot_every: self.raft_snapshot_every,
             // A node listening on one address sends its cluster traffic from it.
@@ -537,10 +663,22 @@ impl Config {
                 .check_lists(self.node_id())
                 .map_err(|e| invalid("peers", e.to_string()))?;
         }
+        if let Some(path) = &self.members_file {
+            if peers.is_some() {
+                return Err(invalid(
+                    "members_file",
+                    "give peers or a members file, not both",
+                ));
+            }
+            if let Err(e) = chorus_cluster::read_members_file(path) {
+                return Err(invalid("members_file", e.to_string()));
+            }
+        }
+        let with_others = peers.is_some() || self.members_file.is_some();
         match &self.cluster_secret {
-            None if peers.is_some() => Err(invalid(
+            None if with_others => Err(invalid(
                 "cluster_secret",
-                "required when peers are given (CHORUS_CLUSTER_SECRET)",
+                "required with peers or a members file (CHORUS_CLUSTER_SECRET)",
             )),
             Some(secret) if secret.len() < MIN_CLUSTER_SECRET_LEN => Err(invalid(
                 "cluster_secret",
@@ -573,7 +711,7 @@ mod tests {
         )
         .unwrap();
         let overrides = Overrides {
-            port: Some(7001),
+            port: Some(PortSetting::Port(7001)),
             app_secret: Some("another-secret".into()),
             ..Overrides::default()
         };
@@ -635,7 +773,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config.cluster_port(), 6002);
-        assert!(config.uses_dev_cluster_secret());
+        assert!(config.cluster_secret_generated);
         let settings = config.cluster_settings();
         assert_eq!(settings.node_id, 4);
         assert_eq!(settings.advertise_addr, "127.0.0.1:6002");
@@ -659,7 +797,7 @@ mod tests {
     fn peers_give_this_node_its_advertised_address() {
         let (config, _) = Config::load(&Overrides {
             node_id: Some(2),
-            cluster_port: Some(7002),
+            cluster_port: Some(PortSetting::Port(7002)),
             peers: Some("1@10.0.0.1:7002,2@10.0.0.2:7002,3@10.0.0.3:7002".into()),
             cluster_secret: Some("a-long-cluster-secret".into()),
             ..Overrides::default()
@@ -679,7 +817,7 @@ mod tests {
                 node_id: Some(node_id),
                 peers: Some(peers.into()),
                 cluster_secret: secret.map(Into::into),
-                cluster_port,
+                cluster_port: cluster_port.map(PortSetting::Port),
                 ..Overrides::default()
             })
             .unwrap_err()
@@ -702,9 +840,107 @@ mod tests {
     }
 
     #[test]
+    fn app_ids_are_what_a_url_path_carries_as_it_is() {
+        for id in ["1", "app-id", "my_app.v2", "A~b", "tenant:42@eu"] {
+            let text = format!("[[apps]]\nid = {id:?}\nkey = \"k\"\nsecret = \"ssssssssss\"");
+            Config::from_toml(&text).unwrap().validate().unwrap();
+        }
+        let long = "a".repeat(MAX_APP_ID_LEN + 1);
+        assert!(check_app_id(&long).is_err());
+    }
+
+    #[test]
+    fn a_node_alone_without_a_secret_gets_a_random_one() {
+        let (first, _) = Config::load(&Overrides::default()).unwrap();
+        let (second, _) = Config::load(&Overrides::default()).unwrap();
+        let (a, b) = (
+            first.cluster_secret.unwrap(),
+            second.cluster_secret.unwrap(),
+        );
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b, "made at random at each start");
+        let (given, _) = Config::load(&Overrides {
+            cluster_secret: Some("a-long-cluster-secret".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert!(!given.cluster_secret_generated);
+    }
+
+    #[test]
+    fn a_kubernetes_service_link_is_no_port_and_anything_else_is_refused() {
+        let parse = port_setting("CHORUS_PORT");
+        assert_eq!(parse("6001"), Ok(PortSetting::Port(6001)));
+        assert_eq!(
+            parse("tcp://10.0.0.7:6001"),
+            Ok(PortSetting::ServiceLink {
+                variable: "CHORUS_PORT",
+                value: "tcp://10.0.0.7:6001".into()
+            })
+        );
+        assert!(parse("udp://[fd00::1]:53").is_ok());
+        for bad in ["http://10.0.0.7:6001", "tcp://10.0.0.7", "six", "70000"] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.starts_with("CHORUS_PORT:"), "{bad}: {err}");
+        }
+        let mut config = Config::default();
+        let overrides = Overrides {
+            port: parse("tcp://10.0.0.7:6001").ok(),
+            ..Overrides::default()
+        };
+        config.apply(&overrides);
+        assert_eq!(config.port, 6001, "the default stays");
+    }
+
+    #[test]
+    fn a_members_file_is_exclusive_with_peers_and_needs_a_secret() {
+        let dir =
+            std::env::temp_dir().join(format!("chorus-config-members-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("members.toml");
+        std::fs::write(&file, "revision = 3\npeers = \"0@a:6002,1@b:6002\"\n").unwrap();
+        let load = |peers: Option<&str>, secret: Option<&str>, path: &Path| {
+            Config::load(&Overrides {
+                node_id: Some(1),
+                peers: peers.map(Into::into),
+                members_file: Some(path.to_owned()),
+                cluster_secret: secret.map(Into::into),
+                ..Overrides::default()
+            })
+        };
+        let secret = Some("a-long-cluster-secret");
+        let (config, _) = load(None, secret, &file).unwrap();
+        let settings = config.cluster_settings();
+        assert_eq!(settings.advertise_addr, "b:6002", "its own entry");
+        assert_eq!(settings.members_file.as_deref(), Some(file.as_path()));
+        let err = load(Some("1@b:6002"), secret, &file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`members_file`") && err.contains("not both"),
+            "{err}"
+        );
+        let err = load(None, None, &file).unwrap_err().to_string();
+        assert!(err.contains("`cluster_secret`"), "{err}");
+        let err = load(None, secret, &dir.join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`members_file`") && err.contains("missing.toml"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let cases = [
-            ("[[apps]]\nid = \"abc\"\nkey = \"k\"\nsecret = \"ssssssssss\"", "apps[0].id"),
+            ("[[apps]]\nid = \"a/b\"\nkey = \"k\"\nsecret = \"ssssssssss\"", "apps[0].id"),
+            ("[[apps]]\nid = \"..\"\nkey = \"k\"\nsecret = \"ssssssssss\"", "apps[0].id"),
+            ("[[apps]]\nid = \"\"\nkey = \"k\"\nsecret = \"ssssssssss\"", "apps[0].id"),
+            ("[[apps]]\nid = \"a b\"\nkey = \"k\"\nsecret = \"ssssssssss\"", "apps[0].id"),
+            ("[[apps]]\nid = \"a%20\"\nkey = \"k\"\nsecret = \"ssssssssss\"", "apps[0].id"),
+            ("keep_alive_secs = 0", "keep_alive_secs"),
             ("[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"", "apps[0].secret"),
             (
                 "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"ssssssssss\"\n[apps.limits]\nmax_connections = 0",

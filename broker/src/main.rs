@@ -1,14 +1,16 @@
 //! `chorus`: starts a node. With no configuration at all it serves one development app.
-//! `chorus cluster status` prints a node's view of its cluster.
+//! `chorus cluster status` prints a node's view of its cluster; `chorus cluster remove` takes a
+//! node out of it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use chorus_broker::config::{AppSource, Config, Overrides, DEV_CLUSTER_SECRET};
+use chorus_broker::config::{AppSource, Config, Overrides, CLUSTER_SECRET_FILE};
 use chorus_broker::server;
-use chorus_cluster::{fetch_status, ClusterSecret};
+use chorus_cluster::{fetch_status, ClusterSecret, RemoveOutcome, RemoveRequest, SECRET_HEADER};
 
 /// Chorus, a realtime message broker that speaks the Pusher Channels protocol.
 #[derive(Debug, Parser)]
@@ -31,18 +33,57 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// Print a node's view of the cluster: leader, term, members, commit and applied index.
+    /// Print a node's view of the cluster: leader, term, members (desired and actual), commit
+    /// and applied index.
     Status {
-        /// The node's cluster port, `host:port`.
-        #[arg(long, default_value = "127.0.0.1:6002")]
-        addr: String,
-        /// The cluster secret (default: the development secret of a node without peers).
-        #[arg(long, env = "CHORUS_CLUSTER_SECRET", hide_env_values = true)]
-        secret: Option<String>,
+        #[command(flatten)]
+        node: NodeAccess,
         /// Print the node's JSON answer instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Take a node out of the cluster for good (clusters without a members file): it stops
+    /// being a voter, and its presence members leave. Refused when the voters left could not
+    /// commit. Through any node; a leader removed hands its leadership over first.
+    Remove {
+        /// The id of the node to remove.
+        id: u64,
+        #[command(flatten)]
+        node: NodeAccess,
+    },
+}
+
+/// Which node's cluster port to ask, and with what secret.
+#[derive(Debug, Args)]
+struct NodeAccess {
+    /// The node's cluster port, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:6002")]
+    addr: String,
+    /// The cluster secret (default: the one a node started without one wrote in its data
+    /// directory).
+    #[arg(long, env = "CHORUS_CLUSTER_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// The data directory of a node on this machine started without a cluster secret.
+    #[arg(long, env = "CHORUS_DATA_DIR", default_value = "./chorus-data")]
+    data_dir: PathBuf,
+}
+
+impl NodeAccess {
+    /// The secret given, or the one in the data directory.
+    fn secret(&self) -> anyhow::Result<ClusterSecret> {
+        if let Some(secret) = &self.secret {
+            return Ok(ClusterSecret::new(secret.clone()));
+        }
+        let path = self.data_dir.join(CLUSTER_SECRET_FILE);
+        let secret = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no cluster secret: pass --secret (or CHORUS_CLUSTER_SECRET), or --data-dir of a \
+                 node on this machine started without one (cannot read {})",
+                path.display()
+            )
+        })?;
+        Ok(ClusterSecret::new(secret.trim()))
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,8 +99,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         None => run_node(&cli.overrides),
         Some(Command::Cluster {
-            command: ClusterCommand::Status { addr, secret, json },
-        }) => print_cluster_status(&addr, secret.as_deref(), json),
+            command: ClusterCommand::Status { node, json },
+        }) => print_cluster_status(&node, json),
+        Some(Command::Cluster {
+            command: ClusterCommand::Remove { id, node },
+        }) => remove_node(&node, id),
     }
 }
 
@@ -80,11 +124,11 @@ fn run_node(overrides: &Overrides) -> anyhow::Result<()> {
              never use them in production"
         );
     }
-    if config.uses_dev_cluster_secret() {
-        tracing::warn!(
-            cluster_secret = DEV_CLUSTER_SECRET,
-            "no cluster secret configured: the cluster port uses the public development secret; \
-             set CHORUS_CLUSTER_SECRET in production"
+    if config.cluster_secret_generated {
+        tracing::info!(
+            file = %config.data_dir.join(CLUSTER_SECRET_FILE).display(),
+            "no cluster secret configured: this one-node cluster's port takes a random one, \
+             written to the file for `chorus cluster` commands on this machine"
         );
     }
     for app in &config.apps {
@@ -93,16 +137,21 @@ fn run_node(overrides: &Overrides) -> anyhow::Result<()> {
     actix_rt::System::new().block_on(server::run(config))
 }
 
-/// `chorus cluster status`: asks the node at `addr` and prints its answer.
-fn print_cluster_status(addr: &str, secret: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let secret = ClusterSecret::new(secret.unwrap_or(DEV_CLUSTER_SECRET));
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Runs `work` on a runtime of its own, for a `chorus cluster` command.
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting a runtime")?;
-    let status = runtime.block_on(async {
-        let client = reqwest::Client::new();
-        fetch_status(&client, addr, &secret, Duration::from_secs(5)).await
+        .context("starting a runtime")?
+        .block_on(work)
+}
+
+/// `chorus cluster status`: asks the node and prints its answer.
+fn print_cluster_status(node: &NodeAccess, json: bool) -> anyhow::Result<()> {
+    let secret = node.secret()?;
+    let status = block_on(async {
+        let client = chorus_cluster::operator_client()?;
+        Ok(fetch_status(&client, &node.addr, &secret, Duration::from_secs(5)).await?)
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -110,4 +159,41 @@ fn print_cluster_status(addr: &str, secret: Option<&str>, json: bool) -> anyhow:
         print!("{status}");
     }
     Ok(())
+}
+
+/// How long a removal may take: a leader that removes itself hands over first.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `chorus cluster remove ID`: asks the node to have node `id` removed, and says what became of
+/// it.
+fn remove_node(node: &NodeAccess, id: u64) -> anyhow::Result<()> {
+    let secret = node.secret()?;
+    let (status, body) = block_on(async {
+        let response = chorus_cluster::operator_client()?
+            .post(format!("http://{}/cluster/remove", node.addr))
+            .header(SECRET_HEADER, secret.as_str())
+            .json(&RemoveRequest { id })
+            .timeout(REMOVE_TIMEOUT)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the cluster port at {}", node.addr))?;
+        Ok((response.status().as_u16(), response.text().await?))
+    })?;
+    match serde_json::from_str::<RemoveOutcome>(&body) {
+        Ok(RemoveOutcome::Removed { id, voters }) if status == 200 => {
+            let voters: Vec<String> = voters.iter().map(u64::to_string).collect();
+            println!("node {id} removed; voters now: {}", voters.join(", "));
+            Ok(())
+        }
+        _ => Err(anyhow::anyhow!("{}", refusal(status, &body))),
+    }
+}
+
+/// The reason a node gave for refusing, from its JSON `{"error": ...}`.
+fn refusal(status: u16, body: &str) -> String {
+    let reason = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|answer| answer["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned());
+    format!("refused ({status}): {reason}")
 }

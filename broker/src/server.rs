@@ -1,6 +1,7 @@
 //! Runs a node: binds its listeners (public, metrics, cluster), marks it ready, and shuts it down
-//! gracefully on SIGTERM or SIGINT (clients are told 4200 so they reconnect elsewhere, then the
-//! listeners drain, then Raft stops).
+//! gracefully on SIGTERM or SIGINT: it stops being ready, tells clients 4200 so they reconnect
+//! elsewhere, hands its Raft leadership to another voter if it leads, lets the listeners drain,
+//! then stops Raft.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,10 +9,10 @@ use std::time::Duration;
 use actix_web::{web, App as HttpApp, HttpServer};
 use anyhow::Context as _;
 use chorus_cluster::http::Authorized;
-use chorus_cluster::{ForwardBatch, DELIVER_PATH};
+use chorus_cluster::{ForwardBatch, HandOver, DELIVER_PATH};
 
 use crate::actors::connection::Disconnect;
-use crate::config::Config;
+use crate::config::{Config, CLUSTER_SECRET_FILE};
 use crate::http;
 use crate::node::Node;
 
@@ -19,6 +20,7 @@ use crate::node::Node;
 /// passed.
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let cluster_listener = bind_cluster_port(&mut config)?;
+    keep_secret_for_commands(&config)?;
     let node = web::Data::new(Node::new(config)?);
     spawn_retention(node.clone().into_inner());
     let cfg = &node.config;
@@ -40,6 +42,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // A client that closes its side has gone: an SSE stream it held is dropped at once rather
     // than at the next failed write.
     .h1_allow_half_closed(false)
+    // Idle keep-alive connections stay open longer than clients keep theirs idle, so a client
+    // never reuses one the server is closing.
+    .keep_alive(Duration::from_secs(cfg.keep_alive_secs))
     .shutdown_timeout(cfg.shutdown_timeout_secs)
     .disable_signals()
     .bind((cfg.host, cfg.port))
@@ -99,6 +104,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     for app in node.apps.iter() {
         app.disconnect_all(Disconnect::shutdown());
     }
+    hand_over_leadership(&node.cluster).await;
     // Graceful: stop accepting, let the closes go out, wait for connections to end.
     public_handle.stop(true).await;
     metrics_handle.stop(true).await;
@@ -112,6 +118,57 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The longest a stopping leader spends handing over (a lease and a few round trips).
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Hands Raft leadership to another voter if this node leads, so the cluster goes on with
+/// hardly a moment without a leader; the node calls no election from here on.
+async fn hand_over_leadership(cluster: &chorus_cluster::Cluster) {
+    match tokio::time::timeout(HAND_OVER_TIMEOUT, cluster.hand_over_before_stopping()).await {
+        Ok(Ok(HandOver::NotLeader)) => {}
+        Ok(Ok(HandOver::HandedTo { node, took })) => {
+            tracing::info!(node, took_ms = took.as_millis() as u64, "leadership handed over");
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "the others will elect a leader by themselves"),
+        Err(_) => tracing::warn!(
+            "no hand-over within {HAND_OVER_TIMEOUT:?}: the others will elect a leader by themselves"
+        ),
+    }
+}
+
+/// Keeps the cluster secret where `chorus cluster` commands on this machine find it, when it
+/// was made at random (mode 0600, in the data directory); removes a stale one otherwise.
+fn keep_secret_for_commands(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join(CLUSTER_SECRET_FILE);
+    let secret = match (&config.cluster_secret, config.cluster_secret_generated) {
+        (Some(secret), true) => secret,
+        _ => {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let written = write_private(&path, secret);
+    written.with_context(|| format!("writing the cluster secret to {}", path.display()))
+}
+
+/// Writes `text` to a new file at `path` that only its owner can read, replacing any.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let staged = path.with_extension("new");
+    let _ = std::fs::remove_file(&staged);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&staged, path)
+}
+
 /// Binds the cluster port before the node starts, so the node advertises the port it has.
 ///
 /// A node without peers whose cluster port is not configured and finds the default taken (by
@@ -122,7 +179,11 @@ fn bind_cluster_port(config: &mut Config) -> anyhow::Result<std::net::TcpListene
     let wanted = SocketAddr::new(config.host, config.cluster_port());
     let listener = match listen(wanted) {
         Ok(listener) => listener,
-        Err(e) if config.cluster_port.is_none() && config.peers().is_none() => {
+        Err(e)
+            if config.cluster_port.is_none()
+                && config.peers().is_none()
+                && config.members_file.is_none() =>
+        {
             let listener = listen(SocketAddr::new(config.host, 0))
                 .with_context(|| format!("binding a free cluster port on {}", config.host))?;
             tracing::warn!(

@@ -1,10 +1,12 @@
 //! The node's handle on its Raft cluster: openraft running on a tokio runtime thread of its own,
 //! with the node's sled storage, the HTTP network client, the bootstrap and membership task
-//! ([`crate::membership`]), failure detection ([`crate::liveness`]) and re-admission
+//! ([`crate::membership`], following a members file with [`crate::desired`]), the gate on its
+//! elections (`election_gate`), failure detection ([`crate::liveness`]) and re-admission
 //! (`readmission`), the metrics watch, the task that records this node's channel
 //! interest (`interest`), the streams that forward frames to other nodes
-//! ([`crate::forward`]), and the questions it asks every other member at once
-//! ([`crate::query`]).
+//! ([`crate::forward`]), the questions it asks every other member at once
+//! ([`crate::query`]), and the hand-over of its leadership before it stops
+//! ([`crate::handover`]).
 //!
 //! The rest of the node (actix, a current-thread runtime per worker) never runs Raft's futures
 //! itself: it hands them to the Raft runtime with [`Cluster::on_raft_runtime`] and awaits the
@@ -13,9 +15,10 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chorus_storage::{RaftMeta, Store};
 use parking_lot::Mutex;
@@ -23,15 +26,19 @@ use prometheus::Registry;
 
 use crate::declared::Declared;
 use crate::delivery::Delivery;
+use crate::desired::DesiredMembers;
 use crate::error::ClusterError;
 use crate::forward::Forwarder;
+use crate::handover::HandOver;
 use crate::history_repair::HistoryGaps;
+use crate::hold::Hold;
 use crate::liveness::{Liveness, MIN_DEAD_AFTER};
 use crate::log_store::LogStore;
 use crate::metrics::{ForwardSeries, QuerySeries, RaftSeries};
 use crate::network::HttpNetwork;
 use crate::outbound::cluster_client;
 use crate::peers::Peers;
+use crate::resolve::Names;
 use crate::secret::ClusterSecret;
 use crate::state::ChannelKey;
 use crate::state_machine::{StateMachineStore, StateReader};
@@ -47,8 +54,11 @@ pub struct ClusterSettings {
     pub node_id: NodeId,
     /// This node's cluster address as the others reach it (`host:port`).
     pub advertise_addr: String,
-    /// The other nodes; `None` for a one-node cluster.
+    /// The other nodes; `None` for a one-node cluster (or one that follows `members_file`).
     pub peers: Option<Peers>,
+    /// A members file to follow (see [`crate::desired`]): the nodes the cluster should have, by
+    /// revision. Exclusive with `peers`.
+    pub members_file: Option<PathBuf>,
     pub secret: ClusterSecret,
     /// How long a member may go without answering before the leader declares it dead (at least
     /// [`MIN_DEAD_AFTER`]; see [`crate::liveness`]).
@@ -65,6 +75,13 @@ pub struct ClusterSettings {
 /// snapshot, and fetches the history it skipped from the others ([`crate::history_repair`]).
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 20_000;
 
+/// The longest election timeout, in milliseconds; also the leader lease (see [`LEADER_LEASE`]).
+const ELECTION_TIMEOUT_MAX_MS: u64 = 1200;
+
+/// How long a follower that heard from its leader refuses to vote for another candidate
+/// (openraft's leader lease is `election_timeout_max`).
+pub(crate) const LEADER_LEASE: Duration = Duration::from_millis(ELECTION_TIMEOUT_MAX_MS);
+
 /// Raft's timing: a heartbeat every 100 ms, an election after 0.6-1.2 s without one (six missed
 /// heartbeats at least). A follower that heard from a leader also refuses to vote for another
 /// until a lease of `election_timeout_max` has passed (openraft), so a dead leader is replaced
@@ -74,7 +91,7 @@ fn raft_config(snapshot_every: u64) -> Result<openraft::Config, ClusterError> {
         cluster_name: "chorus".to_owned(),
         heartbeat_interval: 100,
         election_timeout_min: 600,
-        election_timeout_max: 1200,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
         install_snapshot_timeout: 5000,
         // Snapshot chunks travel as JSON arrays of numbers (about 4 bytes a byte).
         snapshot_max_chunk_size: 1024 * 1024,
@@ -107,11 +124,55 @@ pub(crate) struct Core {
     pub(crate) liveness: Arc<Liveness>,
     pub(crate) query_series: QuerySeries,
     runtime: tokio::runtime::Handle,
+    /// The resolver of every name this node looks up.
+    pub(crate) names: Names,
+    /// The followers whose appends are held back during a hand-over.
+    pub(crate) hold: Arc<Hold>,
+    /// Every write this node makes to the log as the leader holds this shared; a hand-over
+    /// takes it alone, so the log stops growing while the next leader catches up.
+    pub(crate) leader_writes: tokio::sync::RwLock<()>,
+    /// Held by the leader's membership round and by a hand-over, for all of their course.
+    pub(crate) membership_changes: tokio::sync::Mutex<()>,
+    /// The term this node leads in and since when.
+    leading_since: Mutex<Option<(u64, Instant)>>,
+    /// When this node last accepted an append from a leader.
+    leader_contact: Mutex<Option<Instant>>,
+    /// The last good content of the members file, if the node follows one.
+    pub(crate) file_members: Mutex<Option<DesiredMembers>>,
+    /// The node is stopping: it calls no election any more.
+    pub(crate) stopping: AtomicBool,
 }
 
 impl Core {
     pub(crate) fn node_id(&self) -> NodeId {
         self.settings.node_id
+    }
+
+    /// This node just accepted an append from a leader.
+    pub(crate) fn heard_from_leader(&self) {
+        *self.leader_contact.lock() = Some(Instant::now());
+    }
+
+    /// Whether this node accepted an append from a leader within `within`.
+    pub(crate) fn leader_heard_within(&self, within: Duration) -> bool {
+        self.leader_contact
+            .lock()
+            .is_some_and(|heard| heard.elapsed() < within)
+    }
+
+    /// How long this node has led, if it leads.
+    pub(crate) fn leading_for(&self) -> Option<Duration> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leading = *self.leading_since.lock();
+        match leading {
+            Some((term, since))
+                if term == metrics.current_term
+                    && metrics.current_leader == Some(self.node_id()) =>
+            {
+                Some(since.elapsed())
+            }
+            _ => None,
+        }
     }
 
     /// The other nodes of the Raft membership as this node last saw it (voters and learners),
@@ -160,6 +221,10 @@ impl Core {
                 recorded: recorded.get(id) == Some(&node.addr),
             })
             .collect();
+        let (desired, retired) = self.state.read(|state| {
+            let retired = state.retired().iter().copied().collect();
+            (state.desired().cloned(), retired)
+        });
         ClusterStatus {
             node_id: self.node_id(),
             state: metrics.state.into(),
@@ -169,6 +234,8 @@ impl Core {
             applied_index: metrics.last_applied.map(|log_id| log_id.index),
             last_log_index: metrics.last_log_index,
             members,
+            desired,
+            retired,
         }
     }
 
@@ -188,6 +255,12 @@ impl Core {
                     series.leader_changes.inc();
                 }
                 leader = metrics.current_leader;
+            }
+            if metrics.current_leader == Some(self.node_id()) {
+                let mut leading = self.leading_since.lock();
+                if leading.is_none_or(|(term, _)| term != metrics.current_term) {
+                    *leading = Some((metrics.current_term, Instant::now()));
+                }
             }
             series
                 .last_log_index
@@ -261,6 +334,9 @@ pub struct Cluster {
     admissions: tokio::sync::watch::Receiver<u64>,
 }
 
+/// A follower that accepted an append this recently follows a live leader.
+const FOLLOWING: Duration = Duration::from_secs(1);
+
 /// How many worker threads the Raft runtime has.
 const RAFT_WORKERS: usize = 2;
 
@@ -284,11 +360,20 @@ impl Cluster {
         let series = RaftSeries::register(registry).map_err(ClusterError::Metrics)?;
         let forward_series = ForwardSeries::register(registry).map_err(ClusterError::Metrics)?;
         let query_series = QuerySeries::register(registry).map_err(ClusterError::Metrics)?;
-        let client = cluster_client(settings.local_address)
+        let names = Names::default();
+        let client = cluster_client(settings.local_address, &names)
             .map_err(|e| ClusterError::Config(e.to_string()))?;
         // A client of its own for forwarding: its connections stay open to each destination.
-        let forward_client = cluster_client(settings.local_address)
+        let forward_client = cluster_client(settings.local_address, &names)
             .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let hold = Arc::new(Hold::default());
+        let file_members = match &settings.members_file {
+            Some(path) => Some(
+                crate::desired::read_members_file(path)
+                    .map_err(|e| ClusterError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
         let log_store = LogStore::new(store).map_err(ClusterError::Runtime)?;
         let state_machine = StateMachineStore::delivering(store, delivery)
             .map_err(|e| ClusterError::Storage(Box::new(e)))?;
@@ -318,6 +403,7 @@ impl Cluster {
                         secret: settings.secret.clone(),
                         rpc_errors: series.rpc_errors.clone(),
                         liveness: liveness.clone(),
+                        hold: hold.clone(),
                     };
                     let state = state_machine.reader();
                     let interest = state_machine.interest_index();
@@ -337,6 +423,9 @@ impl Cluster {
                             return;
                         }
                     };
+                    // Until the gate has looked (see `election_gate`): a node removed from the
+                    // voters, back with its old log, must not call elections.
+                    raft.runtime_config().elect(false);
                     let runtime = tokio::runtime::Handle::current();
                     let forwarder = Forwarder::new(
                         settings.node_id,
@@ -362,9 +451,21 @@ impl Cluster {
                         liveness,
                         query_series,
                         runtime,
+                        names,
+                        hold,
+                        leader_writes: tokio::sync::RwLock::new(()),
+                        membership_changes: tokio::sync::Mutex::new(()),
+                        leading_since: Mutex::new(None),
+                        leader_contact: Mutex::new(None),
+                        file_members: Mutex::new(file_members),
+                        stopping: AtomicBool::new(false),
                     });
                     tokio::spawn(core.clone().watch_metrics());
+                    tokio::spawn(crate::election_gate::gate_elections(core.clone()));
                     tokio::spawn(crate::membership::keep_membership(core.clone()));
+                    if let Some(path) = core.settings.members_file.clone() {
+                        tokio::spawn(crate::desired::follow_members_file(core.clone(), path));
+                    }
                     tokio::spawn(crate::interest::submit_interest(core.clone()));
                     tokio::spawn(submit_presence(core.clone()));
                     tokio::spawn(crate::history_repair::repair_history(core.clone()));
@@ -420,6 +521,34 @@ impl Cluster {
     /// This node's view of the cluster.
     pub fn status(&self) -> ClusterStatus {
         self.core.status()
+    }
+
+    /// Whether this node belongs to a cluster that has a leader: it leads, or it accepted an
+    /// append from the leader within the last second (ten heartbeats). What a readiness probe
+    /// asks besides serving clients.
+    pub fn follows_a_leader(&self) -> bool {
+        let metrics = self.core.raft.metrics().borrow().clone();
+        let member = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id == self.node_id());
+        member
+            && (metrics.current_leader == Some(self.node_id())
+                || self.core.leader_heard_within(FOLLOWING))
+    }
+
+    /// For a node about to stop: it calls no election any more and, if it leads, hands its
+    /// leadership to another up-to-date voter, for the cluster to go on with hardly a moment
+    /// without a leader (see [`crate::handover`]). Returns once another node leads, or at once
+    /// when this one does not lead; an error when no voter could take over (the others then
+    /// elect a leader by themselves once this node has stopped).
+    pub async fn hand_over_before_stopping(&self) -> Result<HandOver, ClusterError> {
+        self.core.stopping.store(true, Ordering::Relaxed);
+        self.core.raft.runtime_config().elect(false);
+        let core = self.core.clone();
+        self.on_raft_runtime(async move { crate::handover::hand_over(&core, |_| true).await })
+            .await?
     }
 
     /// Records, in the background, that this node now has (`present`) or no longer has local

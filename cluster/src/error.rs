@@ -25,6 +25,10 @@ pub enum ClusterError {
     History(String),
     #[error("not committed within {0:?}: the leader cannot reach a majority")]
     Uncommitted(std::time::Duration),
+    #[error("cannot change the membership: {0}")]
+    MembershipChange(String),
+    #[error("leadership not handed over: {0}")]
+    HandOver(String),
     #[error("cannot reach the cluster port at {addr}: {source}")]
     Unreachable {
         addr: String,

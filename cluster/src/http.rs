@@ -2,8 +2,10 @@
 //! out), `POST /cluster/join` (a new node asking the leader to take it), `POST /cluster/propose`
 //! (a node asking the leader to write a change to the replicated state), `GET /cluster`, this
 //! node's view of the cluster, `GET /cluster/interest`, which nodes have subscribers of which
-//! channel as this node last applied it, and `POST /cluster/history`, history events for a node
-//! that skipped them (see [`crate::history_repair`]). (The broker adds `POST /cluster/deliver`, forwarded
+//! channel as this node last applied it, `POST /cluster/history`, history events for a node
+//! that skipped them (see [`crate::history_repair`]), `POST /cluster/elect`, the leader asking
+//! this node to stand (see [`crate::handover`]), and `POST /cluster/remove`, an operator's
+//! removal of a node (see [`crate::removal`]). (The broker adds `POST /cluster/deliver`, forwarded
 //! frames, which it delivers.) Every one of them, `/cluster` included, requires the cluster
 //! secret in the `x-chorus-cluster-secret` header and answers 401 without it: the port is for the
 //! nodes and their operators only, and `/cluster` lists the nodes' internal addresses.
@@ -16,16 +18,20 @@ use std::future::Future;
 use std::sync::Arc;
 
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::cluster::{Cluster, Core, Raft};
 use crate::error::ClusterError;
+use crate::handover::{stand, ElectRequest, ELECT_PATH};
 use crate::history_repair::{self, HistoryQuestion, HISTORY_PATH};
 use crate::join::{admit, JoinRequest, JOIN_PATH};
 use crate::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::propose::{write_as_leader, PROPOSE_PATH};
+use crate::removal::{RemoveOutcome, RemoveRequest, REMOVE_PATH};
 use crate::secret::SECRET_HEADER;
 use crate::types::{NodeId, Request, TypeConfig};
 
@@ -47,6 +53,8 @@ pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
     .route(PROPOSE_PATH, web::post().to(propose))
     .route("/cluster/interest", web::get().to(interest))
     .route(HISTORY_PATH, web::post().to(history))
+    .route(ELECT_PATH, web::post().to(elect))
+    .route(REMOVE_PATH, web::post().to(remove))
     .default_service(web::to(not_found));
 }
 
@@ -109,13 +117,21 @@ where
     answer(cluster.on_raft_runtime(call(cluster.raft().clone())).await)
 }
 
+/// An append this node accepts (any answer but a higher vote) comes from its leader: the
+/// election gate and readiness count on hearing from it.
 async fn append_entries(
     _: Authorized,
     cluster: web::Data<Cluster>,
     rpc: web::Json<AppendEntriesRequest<TypeConfig>>,
 ) -> HttpResponse {
+    let core = cluster.core();
     relay(&cluster, |raft| async move {
-        raft.append_entries(rpc.into_inner()).await
+        let answer = raft.append_entries(rpc.into_inner()).await;
+        if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+        {
+            core.heard_from_leader();
+        }
+        answer
     })
     .await
 }
@@ -173,6 +189,37 @@ async fn propose(
         write_as_leader(&core, request.into_inner()).await
     })
     .await
+}
+
+async fn elect(
+    _: Authorized,
+    cluster: web::Data<Cluster>,
+    request: web::Json<ElectRequest>,
+) -> HttpResponse {
+    with_core(&cluster, |core| async move {
+        stand(&core, request.into_inner()).await
+    })
+    .await
+}
+
+/// An operator's removal: 200 with the voters left, 409 with the reason it is refused.
+async fn remove(
+    _: Authorized,
+    cluster: web::Data<Cluster>,
+    request: web::Json<RemoveRequest>,
+) -> HttpResponse {
+    let id = request.id;
+    let core = cluster.core();
+    let outcome = cluster
+        .on_raft_runtime(async move { crate::removal::remove(&core, id).await })
+        .await
+        .and_then(|done| done);
+    match outcome {
+        Ok(RemoveOutcome::Refused { reason }) => {
+            HttpResponse::Conflict().json(json!({"error": reason}))
+        }
+        outcome => answer(outcome),
+    }
 }
 
 /// One channel's interest, as `GET /cluster/interest` lists it.

@@ -53,6 +53,8 @@ impl Touched {
             }
             Request::RemoveMember { .. } => Touched::All,
             Request::AddMember { .. }
+            | Request::SetDesiredMembers(_)
+            | Request::SetRetired { .. }
             | Request::UpdatePresence { .. }
             | Request::HistoryAppend { .. } => Touched::None,
         }

@@ -1,7 +1,9 @@
 //! Joining a running cluster: a node that is in no cluster, and finds a peer that is, asks that
 //! cluster's leader (`POST /cluster/join` on its cluster port, with the secret) to take it as a
 //! learner. The leader's membership round ([`crate::membership`]) promotes it to voter once it
-//! has caught up. So a node added later needs only a peer list that names one running node.
+//! has caught up. So a node added later needs only a peer list that names one running node. A
+//! node an operator retired is taken back this way (it starts afresh and asks); a cluster that
+//! follows a members file takes only the nodes the file lists (and adds them by itself).
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use crate::cluster::Core;
 use crate::error::ClusterError;
 use crate::peer_request::send_to_peer;
 use crate::secret::ClusterSecret;
-use crate::types::NodeId;
+use crate::types::{NodeId, Request};
 
 /// How long the leader has to answer a join request.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,6 +39,8 @@ pub enum JoinOutcome {
     AlreadyMember,
     /// This node is not the leader: ask `leader_id`.
     NotLeader { leader_id: Option<NodeId> },
+    /// The cluster follows a members file that does not list the node.
+    NotListed { revision: u64 },
 }
 
 /// The leader's side: adds the node as a learner unless it is known.
@@ -55,6 +59,31 @@ pub(crate) async fn admit(core: &Core, request: JoinRequest) -> Result<JoinOutco
     if known {
         return Ok(JoinOutcome::AlreadyMember);
     }
+    let (desired, retired) = core.state.read(|state| {
+        let desired = state.desired().cloned();
+        (desired, state.retired().contains(&request.node_id))
+    });
+    if let Some(desired) = desired {
+        if !desired.members.contains_key(&request.node_id) {
+            return Ok(JoinOutcome::NotListed {
+                revision: desired.revision,
+            });
+        }
+    }
+    let _writing = core.leader_writes.read().await;
+    if retired {
+        let taken_back = Request::SetRetired {
+            id: request.node_id,
+            retired: false,
+        };
+        if let Err(e) = core.raft.client_write(taken_back).await {
+            return Err(refused(core, e.to_string()));
+        }
+        tracing::info!(
+            node = request.node_id,
+            "a retired node asked to join: taken back"
+        );
+    }
     match core
         .raft
         .add_learner(request.node_id, BasicNode::new(&request.addr), false)
@@ -68,12 +97,16 @@ pub(crate) async fn admit(core: &Core, request: JoinRequest) -> Result<JoinOutco
             Some(forward) => Ok(JoinOutcome::NotLeader {
                 leader_id: forward.leader_id,
             }),
-            None => Err(ClusterError::Refused {
-                addr: core.settings.advertise_addr.clone(),
-                status: 503,
-                body: e.to_string(),
-            }),
+            None => Err(refused(core, e.to_string())),
         },
+    }
+}
+
+fn refused(core: &Core, body: String) -> ClusterError {
+    ClusterError::Refused {
+        addr: core.settings.advertise_addr.clone(),
+        status: 503,
+        body,
     }
 }
 

@@ -143,6 +143,7 @@ pub(crate) async fn declare_the_dead(core: Arc<Core>) {
 /// Commits the removal of member `id`; false when it could not be written.
 async fn declare_dead(core: &Core, id: NodeId) -> bool {
     let silent = core.liveness.dead_after.as_secs();
+    let _writing = core.leader_writes.read().await;
     match core.raft.client_write(Request::RemoveMember { id }).await {
         Ok(written) => {
             core.series.declared_dead.inc();

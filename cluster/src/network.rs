@@ -3,7 +3,9 @@
 //!
 //! Every answer counts as having heard from the target ([`Liveness`]: failure detection). A
 //! target that cannot be reached (refused, timed out, wrong secret) is reported
-//! `Unreachable`, so openraft backs off before the next try instead of spinning.
+//! `Unreachable`, so openraft backs off before the next try instead of spinning. A follower
+//! held back for a leadership hand-over ([`Hold`]) is sent no append: openraft is told it is
+//! unreachable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use prometheus::IntCounterVec;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::hold::Hold;
 use crate::liveness::Liveness;
 use crate::secret::{ClusterSecret, SECRET_HEADER};
 use crate::types::{Node, NodeId, TypeConfig};
@@ -40,6 +43,7 @@ pub(crate) struct HttpNetwork {
     pub(crate) secret: ClusterSecret,
     pub(crate) rpc_errors: IntCounterVec,
     pub(crate) liveness: Arc<Liveness>,
+    pub(crate) hold: Arc<Hold>,
 }
 
 /// The RPC client of one target node.
@@ -50,6 +54,7 @@ pub(crate) struct PeerClient {
     secret: ClusterSecret,
     rpc_errors: IntCounterVec,
     liveness: Arc<Liveness>,
+    hold: Arc<Hold>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -63,6 +68,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             secret: self.secret.clone(),
             rpc_errors: self.rpc_errors.clone(),
             liveness: self.liveness.clone(),
+            hold: self.hold.clone(),
         }
     }
 }
@@ -74,18 +80,26 @@ enum Failure {
 }
 
 impl PeerClient {
+    /// Sends an RPC; an append or a snapshot chunk (`holdable`) not while the target is held
+    /// back for a hand-over.
     async fn post<Req, Resp, E>(
         &self,
         rpc: &'static str,
         path: &str,
         request: &Req,
         option: &RPCOption,
+        holdable: bool,
     ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let in_flight = self.hold.sending(self.target);
+        if holdable && in_flight.is_none() {
+            let held = std::io::Error::other("held back for a leadership hand-over");
+            return Err(RPCError::Unreachable(Unreachable::new(&held)));
+        }
         let answer = self
             .exchange::<Req, Result<Resp, RaftError<NodeId, E>>>(path, request, option)
             .await;
@@ -144,7 +158,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.post("append_entries", APPEND_PATH, &rpc, &option)
+        self.post("append_entries", APPEND_PATH, &rpc, &option, true)
             .await
     }
 
@@ -156,7 +170,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.post("install_snapshot", SNAPSHOT_PATH, &rpc, &option)
+        self.post("install_snapshot", SNAPSHOT_PATH, &rpc, &option, true)
             .await
     }
 
@@ -165,7 +179,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.post("vote", VOTE_PATH, &rpc, &option).await
+        self.post("vote", VOTE_PATH, &rpc, &option, false).await
     }
 
     fn backoff(&self) -> Backoff {

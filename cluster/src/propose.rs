@@ -47,10 +47,14 @@ pub(crate) async fn write_as_leader(
         });
     }
     // A leader cut off from a majority stays leader until it hears of a newer term, and its
-    // writes wait for a commit that cannot come.
-    let written = tokio::time::timeout(COMMIT_TIMEOUT, core.raft.client_write(request))
-        .await
-        .map_err(|_| ClusterError::Uncommitted(COMMIT_TIMEOUT))?;
+    // writes wait for a commit that cannot come. A leader handing over holds its writes back
+    // (see `crate::handover`) until another leads: then this one answers where it is.
+    let written = tokio::time::timeout(COMMIT_TIMEOUT, async {
+        let _writing = core.leader_writes.read().await;
+        core.raft.client_write(request).await
+    })
+    .await
+    .map_err(|_| ClusterError::Uncommitted(COMMIT_TIMEOUT))?;
     match written {
         Ok(written) => Ok(ProposeOutcome::Applied {
             response: written.data,

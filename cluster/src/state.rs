@@ -1,6 +1,7 @@
 //! The replicated state: what every node agrees on once a log entry is applied.
 //!
-//! Cluster members and their addresses (and how many times each was admitted), channel interest
+//! Cluster members and their addresses (and how many times each was admitted), the desired
+//! members (from a members file, by revision) and the nodes an operator retired, channel interest
 //! (which nodes have local subscribers of which channel), presence sets (each user with a
 //! connection count per node, so a node's death removes exactly the users that were only there),
 //! and the position (epoch, next offset) of every history channel. Applying a [`Request`] is a pure, deterministic function of the state and the
@@ -10,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::desired::DesiredMembers;
 use crate::types::{
     InterestChange, NodeId, PresenceChange, PresenceEvent, PresenceUserRef, Request, Response,
 };
@@ -86,6 +88,14 @@ pub struct ReplicatedState {
     /// Never decreases; kept when the member is removed.
     #[serde(default)]
     admissions: BTreeMap<NodeId, u64>,
+    /// The members the cluster should have, at the newest revision proposed (none without a
+    /// members file).
+    #[serde(default)]
+    desired: Option<DesiredMembers>,
+    /// The nodes an operator took out (`chorus cluster remove`), not to be taken back from a
+    /// static peer list.
+    #[serde(default)]
+    retired: BTreeSet<NodeId>,
 }
 
 impl ReplicatedState {
@@ -101,6 +111,24 @@ impl ReplicatedState {
             Request::RemoveMember { id } => Response::MemberRemoved {
                 users_left: self.remove_member(id),
             },
+            Request::SetDesiredMembers(desired) => {
+                let newer = self
+                    .desired
+                    .as_ref()
+                    .is_none_or(|held| desired.revision > held.revision);
+                if newer {
+                    self.desired = Some(desired);
+                }
+                Response::Applied
+            }
+            Request::SetRetired { id, retired } => {
+                if retired {
+                    self.retired.insert(id);
+                } else {
+                    self.retired.remove(&id);
+                }
+                Response::Applied
+            }
             Request::SetInterest {
                 node,
                 app,
@@ -323,6 +351,16 @@ impl ReplicatedState {
         self.members
             .contains_key(&id)
             .then(|| self.admissions.get(&id).copied().unwrap_or_default())
+    }
+
+    /// The members the cluster should have, if a members file declared them.
+    pub fn desired(&self) -> Option<&DesiredMembers> {
+        self.desired.as_ref()
+    }
+
+    /// The nodes an operator took out of the cluster.
+    pub fn retired(&self) -> &BTreeSet<NodeId> {
+        &self.retired
     }
 
     /// The nodes with local subscribers of a channel.
@@ -639,6 +677,49 @@ mod tests {
         assert_eq!(state.admission(2), None);
         state.apply(add("10.0.0.9:6002"));
         assert_eq!(state.admission(2), Some(2));
+    }
+
+    #[test]
+    fn a_newer_desired_revision_is_adopted_and_an_older_one_never() {
+        let desired = |revision: u64, ids: &[NodeId]| {
+            Request::SetDesiredMembers(DesiredMembers {
+                revision,
+                members: ids.iter().map(|id| (*id, format!("n{id}:6002"))).collect(),
+            })
+        };
+        let ids = |state: &ReplicatedState| {
+            let desired = state.desired().unwrap();
+            let ids: Vec<NodeId> = desired.members.keys().copied().collect();
+            (desired.revision, ids)
+        };
+        let mut state = ReplicatedState::default();
+        assert_eq!(state.desired(), None);
+        state.apply(desired(3, &[0, 1, 2]));
+        assert_eq!(ids(&state), (3, vec![0, 1, 2]));
+        state.apply(desired(4, &[0, 1, 2, 3, 4]));
+        assert_eq!(ids(&state), (4, vec![0, 1, 2, 3, 4]));
+        state.apply(desired(3, &[0, 1, 2]));
+        assert_eq!(ids(&state), (4, vec![0, 1, 2, 3, 4]), "an older revision");
+        state.apply(desired(4, &[0]));
+        assert_eq!(ids(&state), (4, vec![0, 1, 2, 3, 4]), "the same revision");
+        state.apply(desired(9, &[0, 1, 2]));
+        assert_eq!(ids(&state), (9, vec![0, 1, 2]));
+
+        state.apply(Request::SetRetired {
+            id: 4,
+            retired: true,
+        });
+        assert_eq!(state.retired(), &BTreeSet::from([4]));
+        let json = serde_json::to_vec(&state).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<ReplicatedState>(&json).unwrap(),
+            state
+        );
+        state.apply(Request::SetRetired {
+            id: 4,
+            retired: false,
+        });
+        assert!(state.retired().is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::desired::DesiredMembers;
 use crate::error::ClusterError;
 use crate::peer_request::send_to_peer;
 use crate::secret::ClusterSecret;
@@ -64,6 +65,13 @@ pub struct ClusterStatus {
     pub last_log_index: Option<u64>,
     /// The Raft membership, by id.
     pub members: Vec<MemberStatus>,
+    /// The members the cluster should have, from a members file (none: it never removes a node
+    /// by itself).
+    #[serde(default)]
+    pub desired: Option<DesiredMembers>,
+    /// The nodes an operator took out of the cluster (`chorus cluster remove`).
+    #[serde(default)]
+    pub retired: Vec<NodeId>,
 }
 
 impl ClusterStatus {
@@ -102,6 +110,7 @@ impl fmt::Display for ClusterStatus {
             index(self.commit_index),
             index(self.applied_index)
         )?;
+        self.fmt_desired(f)?;
         writeln!(f, "members ({}):", self.members.len())?;
         for member in &self.members {
             let mut notes = Vec::new();
@@ -116,6 +125,13 @@ impl fmt::Display for ClusterStatus {
             }
             if !member.recorded {
                 notes.push("not a member yet or any more: joining, or declared dead".to_owned());
+            }
+            if self
+                .desired
+                .as_ref()
+                .is_some_and(|desired| !desired.members.contains_key(&member.id))
+            {
+                notes.push("not desired: to be removed".to_owned());
             }
             let notes = if notes.is_empty() {
                 String::new()
@@ -132,6 +148,41 @@ impl fmt::Display for ClusterStatus {
         }
         Ok(())
     }
+}
+
+impl ClusterStatus {
+    /// The desired set beside the actual one: which listed nodes are not in the membership yet.
+    fn fmt_desired(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(desired) = &self.desired else {
+            writeln!(
+                f,
+                "desired: no members file (nodes are never removed by themselves)"
+            )?;
+            if !self.retired.is_empty() {
+                writeln!(f, "retired by an operator: {}", ids(self.retired.iter()))?;
+            }
+            return Ok(());
+        };
+        writeln!(
+            f,
+            "desired (revision {}): {}",
+            desired.revision,
+            ids(desired.members.keys())
+        )?;
+        let missing: Vec<&NodeId> = desired
+            .members
+            .keys()
+            .filter(|id| !self.members.iter().any(|member| member.id == **id))
+            .collect();
+        if !missing.is_empty() {
+            writeln!(f, "desired, not joined yet: {}", ids(missing.into_iter()))?;
+        }
+        Ok(())
+    }
+}
+
+fn ids<'a>(ids: impl Iterator<Item = &'a NodeId>) -> String {
+    ids.map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Asks the node at `addr` (`host:port` of its cluster port) for its status.
@@ -175,6 +226,14 @@ mod tests {
                     recorded: false,
                 },
             ],
+            desired: Some(DesiredMembers {
+                revision: 4,
+                members: [(1, "10.0.0.1:6002"), (3, "10.0.0.3:6002")]
+                    .into_iter()
+                    .map(|(id, addr)| (id, addr.to_owned()))
+                    .collect(),
+            }),
+            retired: Vec::new(),
         };
         let text = status.to_string();
         assert!(
@@ -189,8 +248,12 @@ mod tests {
         assert!(
             text.contains(
                 "2  learner  10.0.0.2:6002  (this node, not a member yet or any more: joining, or \
-                 declared dead)"
+                 declared dead, not desired: to be removed)"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("desired (revision 4): 1, 3\ndesired, not joined yet: 3\n"),
             "{text}"
         );
         let json = serde_json::to_string(&status).unwrap();

@@ -6,6 +6,8 @@ use std::io::Cursor;
 use chorus_storage::StoredEvent;
 use serde::{Deserialize, Serialize};
 
+use crate::desired::DesiredMembers;
+
 /// A node's id in the cluster.
 pub type NodeId = u64;
 
@@ -76,6 +78,14 @@ pub enum Request {
         #[serde(default)]
         except: Option<String>,
     },
+    /// The members the cluster should have, from a members file: adopted when its revision is
+    /// newer than the one the state has, else ignored. The leader reconciles the Raft voters
+    /// to it. (On the wire: `{"SetDesiredMembers": {"revision": 7, "members": {...}}}`.)
+    SetDesiredMembers(DesiredMembers),
+    /// An operator took node `id` out of the cluster (`chorus cluster remove`, `retired`), so
+    /// that a static peer list that still names it does not bring it back; or it asked to join
+    /// afresh (not `retired`).
+    SetRetired { id: NodeId, retired: bool },
 }
 
 /// The longest app id or channel name a request may carry (the broker's own limits are far
@@ -89,7 +99,9 @@ impl Request {
         let fits =
             |app: &str, channel: &str| app.len() <= LONGEST_NAME && channel.len() <= LONGEST_NAME;
         match self {
-            Request::AddMember { .. } | Request::RemoveMember { .. } => true,
+            Request::AddMember { addr, .. } => addr.len() <= LONGEST_NAME,
+            Request::RemoveMember { .. } | Request::SetRetired { .. } => true,
+            Request::SetDesiredMembers(desired) => desired.is_plausible(),
             Request::SetInterest { app, channel, .. }
             | Request::HistoryAppend { app, channel, .. } => fits(app, channel),
             Request::UpdateInterest { changes, .. } => {
