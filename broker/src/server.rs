@@ -110,10 +110,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     metrics_handle.stop(true).await;
     let _ = public_task.await;
     let _ = metrics_task.await;
-    // Raft last: the others' RPCs are answered until it stops.
-    node.cluster.shutdown();
+    // The cluster port before Raft: what the others still send this node (a proposal from one
+    // that has not heard of the new leader yet) finds it closed and goes elsewhere, rather than
+    // finding Raft stopped.
     cluster_handle.stop(true).await;
     let _ = cluster_task.await;
+    node.cluster.shutdown();
     tracing::info!("stopped");
     Ok(())
 }

@@ -32,7 +32,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Core, LEADER_LEASE};
 use crate::error::ClusterError;
-use crate::liveness::ANSWERED_RECENTLY;
 use crate::peer_request::send_to_peer;
 use crate::types::NodeId;
 
@@ -130,11 +129,7 @@ pub(crate) async fn hand_over(
         return Ok(HandOver::NotLeader);
     }
     let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-    let live: BTreeSet<NodeId> = voters
-        .iter()
-        .copied()
-        .filter(|id| core.liveness.answered_within(*id, ANSWERED_RECENTLY))
-        .collect();
+    let live = crate::removal::live_voters(core, &voters);
     let matched: BTreeMap<NodeId, u64> = metrics
         .replication
         .iter()

@@ -47,6 +47,12 @@ const STALLED: Duration = Duration::from_secs(1);
 /// 100 ms while it answers).
 pub(crate) const ANSWERED_RECENTLY: Duration = Duration::from_secs(1);
 
+/// A voter counts as answering, for a decision that would be unsafe if it did not (removing
+/// another voter, choosing the next leader), when it answered this recently: three heartbeats.
+/// Counting too few is safe (the change waits); counting a dead node would block a membership
+/// change until it comes back.
+pub(crate) const ANSWERS_NOW: Duration = Duration::from_millis(300);
+
 /// When this node last heard from each other node, and how long a silence means death.
 pub(crate) struct Liveness {
     dead_after: Duration,

@@ -35,6 +35,7 @@ use tokio::task::JoinSet;
 
 use crate::cluster::Core;
 use crate::join::{request_join, JoinRequest};
+use crate::liveness::ANSWERED_RECENTLY;
 use crate::peers::Peers;
 use crate::removal::{live_voters, next_step, Step};
 use crate::status::{fetch_status, ClusterStatus};
@@ -288,8 +289,13 @@ async fn reconcile(core: &Core, metrics: &RaftMetrics<NodeId, Node>) -> Option<S
         let desired = state.desired().map(|d| d.members.clone());
         (desired, state.retired().clone())
     });
-    let live = live_voters(core, &voters);
-    if !record_voters(core, &nodes, &live, &retired).await {
+    let me = core.node_id();
+    let answered: BTreeSet<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|id| *id == me || core.liveness.answered_within(*id, ANSWERED_RECENTLY))
+        .collect();
+    if !record_voters(core, &nodes, &answered, &retired).await {
         return None;
     }
     let wanted: BTreeMap<NodeId, Found> = match &desired {
@@ -337,7 +343,7 @@ async fn reconcile(core: &Core, metrics: &RaftMetrics<NodeId, Node>) -> Option<S
         .copied()
         .filter(|id| !desired.contains_key(id))
         .collect();
-    let step = next_step(&voters, &live, core.node_id(), &unwanted)?;
+    let step = next_step(&voters, &live_voters(core, &voters), me, &unwanted)?;
     if let Step::Remove(id) = step {
         match crate::removal::remove_voter(core, id).await {
             Ok(()) => tracing::info!(node = id, "voter not desired: removed"),
@@ -347,16 +353,16 @@ async fn reconcile(core: &Core, metrics: &RaftMetrics<NodeId, Node>) -> Option<S
     Some(step)
 }
 
-/// Writes every voter that answers into the replicated members, with its address (unless an
-/// operator retired it); false when a write failed.
+/// Writes every voter that `answered` into the replicated members, with its address (unless
+/// an operator retired it); false when a write failed.
 async fn record_voters(
     core: &Core,
     nodes: &BTreeMap<NodeId, String>,
-    live: &BTreeSet<NodeId>,
+    answered: &BTreeSet<NodeId>,
     retired: &BTreeSet<NodeId>,
 ) -> bool {
     let recorded = core.state.read(|state| state.members().clone());
-    for id in live.iter().filter(|id| !retired.contains(id)) {
+    for id in answered.iter().filter(|id| !retired.contains(id)) {
         let addr = &nodes[id];
         if recorded.get(id) == Some(addr) {
             continue;

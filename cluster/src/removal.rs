@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::Core;
 use crate::error::ClusterError;
 use crate::handover::HandOver;
-use crate::liveness::ANSWERED_RECENTLY;
+use crate::liveness::ANSWERS_NOW;
 use crate::peer_request::send_to_peer;
 use crate::types::{NodeId, Request};
 
@@ -124,13 +124,14 @@ pub(crate) fn next_step(
     }
 }
 
-/// The voters of this node's membership that answer (this node among them).
+/// The voters of this node's membership that answer now (this node among them; see
+/// [`ANSWERS_NOW`]).
 pub(crate) fn live_voters(core: &Core, voters: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
     let me = core.node_id();
     voters
         .iter()
         .copied()
-        .filter(|id| *id == me || core.liveness.answered_within(*id, ANSWERED_RECENTLY))
+        .filter(|id| *id == me || core.liveness.answered_within(*id, ANSWERS_NOW))
         .collect()
 }
 

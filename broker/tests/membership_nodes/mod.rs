@@ -211,6 +211,19 @@ pub fn write_members(node: &Node, revision: u64, members: &[&Node]) {
     }
 }
 
+/// What the cluster port at `addr` answers on `GET /cluster`; `None` while it does not answer
+/// (within a second).
+pub async fn status_at(client: &reqwest::Client, addr: &str) -> Option<ClusterStatus> {
+    let response = client
+        .get(format!("http://{addr}/cluster"))
+        .header(SECRET_HEADER, CLUSTER_SECRET)
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?;
+    response.json().await.ok()
+}
+
 /// A set of nodes under one temporary directory, removed at the end.
 pub struct Nodes {
     pub root: PathBuf,
@@ -293,15 +306,7 @@ impl Nodes {
 
     /// What node `id` answers on `GET /cluster`; `None` while it does not answer.
     pub async fn status(&self, id: u64) -> Option<ClusterStatus> {
-        let response = self
-            .client
-            .get(format!("http://{}/cluster", self.nodes[&id].cluster_addr()))
-            .header(SECRET_HEADER, CLUSTER_SECRET)
-            .timeout(Duration::from_secs(1))
-            .send()
-            .await
-            .ok()?;
-        response.json().await.ok()
+        status_at(&self.client, &self.nodes[&id].cluster_addr()).await
     }
 
     /// Waits (at most `within`) until every node of `among` answers, names the same leader, one
