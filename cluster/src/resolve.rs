@@ -132,14 +132,15 @@ fn read_system_files() -> TokioResolver {
     })
 }
 
-/// The options every resolver of the process has: `/etc/hosts` first, answers kept at most
-/// [`LONGEST_CACHE`], misses at most [`REREAD_AFTER`].
+/// The options every resolver of the process has: `/etc/hosts` first, IPv4 addresses first (IPv6
+/// asked only for a name without any), answers kept at most [`LONGEST_CACHE`], misses at most
+/// [`REREAD_AFTER`].
 fn configured(
     mut builder: hickory_resolver::ResolverBuilder<TokioRuntimeProvider>,
 ) -> Result<TokioResolver, hickory_resolver::net::NetError> {
     let options = builder.options_mut();
     options.use_hosts_file = ResolveHosts::Always;
-    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
     options.positive_max_ttl = Some(LONGEST_CACHE);
     options.negative_max_ttl = Some(REREAD_AFTER);
     builder.build()
