@@ -127,7 +127,7 @@ const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(6);
 /// hardly a moment without a leader; the node calls no election from here on.
 async fn hand_over_leadership(cluster: &chorus_cluster::Cluster) {
     match tokio::time::timeout(HAND_OVER_TIMEOUT, cluster.hand_over_before_stopping()).await {
-        Ok(Ok(HandOver::NotLeader)) => {}
+        Ok(Ok(HandOver::NotLeader | HandOver::Alone)) => {}
         Ok(Ok(HandOver::HandedTo { node, took })) => {
             tracing::info!(node, took_ms = took.as_millis() as u64, "leadership handed over");
         }

@@ -9,13 +9,15 @@
 //!   refused;
 //! - an idle keep-alive connection of the public port is still served after 6 s (Node's agent
 //!   keeps idle sockets 5 s), and closed after `keep_alive_secs` when that is shorter;
-//! - nodes whose peer list names hosts resolve them from `/etc/hosts` themselves, in a mount
-//!   namespace where the C library cannot (`hosts: dns` in `nsswitch.conf`, no DNS server).
+//! - nodes whose peer list names hosts, and a node whose peers are a DNS name's address records,
+//!   resolve them from `/etc/hosts` themselves, in a mount namespace where the C library cannot
+//!   (`hosts: dns` in `nsswitch.conf`, no DNS server).
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -95,8 +97,9 @@ fn chorus(dir: &Path, config: &str) -> Command {
     command
 }
 
-/// The ports of a node, as a config file's top keys.
+/// The address and ports of a node, as a config file's top keys.
 struct Ports {
+    host: Ipv4Addr,
     port: u16,
     metrics_port: u16,
     cluster_port: u16,
@@ -105,6 +108,7 @@ struct Ports {
 impl Ports {
     fn new() -> Ports {
         Ports {
+            host: Ipv4Addr::LOCALHOST,
             port: unused_port(),
             metrics_port: unused_port(),
             cluster_port: unused_port(),
@@ -113,8 +117,9 @@ impl Ports {
 
     fn toml(&self, dir: &Path) -> String {
         format!(
-            "host = \"127.0.0.1\"\nport = {}\nmetrics_port = {}\ncluster_port = {}\n\
+            "host = \"{}\"\nport = {}\nmetrics_port = {}\ncluster_port = {}\n\
              data_dir = {:?}\n",
+            self.host,
             self.port,
             self.metrics_port,
             self.cluster_port,
@@ -123,7 +128,7 @@ impl Ports {
     }
 
     fn public(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::from((self.host, self.port))
     }
 }
 
@@ -314,19 +319,79 @@ fn in_namespace(dir: &Path, hosts: &str, program: &str, args: &[&str]) -> Comman
     command
 }
 
+/// Node `id` of the namespace test: on `127.0.1.{id}`, every node's cluster port the same (as
+/// pods behind a headless Service), its peers given by `CHORUS_PEERS`.
+fn start_in_namespace(dir: &Path, hosts: &str, id: u64, cluster_port: u16, peers: &str) -> Process {
+    let ports = Ports {
+        host: Ipv4Addr::new(127, 0, 1, id as u8),
+        cluster_port,
+        ..Ports::new()
+    };
+    let node_dir = dir.join(format!("node-{id}"));
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let app = format!("[[apps]]\nid = \"1\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n");
+    let config = node_dir.join("chorus.toml");
+    std::fs::write(&config, format!("{}{app}", ports.toml(&node_dir))).unwrap();
+    let chorus = env!("CARGO_BIN_EXE_chorus");
+    let mut command = in_namespace(
+        &node_dir,
+        hosts,
+        chorus,
+        &["--config", config.to_str().unwrap()],
+    );
+    command
+        .env("CHORUS_NODE_ID", id.to_string())
+        .env("CHORUS_PEERS", peers)
+        .env("CHORUS_CLUSTER_SECRET", CLUSTER_SECRET)
+        .env("CHORUS_LOG", "warn,openraft=off");
+    Process::start(command)
+}
+
+/// Waits until every node at `addrs` names a leader and has `voters` voters, each recorded; the
+/// last statuses.
+async fn await_formed(
+    addrs: &[SocketAddr],
+    voters: usize,
+    nodes: &[Process],
+) -> Vec<chorus_cluster::ClusterStatus> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut statuses = Vec::new();
+        for addr in addrs {
+            let answer = client
+                .get(format!("http://{addr}/cluster"))
+                .header(chorus_cluster::SECRET_HEADER, CLUSTER_SECRET)
+                .send()
+                .await;
+            if let Ok(answer) = answer {
+                statuses.extend(answer.json::<chorus_cluster::ClusterStatus>().await.ok());
+            }
+        }
+        let formed = statuses.len() == addrs.len()
+            && statuses.iter().all(|status| {
+                status.leader_id.is_some()
+                    && status.voters().count() == voters
+                    && status.voters().all(|member| member.recorded)
+            });
+        if formed {
+            return statuses;
+        }
+        let stderr: Vec<String> = nodes.iter().map(Process::stderr).collect();
+        assert!(
+            Instant::now() < deadline,
+            "no cluster of {voters} over host names: {statuses:#?} {stderr:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_named_by_host_resolve_without_the_c_library() {
     let dir = test_dir("entry-names");
-    let ids = [1u64, 2, 3];
-    let ports: Vec<Ports> = ids.iter().map(|_| Ports::new()).collect();
-    let hosts: String = ids
-        .iter()
-        .map(|id| format!("127.0.0.1 node-{id}.chorus.test\n"))
-        .collect();
-    let peers: Vec<String> = ids
-        .iter()
-        .zip(&ports)
-        .map(|(id, p)| format!("{id}@node-{id}.chorus.test:{}", p.cluster_port))
+    let cluster_port = unused_port();
+    let hosts: String = (1..=4)
+        .map(|id| format!("127.0.1.{id} node-{id}.chorus.test peers.chorus.test\n"))
         .collect();
 
     // The control: in such a namespace the C library cannot resolve the names.
@@ -338,65 +403,30 @@ async fn peers_named_by_host_resolve_without_the_c_library() {
         "getent must fail there: {getent:?}"
     );
 
-    let app = format!("[[apps]]\nid = \"1\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n");
-    let mut nodes = Vec::new();
-    for (id, ports) in ids.iter().zip(&ports) {
-        let node_dir = dir.join(format!("node-{id}"));
-        std::fs::create_dir_all(&node_dir).unwrap();
-        std::fs::write(
-            node_dir.join("chorus.toml"),
-            format!("{}{app}", ports.toml(&node_dir)),
-        )
-        .unwrap();
-        let config = node_dir.join("chorus.toml");
-        let config = config.to_str().unwrap();
-        let mut command = in_namespace(
-            &node_dir,
-            &hosts,
-            env!("CARGO_BIN_EXE_chorus"),
-            &["--config", config],
-        );
-        command
-            .env("CHORUS_NODE_ID", id.to_string())
-            .env("CHORUS_PEERS", peers.join(","))
-            .env("CHORUS_CLUSTER_SECRET", CLUSTER_SECRET)
-            .env("CHORUS_LOG", "warn,openraft=off");
-        nodes.push(Process::start(command));
-    }
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut agreed = 0;
-        for p in &ports {
-            let url = format!("http://127.0.0.1:{}/cluster", p.cluster_port);
-            let answer = client
-                .get(url)
-                .header(chorus_cluster::SECRET_HEADER, CLUSTER_SECRET)
-                .send()
-                .await;
-            let status: Option<chorus_cluster::ClusterStatus> = match answer {
-                Ok(answer) => answer.json().await.ok(),
-                Err(_) => None,
-            };
-            let formed = status.is_some_and(|status| {
-                status.leader_id.is_some()
-                    && status.voters().count() == 3
-                    && status
-                        .voters()
-                        .all(|m| m.recorded && m.addr.contains(".chorus.test:"))
-            });
-            agreed += usize::from(formed);
-        }
-        if agreed == 3 {
-            break;
-        }
-        let stderr: Vec<String> = nodes.iter().map(Process::stderr).collect();
-        assert!(
-            Instant::now() < deadline,
-            "no cluster over host names: {stderr:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Three nodes whose static list names hosts.
+    let list: Vec<String> = (1..=3)
+        .map(|id| format!("{id}@node-{id}.chorus.test:{cluster_port}"))
+        .collect();
+    let mut nodes: Vec<Process> = (1..=3)
+        .map(|id| start_in_namespace(&dir, &hosts, id, cluster_port, &list.join(",")))
+        .collect();
+    let cluster_addr = |id: u8| SocketAddr::from(([127, 0, 1, id], cluster_port));
+    let three: Vec<SocketAddr> = (1..=3).map(cluster_addr).collect();
+    let statuses = await_formed(&three, 3, &nodes).await;
+    let addresses: BTreeSet<&str> = statuses[0].voters().map(|m| m.addr.as_str()).collect();
+    let named: BTreeSet<String> = list.iter().map(|entry| entry[2..].to_owned()).collect();
+    assert_eq!(addresses, named.iter().map(String::as_str).collect());
+
+    // A fourth whose peers are the address records of one DNS name.
+    nodes.push(start_in_namespace(
+        &dir,
+        &hosts,
+        4,
+        cluster_port,
+        "peers.chorus.test",
+    ));
+    let four: Vec<SocketAddr> = (1..=4).map(cluster_addr).collect();
+    await_formed(&four, 4, &nodes).await;
     drop(nodes);
     std::fs::remove_dir_all(&dir).unwrap();
 }

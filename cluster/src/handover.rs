@@ -53,6 +53,8 @@ const ELECTION_WAIT: Duration = Duration::from_secs(2);
 pub enum HandOver {
     /// This node did not lead: nothing to hand over.
     NotLeader,
+    /// This node is the only voter: no one to hand over to.
+    Alone,
     /// `node` leads now; the hand-over took `took`.
     HandedTo { node: NodeId, took: Duration },
 }
@@ -129,6 +131,9 @@ pub(crate) async fn hand_over(
         return Ok(HandOver::NotLeader);
     }
     let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+    if voters.len() == 1 {
+        return Ok(HandOver::Alone);
+    }
     let live = crate::removal::live_voters(core, &voters);
     let matched: BTreeMap<NodeId, u64> = metrics
         .replication

@@ -272,7 +272,9 @@ async fn remove_as_leader(core: &Core, id: NodeId) -> Result<RemoveOutcome, Clus
             Ok(HandOver::HandedTo { node, .. }) => Ok(RemoveOutcome::NotLeader {
                 leader_id: Some(node),
             }),
-            Ok(HandOver::NotLeader) => Ok(RemoveOutcome::NotLeader { leader_id: None }),
+            Ok(HandOver::NotLeader | HandOver::Alone) => {
+                Ok(RemoveOutcome::NotLeader { leader_id: None })
+            }
             Err(e) => refused(format!("node {id} leads and cannot hand over: {e}")),
         };
     }
