@@ -16,9 +16,9 @@ impl ClusterSecret {
         ClusterSecret(secret.into())
     }
 
-    /// True when `presented` is the secret.
+    /// True when `presented` is the secret (an empty one never is).
     pub fn admits(&self, presented: &[u8]) -> bool {
-        self.0.as_bytes().ct_eq(presented).into()
+        !presented.is_empty() && self.0.as_bytes().ct_eq(presented).into()
     }
 
     /// The secret, to send in [`SECRET_HEADER`].
@@ -46,5 +46,6 @@ mod tests {
         assert!(!secret.admits(b"a-long"));
         assert!(!secret.admits(b""));
         assert_eq!(format!("{secret:?}"), "ClusterSecret(..)");
+        assert!(!ClusterSecret::new("").admits(b""), "no secret is no secret");
     }
 }
