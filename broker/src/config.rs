@@ -494,62 +494,69 @@ impl Config {
             if !keys.insert(app.key.as_str()) {
                 return Err(invalid(key("key"), format!("{:?} is used twice", app.key)));
             }
-            for origin in &app.allowed_origins {
-                if origin.is_empty() || origin.contains(char::is_whitespace) {
-                    return Err(invalid(
-                        key("allowed_origins"),
-                        format!("{origin:?} is not an origin"),
-                    ));
-                }
-            }
-            for (j, rule) in app.history.iter().enumerate() {
-                let key = |field: &str| format!("apps[{i}].history[{j}].{field}");
-                if let Err(e) = globset::Glob::new(&rule.channels) {
-                    return Err(invalid(key("channels"), e.to_string()));
-                }
-                if rule.max_events == 0 {
-                    return Err(invalid(key("max_events"), "must be at least 1"));
-                }
-                if rule.max_age_secs == 0 {
-                    return Err(invalid(key("max_age_secs"), "must be at least 1"));
-                }
-            }
-            let l = &app.limits;
-            let positive = [
-                ("max_connections", l.max_connections),
-                ("max_message_bytes", l.max_message_bytes),
-                ("max_channels_per_trigger", l.max_channels_per_trigger),
-                ("max_batch_events", l.max_batch_events),
-                ("max_presence_members", l.max_presence_members),
-                ("max_user_info_bytes", l.max_user_info_bytes),
-                ("max_user_id_len", l.max_user_id_len),
-                ("max_channel_name_len", l.max_channel_name_len),
-                ("max_event_name_len", l.max_event_name_len),
-                (
-                    "max_subscriptions_per_connection",
-                    l.max_subscriptions_per_connection,
-                ),
-            ];
-            for (name, value) in positive {
-                if value == 0 {
-                    return Err(invalid(
-                        key(&format!("limits.{name}")),
-                        "must be at least 1",
-                    ));
-                }
-            }
-            if l.max_message_bytes > self.max_outbound_bytes / 2 {
+            self.validate_app(i, app)?;
+        }
+        Ok(())
+    }
+
+    /// Checks app `i`'s origins, history rules and limits.
+    fn validate_app(&self, i: usize, app: &AppConfig) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("apps[{i}].{field}");
+        for origin in &app.allowed_origins {
+            if origin.is_empty() || origin.contains(char::is_whitespace) {
                 return Err(invalid(
-                    key("limits.max_message_bytes"),
-                    "must be at most half of max_outbound_bytes",
+                    key("allowed_origins"),
+                    format!("{origin:?} is not an origin"),
                 ));
             }
-            if l.max_message_bytes * l.max_batch_events > self.max_request_bytes * 4 {
+        }
+        for (j, rule) in app.history.iter().enumerate() {
+            let key = |field: &str| format!("apps[{i}].history[{j}].{field}");
+            if let Err(e) = globset::Glob::new(&rule.channels) {
+                return Err(invalid(key("channels"), e.to_string()));
+            }
+            if rule.max_events == 0 {
+                return Err(invalid(key("max_events"), "must be at least 1"));
+            }
+            if rule.max_age_secs == 0 {
+                return Err(invalid(key("max_age_secs"), "must be at least 1"));
+            }
+        }
+        let l = &app.limits;
+        let positive = [
+            ("max_connections", l.max_connections),
+            ("max_message_bytes", l.max_message_bytes),
+            ("max_channels_per_trigger", l.max_channels_per_trigger),
+            ("max_batch_events", l.max_batch_events),
+            ("max_presence_members", l.max_presence_members),
+            ("max_user_info_bytes", l.max_user_info_bytes),
+            ("max_user_id_len", l.max_user_id_len),
+            ("max_channel_name_len", l.max_channel_name_len),
+            ("max_event_name_len", l.max_event_name_len),
+            (
+                "max_subscriptions_per_connection",
+                l.max_subscriptions_per_connection,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
                 return Err(invalid(
-                    key("limits.max_message_bytes"),
-                    "a full batch would exceed max_request_bytes; raise max_request_bytes",
+                    key(&format!("limits.{name}")),
+                    "must be at least 1",
                 ));
             }
+        }
+        if l.max_message_bytes > self.max_outbound_bytes / 2 {
+            return Err(invalid(
+                key("limits.max_message_bytes"),
+                "must be at most half of max_outbound_bytes",
+            ));
+        }
+        if l.max_message_bytes * l.max_batch_events > self.max_request_bytes * 4 {
+            return Err(invalid(
+                key("limits.max_message_bytes"),
+                "a full batch would exceed max_request_bytes; raise max_request_bytes",
+            ));
         }
         Ok(())
     }

@@ -100,24 +100,34 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "shutting down: telling clients to reconnect");
+    shut_down(&node, [public_handle, metrics_handle], cluster_handle).await;
+    let _ = public_task.await;
+    let _ = metrics_task.await;
+    let _ = cluster_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The graceful end: not ready, clients told 4200, leadership handed over, the public and
+/// metrics listeners drained, then the cluster port closed before Raft stops (what the others
+/// still send this node, a proposal from one that has not heard of the new leader yet, finds it
+/// closed and goes elsewhere, rather than finding Raft stopped).
+async fn shut_down(
+    node: &Node,
+    listeners: [actix_web::dev::ServerHandle; 2],
+    cluster_port: actix_web::dev::ServerHandle,
+) {
     node.set_ready(false);
     for app in node.apps.iter() {
         app.disconnect_all(Disconnect::shutdown());
     }
     hand_over_leadership(&node.cluster).await;
     // Graceful: stop accepting, let the closes go out, wait for connections to end.
-    public_handle.stop(true).await;
-    metrics_handle.stop(true).await;
-    let _ = public_task.await;
-    let _ = metrics_task.await;
-    // The cluster port before Raft: what the others still send this node (a proposal from one
-    // that has not heard of the new leader yet) finds it closed and goes elsewhere, rather than
-    // finding Raft stopped.
-    cluster_handle.stop(true).await;
-    let _ = cluster_task.await;
+    for listener in listeners {
+        listener.stop(true).await;
+    }
+    cluster_port.stop(true).await;
     node.cluster.shutdown();
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// The longest a stopping leader spends handing over (a lease and a few round trips).

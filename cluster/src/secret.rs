@@ -46,6 +46,9 @@ mod tests {
         assert!(!secret.admits(b"a-long"));
         assert!(!secret.admits(b""));
         assert_eq!(format!("{secret:?}"), "ClusterSecret(..)");
-        assert!(!ClusterSecret::new("").admits(b""), "no secret is no secret");
+        assert!(
+            !ClusterSecret::new("").admits(b""),
+            "no secret is no secret"
+        );
     }
 }
