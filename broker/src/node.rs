@@ -1,17 +1,18 @@
-//! What every request handler of a node shares: its configuration, apps, metrics, state and
-//! cluster.
+//! What every request handler of a node shares: its configuration, apps, metrics, order lock,
+//! state and cluster; and whether it is ready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::actors::connection::Timeouts;
-use crate::apps::Apps;
-use chorus_cluster::{Cluster, ClusterError, Delivery};
+use chorus_cluster::{Cluster, ClusterError};
 use chorus_storage::Store;
 
+use crate::actors::connection::Timeouts;
+use crate::apps::Apps;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::order::Order;
 use crate::protocol::frame::SocketIds;
 
 pub struct Node {
@@ -20,9 +21,12 @@ pub struct Node {
     pub metrics: Metrics,
     pub socket_ids: SocketIds,
     pub store: Store,
+    /// The lock that orders committed changes and joining subscribers (see `crate::order`).
+    pub order: Order,
     /// The node's Raft cluster (a one-node cluster when it has no peers).
     pub cluster: Cluster,
-    ready: AtomicBool,
+    /// It serves clients: set once its listeners are up, cleared when it starts shutting down.
+    serving: AtomicBool,
 }
 
 /// Why a node could not start.
@@ -54,21 +58,12 @@ impl Node {
             source,
         })?;
         let metrics = Metrics::new();
-        let history_order = Arc::default();
-        let apps = Apps::new(
-            &config.apps,
-            &metrics,
-            config.max_outbound_bytes,
-            &store,
-            &history_order,
-        );
-        let delivery = Delivery {
-            order: history_order,
-            deliver: {
-                let apps = apps.clone();
-                Arc::new(move |committed| crate::router::deliver_committed(&apps, committed))
-            },
-        };
+        let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes, &store);
+        let order = Order::default();
+        let delivery = order.delivery({
+            let (apps, order) = (apps.clone(), order.clone());
+            Arc::new(move |committed| crate::commits::deliver(&apps, &order, committed))
+        });
         let cluster = Cluster::start(
             config.cluster_settings(),
             &store,
@@ -84,8 +79,9 @@ impl Node {
             metrics,
             socket_ids: SocketIds::default(),
             store,
+            order,
             cluster,
-            ready: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
         })
     }
 
@@ -115,11 +111,11 @@ impl Node {
     }
 
     /// Serving (`/readyz` answers 200) or not (starting, shutting down).
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    pub fn set_ready(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.serving.load(Ordering::Relaxed)
     }
 }

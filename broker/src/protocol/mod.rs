@@ -1,7 +1,10 @@
-//! The Pusher Channels protocol, independent of transport: frames, names, signatures, codes.
+//! The Pusher Channels protocol, independent of transport: frames, names, signatures, codes,
+//! presence members and subscription confirmations.
 
 pub mod channel;
+pub mod confirmation;
 pub mod frame;
+pub mod presence;
 pub mod signature;
 pub mod sse;
 
