@@ -110,12 +110,58 @@ impl Node {
         }
     }
 
-    /// Serving (`/readyz` answers 200) or not (starting, shutting down).
+    /// Serving clients (`true` once the listeners are up) or not (starting, shutting down).
     pub fn set_ready(&self, serving: bool) {
         self.serving.store(serving, Ordering::Relaxed);
     }
 
-    pub fn is_ready(&self) -> bool {
+    /// It takes new clients: it is neither starting nor shutting down. A node cut off from its
+    /// cluster still serves (its clients keep channels without history).
+    pub fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Whether a load balancer may send it clients (`/readyz`): it serves, and it is a member of
+    /// a cluster that has a leader, so history publishes and presence work through it. Liveness
+    /// (`/healthz`) never depends on this.
+    pub fn readiness(&self) -> Readiness {
+        if !self.is_serving() {
+            return Readiness::NotServing;
+        }
+        let status = self.cluster.status();
+        if !status.members.iter().any(|m| m.id == status.node_id) {
+            return Readiness::NotAMember;
+        }
+        // A leader it has heard from since it started: it applied what it committed for itself
+        // then. Before that, the leader it names may be one it remembers from before a restart.
+        if status.leader_id.is_none() || !self.cluster.caught_up() {
+            return Readiness::NoLeader;
+        }
+        Readiness::Ready
+    }
+}
+
+/// What `/readyz` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Starting, or shutting down.
+    NotServing,
+    /// Not (yet) in its cluster's membership.
+    NotAMember,
+    /// Its cluster has no leader it knows of (an election, or no quorum), or none it heard from
+    /// since it started.
+    NoLeader,
+}
+
+impl Readiness {
+    /// Why it is not ready, for the answer's body.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Readiness::Ready => "ready",
+            Readiness::NotServing => "not serving: starting or shutting down",
+            Readiness::NotAMember => "not a member of its cluster yet",
+            Readiness::NoLeader => "no leader of its cluster heard from",
+        }
     }
 }

@@ -37,7 +37,7 @@ const PRESENCE_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// How long a client resuming from an offset this node has not stored yet waits for it, before
 /// it is told it was not recovered.
-pub const RESUME_WAIT: Duration = Duration::from_secs(3);
+pub const RESUME_WAIT: Duration = Duration::from_secs(5);
 
 /// A channel a connection joins without asking (an SSE stream's), already checked and
 /// authorised.

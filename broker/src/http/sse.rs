@@ -76,7 +76,7 @@ pub async fn stream(
 ) -> HttpResponse {
     let app = node.apps.by_key(&key);
     let cors = cors_origin(&req, app.map(|a| a.as_ref()));
-    if !node.is_ready() {
+    if !node.is_serving() {
         // Shutting down: a stream that ends at once makes EventSource reconnect after its retry
         // time (to another node, or to this one restarted); an error status would stop it.
         let body = [

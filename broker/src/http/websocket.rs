@@ -76,7 +76,7 @@ pub async fn connect(
     key: web::Path<String>,
     node: web::Data<Node>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    if !node.is_ready() {
+    if !node.is_serving() {
         // Shutting down: a plain refusal sends the client to another node after its backoff.
         return Ok(HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"error": "node is shutting down"})));
