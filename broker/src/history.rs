@@ -29,7 +29,7 @@ pub enum Recovery {
         more_after: Option<u64>,
     },
     /// It resumes from `offset` of `epoch`, the channel's epoch here, but this node has not
-    /// stored that far yet (it is behind its cluster): it may wait for the node to catch up.
+    /// stored that far yet (it may be behind its cluster): it may wait for the node to catch up.
     /// `position` is the answer if it does not (`recovered: false`).
     Ahead {
         position: HistoryPosition,

@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chorus_cluster::{Deliver, Delivery};
+use chorus_cluster::{Deliver, Delivery, Role};
 use chorus_storage::StorageError;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -146,6 +146,7 @@ impl Order {
             app.channels.subscribe(&channel, msg);
             return Ok(Joined::Live);
         }
+        let may_wait = may_wait && keeps_history && since.is_some() && may_be_behind(app);
         let in_order = self.0.lock.lock();
         if keeps_history {
             let mut recovery = app
@@ -288,6 +289,18 @@ impl Order {
             }
         }
     }
+}
+
+/// Whether this node may be behind its cluster, so that a client may have seen offsets it has
+/// not stored yet: a follower may be (it hears of commits after the leader, or is cut off), and
+/// so may a leader that has not applied all it committed. A leader that applied everything has
+/// stored every offset a client can have seen, and a node alone is its whole cluster.
+fn may_be_behind(app: &App) -> bool {
+    let Some(cluster) = app.channels.cluster() else {
+        return false;
+    };
+    let status = cluster.status();
+    status.state != Role::Leader || status.commit_index > status.applied_index
 }
 
 /// A presence channel's members as this node last applied them (the caller holds the lock, so
