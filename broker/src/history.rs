@@ -9,7 +9,8 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::config::HistoryRule;
 use crate::protocol::confirmation::HistoryPosition;
-use crate::protocol::frame::{self, Frame, Since};
+use crate::protocol::frame::{self, Frame};
+use crate::protocol::since::Since;
 
 /// An app's history rules and store.
 pub struct Histories {

@@ -46,8 +46,9 @@ use crate::apps::App;
 use crate::history::{Missed, Recovery};
 use crate::protocol::channel::ChannelKind;
 use crate::protocol::confirmation::Confirmation;
-use crate::protocol::frame::{Frame, Since};
+use crate::protocol::frame::Frame;
 use crate::protocol::presence::Member;
+use crate::protocol::since::Since;
 
 /// The node's order lock; one for the node, shared by its apps. Cheap to clone.
 #[derive(Clone, Default)]

@@ -28,9 +28,10 @@ use crate::actors::messages::Subscriber;
 use crate::apps::App;
 use crate::order::{CatchUp, Joined, Joining, Order};
 use crate::protocol::channel::{self, Access, ChannelKind, USER_CHANNEL_PREFIX};
-use crate::protocol::frame::{self, Frame, Since, SubscribeData};
+use crate::protocol::frame::{self, Frame, SubscribeData};
 use crate::protocol::presence::{parse_member, Member};
 use crate::protocol::signature;
+use crate::protocol::since::Since;
 
 /// How long a presence subscription waits for the node to catch up with its cluster.
 const PRESENCE_CATCH_UP: Duration = Duration::from_secs(10);

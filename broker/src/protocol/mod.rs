@@ -6,6 +6,7 @@ pub mod confirmation;
 pub mod frame;
 pub mod presence;
 pub mod signature;
+pub mod since;
 pub mod sse;
 
 /// Close and error codes of the Pusher protocol used by Chorus.
