@@ -5,11 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use actix::Recipient;
 use chorus_storage::Store;
 use parking_lot::Mutex;
 
-use crate::actors::messages::Disconnect;
+use crate::actors::messages::{ConnectionRecipients, Disconnect};
 use crate::config::{AppConfig, Limits};
 use crate::history::Histories;
 use crate::metrics::{AppMetrics, Metrics};
@@ -27,9 +26,9 @@ pub struct App {
     pub channels: Registry,
     pub history: Histories,
     /// Open connections, for shutdown.
-    connections: Mutex<HashMap<SocketId, Recipient<Disconnect>>>,
+    connections: Mutex<HashMap<SocketId, Arc<ConnectionRecipients>>>,
     /// Signed-in users and their connections, for termination.
-    users: Mutex<HashMap<String, HashMap<SocketId, Recipient<Disconnect>>>>,
+    users: Mutex<HashMap<String, HashMap<SocketId, Arc<ConnectionRecipients>>>>,
     /// Admitted connections, counted before their actor starts.
     admitted: AtomicUsize,
 }
@@ -73,7 +72,7 @@ impl App {
         true
     }
 
-    pub fn connection_opened(&self, id: SocketId, connection: Recipient<Disconnect>) {
+    pub fn connection_opened(&self, id: SocketId, connection: Arc<ConnectionRecipients>) {
         self.connections.lock().insert(id, connection);
         self.metrics.connections.inc();
     }
@@ -91,11 +90,11 @@ impl App {
     /// Asks every connection to close (node shutdown).
     pub fn disconnect_all(&self, why: Disconnect) {
         for connection in self.connections.lock().values() {
-            connection.do_send(why.clone());
+            connection.disconnect.do_send(why.clone());
         }
     }
 
-    pub fn user_signed_in(&self, user: &str, id: SocketId, connection: Recipient<Disconnect>) {
+    pub fn user_signed_in(&self, user: &str, id: SocketId, connection: Arc<ConnectionRecipients>) {
         self.users
             .lock()
             .entry(user.to_owned())
@@ -117,7 +116,7 @@ impl App {
     pub fn terminate_user(&self, user: &str) -> usize {
         let sockets = self.users.lock().get(user).cloned().unwrap_or_default();
         for connection in sockets.values() {
-            connection.do_send(Disconnect::terminated());
+            connection.disconnect.do_send(Disconnect::terminated());
         }
         sockets.len()
     }

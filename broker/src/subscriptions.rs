@@ -1,13 +1,13 @@
 //! A connection's subscriptions, each in one explicit state from the moment a subscribe is
 //! admitted to the moment the connection leaves the channel:
 //!
-//! - [`State::AwaitingCluster`]: admitted, waiting (bounded) for this node and its cluster
+//! - `AwaitingCluster`: admitted, waiting (bounded) for this node and its cluster
 //!   before it joins: a presence subscription on a node that has not caught up with its cluster
 //!   (whose members may be of an earlier run), or a client resuming a history channel from an
 //!   offset this node has not stored yet (it is a few entries behind).
-//! - [`State::CatchingUp`]: confirmed; what it missed goes out in parts, each once the
+//! - `CatchingUp`: confirmed; what it missed goes out in parts, each once the
 //!   connection has drained the one before; it joins live with the last.
-//! - [`State::Live`]: a subscriber of the channel.
+//! - `Live`: a subscriber of the channel.
 //!
 //! Every admitted subscription is in the map, whatever its state: a second `pusher:subscribe`
 //! of the same channel joins nothing twice, an unsubscribe while it waits ends the wait's
@@ -57,11 +57,39 @@ struct Request {
     since: Option<Since>,
 }
 
-/// Where a subscription stands.
+/// Where a subscription stands, with what it needs there (the map holds one per channel).
 enum State {
-    AwaitingCluster(Awaited),
-    CatchingUp { epoch: String, after: u64 },
-    Live,
+    AwaitingCluster {
+        awaited: Awaited,
+        request: Box<Request>,
+    },
+    CatchingUp(Box<CatchingUp>),
+    Live(Confirmed),
+}
+
+/// A subscription confirmed to the client: what its client events need.
+struct Confirmed {
+    kind: ChannelKind,
+    /// The presence user it joined as.
+    user_id: Option<String>,
+}
+
+impl Confirmed {
+    fn of(request: &Request) -> Confirmed {
+        Confirmed {
+            kind: request.kind,
+            user_id: request.member.as_ref().map(|m| m.user_id.clone()),
+        }
+    }
+}
+
+/// A subscription confirmed, whose missed events go out in parts: those of `epoch` after
+/// `after` are still to be sent.
+struct CatchingUp {
+    id: u64,
+    confirmed: Confirmed,
+    epoch: String,
+    after: u64,
 }
 
 /// What an awaiting subscription waits for.
@@ -70,11 +98,6 @@ enum Awaited {
     CaughtUp,
     /// This node to store the history the client resumes from.
     Stored,
-}
-
-struct Subscription {
-    request: Request,
-    state: State,
 }
 
 /// What the connection is to do next for a subscription.
@@ -134,7 +157,7 @@ pub struct Subscriptions {
     order: Order,
     /// The connection, as channels see it.
     me: Subscriber,
-    map: HashMap<String, Subscription>,
+    map: HashMap<String, State>,
     next_id: u64,
 }
 
@@ -155,7 +178,7 @@ impl Subscriptions {
         if let Some(existing) = self.map.get(&channel) {
             // pusher-js never does this. Once confirmed, it is answered as a success; while it
             // waits, the answer still to come answers both.
-            if !matches!(existing.state, State::AwaitingCluster(_)) {
+            if !matches!(existing, State::AwaitingCluster { .. }) {
                 self.answer(frame::subscription_succeeded(
                     &channel,
                     &serde_json::json!({}),
@@ -187,14 +210,13 @@ impl Subscriptions {
     /// What a wait of subscription `id` to `channel` came to: `in_time` or not.
     pub fn woken(&mut self, channel: &str, id: u64, in_time: bool) -> Step {
         let caught_up = match self.map.get(channel) {
-            Some(Subscription {
-                request,
-                state: State::AwaitingCluster(awaited),
-            }) if request.id == id => matches!(awaited, Awaited::CaughtUp),
+            Some(State::AwaitingCluster { awaited, request }) if request.id == id => {
+                matches!(awaited, Awaited::CaughtUp)
+            }
             // It left meanwhile (and perhaps came back: another subscription).
             _ => return Step::Done,
         };
-        let Some(Subscription { request, .. }) = self.map.remove(channel) else {
+        let Some(State::AwaitingCluster { request, .. }) = self.map.remove(channel) else {
             return Step::Done;
         };
         if caught_up && !in_time {
@@ -209,16 +231,13 @@ impl Subscriptions {
         }
         // Caught up, it may still wait for history; after waiting for history, stored that far
         // or tired of waiting, it is answered now.
-        self.join_now(channel.to_owned(), request, caught_up)
+        self.join_now(channel.to_owned(), *request, caught_up)
     }
 
     /// The outbox drained the last part of subscription `id`'s catch-up: the next part.
     pub fn next_part(&mut self, channel: &str, id: u64) -> Step {
         let (epoch, after) = match self.map.get(channel) {
-            Some(Subscription {
-                request,
-                state: State::CatchingUp { epoch, after },
-            }) if request.id == id => (epoch.clone(), *after),
+            Some(State::CatchingUp(c)) if c.id == id => (c.epoch.clone(), c.after),
             _ => return Step::Done,
         };
         if self.me.outbox.is_closed() {
@@ -228,38 +247,41 @@ impl Subscriptions {
         let caught_up = self
             .order
             .catch_up(&self.app, channel, &self.me, (&epoch, after), budget);
-        let state = match caught_up {
+        match caught_up {
             Ok(CatchUp::Part { frames, last }) => {
-                self.set_state(channel, State::CatchingUp { epoch, after: last });
-                let (channel, id) = (channel.to_owned(), id);
-                return Step::SendPart {
+                if let Some(State::CatchingUp(c)) = self.map.get_mut(channel) {
+                    c.after = last;
+                }
+                let channel = channel.to_owned();
+                Step::SendPart {
                     channel,
                     id,
                     frames,
-                };
+                }
             }
-            Ok(CatchUp::Joined) => State::Live,
-            Err(e) => return self.history_failed(channel, &e),
-        };
-        self.set_state(channel, state);
-        Step::Done
+            Ok(CatchUp::Joined) => {
+                if let Some(State::CatchingUp(c)) = self.map.remove(channel) {
+                    self.map
+                        .insert(channel.to_owned(), State::Live(c.confirmed));
+                }
+                Step::Done
+            }
+            Err(e) => self.history_failed(channel, &e),
+        }
     }
 
     /// A client's `pusher:unsubscribe` (or a presence channel refusing it): the connection
     /// leaves the channel if it had joined, and forgets the subscription whatever its state.
     pub fn unsubscribe(&mut self, channel: &str) {
-        if let Some(Subscription {
-            state: State::Live, ..
-        }) = self.map.remove(channel)
-        {
+        if let Some(State::Live(_)) = self.map.remove(channel) {
             self.app.channels.unsubscribe(channel, self.me.socket_id);
         }
     }
 
     /// The connection closes: it leaves every channel it joined.
     pub fn leave_all(&mut self) {
-        for (channel, subscription) in self.map.drain() {
-            if let State::Live = subscription.state {
+        for (channel, state) in self.map.drain() {
+            if let State::Live(_) = state {
                 self.app.channels.unsubscribe(&channel, self.me.socket_id);
             }
         }
@@ -268,13 +290,12 @@ impl Subscriptions {
     /// The kind of a channel the connection's subscription was confirmed on, and the presence
     /// user it joined as; `None` while it is not subscribed, or still waiting.
     pub fn confirmed(&self, channel: &str) -> Option<(ChannelKind, Option<&str>)> {
-        let subscription = self.map.get(channel)?;
-        if let State::AwaitingCluster(_) = subscription.state {
-            return None;
-        }
-        let request = &subscription.request;
-        let user_id = request.member.as_ref().map(|m| m.user_id.as_str());
-        Some((request.kind, user_id))
+        let confirmed = match self.map.get(channel)? {
+            State::AwaitingCluster { .. } => return None,
+            State::CatchingUp(c) => &c.confirmed,
+            State::Live(confirmed) => confirmed,
+        };
+        Some((confirmed.kind, confirmed.user_id.as_deref()))
     }
 
     /// Checks a new subscribe: the name, the connection's limit, and that the client may join
@@ -353,9 +374,11 @@ impl Subscriptions {
             (true, Some(cluster)) => {
                 let until = Until::CaughtUp(cluster.clone());
                 let id = request.id;
-                let state = State::AwaitingCluster(Awaited::CaughtUp);
-                self.map
-                    .insert(channel.clone(), Subscription { request, state });
+                let state = State::AwaitingCluster {
+                    awaited: Awaited::CaughtUp,
+                    request: Box::new(request),
+                };
+                self.map.insert(channel.clone(), state);
                 Step::Await { channel, id, until }
             }
             _ => self.join_now(channel, request, true),
@@ -375,7 +398,7 @@ impl Subscriptions {
             budget: self.budget(),
         };
         let (state, step) = match self.order.join(&self.app, joining, may_wait) {
-            Ok(Joined::Live) => (State::Live, Step::Done),
+            Ok(Joined::Live) => (State::Live(Confirmed::of(&request)), Step::Done),
             Ok(Joined::CatchingUp {
                 confirmation,
                 first,
@@ -388,7 +411,14 @@ impl Subscriptions {
                     id,
                     frames: first,
                 };
-                (State::CatchingUp { epoch, after }, part)
+                let confirmed = Confirmed::of(&request);
+                let state = CatchingUp {
+                    id,
+                    confirmed,
+                    epoch,
+                    after,
+                };
+                (State::CatchingUp(Box::new(state)), part)
             }
             Ok(Joined::Ahead(stored)) => {
                 let wait = Step::Await {
@@ -396,18 +426,16 @@ impl Subscriptions {
                     id,
                     until: Until::Stored(stored),
                 };
-                (State::AwaitingCluster(Awaited::Stored), wait)
+                let state = State::AwaitingCluster {
+                    awaited: Awaited::Stored,
+                    request: Box::new(request),
+                };
+                (state, wait)
             }
             Err(e) => return self.history_failed(&channel, &e),
         };
-        self.map.insert(channel, Subscription { request, state });
+        self.map.insert(channel, state);
         step
-    }
-
-    fn set_state(&mut self, channel: &str, state: State) {
-        if let Some(subscription) = self.map.get_mut(channel) {
-            subscription.state = state;
-        }
     }
 
     fn history_failed(&mut self, channel: &str, e: &StorageError) -> Step {

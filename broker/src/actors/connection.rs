@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub use crate::actors::messages::Disconnect;
-use crate::actors::messages::{Subscriber, SubscriptionRejected};
+use crate::actors::messages::{ConnectionRecipients, Subscriber, SubscriptionRejected};
 use crate::apps::App;
 use crate::order::Order;
 use crate::outbox::Outbox;
@@ -96,6 +96,8 @@ pub struct Connection {
     subscriptions: Subscriptions,
     /// The user id after `pusher:signin`.
     user: Option<String>,
+    /// How the app and the channels reach it.
+    recipients: Arc<ConnectionRecipients>,
     last_heard: Instant,
     ping_sent: Option<Instant>,
     client_events: RateWindow,
@@ -127,11 +129,14 @@ impl Connection {
             outbox,
             timeouts,
         } = accepted;
+        let recipients = Arc::new(ConnectionRecipients {
+            disconnect: me.clone().recipient(),
+            rejected: me.recipient(),
+        });
         let subscriber = Subscriber {
             socket_id,
             outbox: outbox.clone(),
-            disconnect: me.clone().recipient(),
-            rejected: me.recipient(),
+            connection: recipients.clone(),
         };
         let now = Instant::now();
         Connection {
@@ -142,6 +147,7 @@ impl Connection {
             outbox,
             timeouts,
             user: None,
+            recipients,
             last_heard: now,
             ping_sent: None,
             client_events: RateWindow::new(now),
@@ -185,7 +191,7 @@ impl Connection {
                 self.run(step, ctx);
             }
             Ok(ClientMessage::Unsubscribe { channel }) => self.subscriptions.unsubscribe(&channel),
-            Ok(ClientMessage::Signin(data)) => self.signin(&data.auth, &data.user_data, ctx),
+            Ok(ClientMessage::Signin(data)) => self.signin(&data.auth, &data.user_data),
             Ok(ClientMessage::ClientEvent {
                 event,
                 channel,
@@ -226,7 +232,7 @@ impl Connection {
         }
     }
 
-    fn signin(&mut self, auth: &str, user_data: &str, ctx: &mut Context<Self>) {
+    fn signin(&mut self, auth: &str, user_data: &str) {
         let to_sign = signature::signin_string(&self.id.to_string(), user_data);
         if !signature::verify_auth(&self.app.key, &self.app.secret, auth, &to_sign) {
             return self.error(
@@ -257,8 +263,8 @@ impl Connection {
         if let Some(previous) = self.user.take() {
             self.app.user_signed_out(&previous, self.id);
         }
-        let connection = ctx.address().recipient();
-        self.app.user_signed_in(&id, self.id, connection);
+        self.app
+            .user_signed_in(&id, self.id, self.recipients.clone());
         self.user = Some(id);
         self.send(frame::internal(
             "pusher:signin_success",
@@ -347,8 +353,7 @@ impl Actor for Connection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.app
-            .connection_opened(self.id, ctx.address().recipient());
+        self.app.connection_opened(self.id, self.recipients.clone());
         self.send(frame::connection_established(
             self.id,
             self.timeouts.activity.as_secs(),

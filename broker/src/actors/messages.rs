@@ -1,7 +1,9 @@
 //! The messages the actors accept, in one place, and how they see each other: a channel knows a
 //! connection only as a [`Subscriber`] (its outbox and the [`Recipient`]s of the messages a
-//! connection accepts), the app and the registry know actors only by the messages they send
-//! them. No actor file imports another.
+//! connection accepts, [`ConnectionRecipients`]), the app and the registry know actors only by
+//! the messages they send them. No actor file imports another.
+
+use std::sync::Arc;
 
 use actix::{Message, Recipient};
 use serde_json::Value;
@@ -71,13 +73,19 @@ pub struct SubscriptionRejected {
     pub channel: String,
 }
 
+/// The messages a connection accepts from the rest of the node. One per connection, shared by
+/// its app and its channels.
+pub struct ConnectionRecipients {
+    pub disconnect: Recipient<Disconnect>,
+    pub rejected: Recipient<SubscriptionRejected>,
+}
+
 /// A connection as a channel sees it.
 #[derive(Clone)]
 pub struct Subscriber {
     pub socket_id: SocketId,
     pub outbox: Outbox,
-    pub disconnect: Recipient<Disconnect>,
-    pub rejected: Recipient<SubscriptionRejected>,
+    pub connection: Arc<ConnectionRecipients>,
 }
 
 impl Subscriber {
@@ -86,7 +94,9 @@ impl Subscriber {
     pub fn cut_off(&self) {
         self.outbox
             .abort(code::OVER_CAPACITY, "outbound buffer full: reader too slow");
-        self.disconnect.do_send(Disconnect::slow_reader());
+        self.connection
+            .disconnect
+            .do_send(Disconnect::slow_reader());
     }
 }
 

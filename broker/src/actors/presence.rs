@@ -124,7 +124,7 @@ impl PresenceActor {
             s,
             frame::subscription_error(&self.name, "LimitReached", message, 403),
         );
-        s.rejected.do_send(SubscriptionRejected {
+        s.connection.rejected.do_send(SubscriptionRejected {
             channel: self.name.clone(),
         });
     }
