@@ -5,12 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use actix::Addr;
+use chorus_storage::Store;
 use parking_lot::Mutex;
 
-use crate::actors::connection::{Connection, Disconnect};
-use chorus_storage::Store;
-
+use crate::actors::messages::{ConnectionRecipients, Disconnect};
 use crate::config::{AppConfig, Limits};
 use crate::history::Histories;
 use crate::metrics::{AppMetrics, Metrics};
@@ -27,10 +25,10 @@ pub struct App {
     pub metrics: AppMetrics,
     pub channels: Registry,
     pub history: Histories,
-    /// Open connections, for termination and shutdown.
-    connections: Mutex<HashMap<SocketId, Addr<Connection>>>,
-    /// Signed-in users and their connections.
-    users: Mutex<HashMap<String, HashMap<SocketId, Addr<Connection>>>>,
+    /// Open connections, for shutdown.
+    connections: Mutex<HashMap<SocketId, Arc<ConnectionRecipients>>>,
+    /// Signed-in users and their connections, for termination.
+    users: Mutex<HashMap<String, HashMap<SocketId, Arc<ConnectionRecipients>>>>,
     /// Admitted connections, counted before their actor starts.
     admitted: AtomicUsize,
 }
@@ -41,7 +39,6 @@ impl App {
         metrics: &Metrics,
         max_outbound_bytes: usize,
         store: Store,
-        history_order: Arc<Mutex<()>>,
     ) -> App {
         let app_metrics = metrics.for_app(&config.id);
         App {
@@ -57,7 +54,7 @@ impl App {
                 max_outbound_bytes,
                 store.last_events().clone(),
             ),
-            history: Histories::new(&config.history, store, history_order),
+            history: Histories::new(&config.history, store),
             metrics: app_metrics,
             connections: Mutex::default(),
             users: Mutex::default(),
@@ -75,8 +72,8 @@ impl App {
         true
     }
 
-    pub fn connection_opened(&self, id: SocketId, addr: Addr<Connection>) {
-        self.connections.lock().insert(id, addr);
+    pub fn connection_opened(&self, id: SocketId, connection: Arc<ConnectionRecipients>) {
+        self.connections.lock().insert(id, connection);
         self.metrics.connections.inc();
     }
 
@@ -92,17 +89,17 @@ impl App {
 
     /// Asks every connection to close (node shutdown).
     pub fn disconnect_all(&self, why: Disconnect) {
-        for addr in self.connections.lock().values() {
-            addr.do_send(why.clone());
+        for connection in self.connections.lock().values() {
+            connection.disconnect.do_send(why.clone());
         }
     }
 
-    pub fn user_signed_in(&self, user: &str, id: SocketId, addr: Addr<Connection>) {
+    pub fn user_signed_in(&self, user: &str, id: SocketId, connection: Arc<ConnectionRecipients>) {
         self.users
             .lock()
             .entry(user.to_owned())
             .or_default()
-            .insert(id, addr);
+            .insert(id, connection);
     }
 
     pub fn user_signed_out(&self, user: &str, id: SocketId) {
@@ -118,8 +115,8 @@ impl App {
     /// Closes every connection of a signed-in user; returns how many there were.
     pub fn terminate_user(&self, user: &str) -> usize {
         let sockets = self.users.lock().get(user).cloned().unwrap_or_default();
-        for addr in sockets.values() {
-            addr.do_send(Disconnect::terminated());
+        for connection in sockets.values() {
+            connection.disconnect.do_send(Disconnect::terminated());
         }
         sockets.len()
     }
@@ -166,20 +163,10 @@ impl Apps {
         metrics: &Metrics,
         max_outbound_bytes: usize,
         store: &Store,
-        history_order: &Arc<Mutex<()>>,
     ) -> Apps {
         let apps: Vec<Arc<App>> = configs
             .iter()
-            .map(|c| {
-                let order = history_order.clone();
-                Arc::new(App::new(
-                    c,
-                    metrics,
-                    max_outbound_bytes,
-                    store.clone(),
-                    order,
-                ))
-            })
+            .map(|c| Arc::new(App::new(c, metrics, max_outbound_bytes, store.clone())))
             .collect();
         Apps {
             by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::presence::GetMembers;
+use crate::actors::messages::GetMembers;
 use crate::apps::App;
 use crate::registry::ChannelAddr;
 

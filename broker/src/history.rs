@@ -1,30 +1,61 @@
 //! History channels: which of an app's channels keep a durable history (its `[[apps.history]]`
-//! rules), and the store they are kept in. The publish path that uses it is in `router.rs`.
+//! rules), the store they are kept in, and what a subscriber that joins one is told and sent:
+//! the channel's position and, when it resumes from an earlier one, what it missed. The HTTP API
+//! decides by these rules which events go through the cluster's log (`http/api.rs`); the node
+//! stores them as they are committed (`crate::commits`).
 
-use std::sync::Arc;
-
-use chorus_storage::{Retention, StorageError, Store};
+use chorus_storage::{ChannelHistory, Retention, StorageError, Store};
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use parking_lot::Mutex;
 
-use crate::actors::channel::Recovery;
 use crate::config::HistoryRule;
-use crate::protocol::frame::{self, Frame, Since};
+use crate::protocol::confirmation::HistoryPosition;
+use crate::protocol::frame::{self, Frame};
+use crate::protocol::since::Since;
 
 /// An app's history rules and store.
 pub struct Histories {
     globs: GlobSet,
     retention: Vec<Retention>,
     pub store: Store,
-    /// Held while committed events are stored and handed to their channel (by the cluster's
-    /// state machine, see `chorus_cluster::delivery`), and while a subscriber's missed events
-    /// are read and it joins the channel. One lock for the node, shared by its apps.
-    pub order: Arc<Mutex<()>>,
+}
+
+/// What a new subscriber of a history channel is to get.
+#[derive(Debug)]
+pub enum Recovery {
+    /// Confirm it with `position`, then send `replay`: every event it missed or, when
+    /// `more_after` says where the rest starts, the first part of them.
+    Ready {
+        position: HistoryPosition,
+        replay: Vec<Frame>,
+        more_after: Option<u64>,
+    },
+    /// It resumes from `offset` of `epoch`, the channel's epoch here, but this node has not
+    /// stored that far yet (it may be behind its cluster): it may wait for the node to catch up.
+    /// `position` is the answer if it does not (`recovered: false`).
+    Ahead {
+        position: HistoryPosition,
+        epoch: String,
+        offset: u64,
+    },
+}
+
+impl Recovery {
+    /// The answer without waiting: an `Ahead` subscriber is told it was not recovered.
+    pub fn without_waiting(self) -> Recovery {
+        match self {
+            Recovery::Ahead { position, .. } => Recovery::Ready {
+                position,
+                replay: Vec::new(),
+                more_after: None,
+            },
+            ready => ready,
+        }
+    }
 }
 
 impl Histories {
     /// The rules were validated with the configuration.
-    pub fn new(rules: &[HistoryRule], store: Store, order: Arc<Mutex<()>>) -> Histories {
+    pub fn new(rules: &[HistoryRule], store: Store) -> Histories {
         let mut globs = GlobSetBuilder::new();
         for rule in rules {
             globs.add(Glob::new(&rule.channels).expect("validated with the configuration"));
@@ -39,7 +70,6 @@ impl Histories {
                 })
                 .collect(),
             store,
-            order,
         }
     }
 
@@ -56,14 +86,20 @@ impl Histories {
         self.globs.is_match(channel)
     }
 
-    /// What a new subscriber of a history channel is told: the current epoch and offset and, when
+    /// Where `channel` stands: its epoch (`None` before its first event) and newest offset.
+    pub fn position(&self, app: &str, channel: &str) -> Result<HistoryPosition, StorageError> {
+        let current = self.store.history().channel(app, channel)?;
+        Ok(position_of(current.as_ref()))
+    }
+
+    /// What a new subscriber of a history channel gets: the current epoch and offset and, when
     /// it gave `since`, whether it is recovered and the events after it. A subscriber told epoch
     /// `null` (no history yet) resumes with epoch `""` and offset 0. Recovery fails (the client
     /// must re-fetch its state) when the epoch differs, history no longer holds everything after
-    /// the offset, or the offset is in the future. At most `budget` bytes of missed events are
-    /// read; when more remain, [`Recovery::more_after`] says where the rest starts. The caller
-    /// holds [`Histories::order`], so no event is stored between this read and the
-    /// subscription: nothing is missed and nothing comes twice.
+    /// the offset, or the offset is past what this node stored (then [`Recovery::Ahead`]: in
+    /// this node's epoch, the node may only be behind). At most `budget` bytes of missed events
+    /// are read. The caller holds the node's order lock (`crate::order`), so no event is stored
+    /// between this read and the subscription: nothing is missed and nothing comes twice.
     pub fn recovery(
         &self,
         app: &str,
@@ -72,31 +108,43 @@ impl Histories {
         budget: usize,
     ) -> Result<Recovery, StorageError> {
         let current = self.store.history().channel(app, channel)?;
-        let mut fields = serde_json::Map::new();
-        let last = current.as_ref().map_or(0, |c| c.next_offset - 1);
-        fields.insert(
-            "epoch".into(),
-            current.as_ref().map(|c| c.epoch.clone()).into(),
-        );
-        fields.insert("offset".into(), last.into());
-        let mut recovery = Recovery::default();
-        if let Some(since) = since {
-            // An empty epoch is where a subscriber started when the channel had no history yet:
-            // whatever epoch exists now began after it, so it missed all of it.
-            let recovered = match &current {
-                Some(c) if since.epoch.is_empty() => since.offset == 0 && c.covers_after(0),
-                Some(c) => c.epoch == since.epoch && c.covers_after(since.offset),
-                None => since.epoch.is_empty() && since.offset == 0,
-            };
-            if let (true, Some(c)) = (recovered, &current) {
-                let missed = self.missed(app, channel, &c.epoch, since.offset, budget)?;
-                recovery.replay = missed.frames;
-                recovery.more_after = missed.more.then_some(missed.last);
-            }
-            fields.insert("recovered".into(), recovered.into());
+        let mut position = position_of(current.as_ref());
+        let (Some(since), Some(c)) = (since, &current) else {
+            position.recovered = since.map(|s| s.epoch.is_empty() && s.offset == 0);
+            return Ok(Recovery::Ready {
+                position,
+                replay: Vec::new(),
+                more_after: None,
+            });
+        };
+        // An empty epoch is where a subscriber started when the channel had no history yet:
+        // whatever epoch exists now began after it, so it missed all of it.
+        let recovered = if since.epoch.is_empty() {
+            since.offset == 0 && c.covers_after(0)
+        } else {
+            c.epoch == since.epoch && c.covers_after(since.offset)
+        };
+        position.recovered = Some(recovered);
+        if recovered {
+            let missed = self.missed(app, channel, &c.epoch, since.offset, budget)?;
+            return Ok(Recovery::Ready {
+                position,
+                replay: missed.frames,
+                more_after: missed.more.then_some(missed.last),
+            });
         }
-        recovery.fields = Some(fields);
-        Ok(recovery)
+        if c.epoch == since.epoch && since.offset >= c.next_offset {
+            return Ok(Recovery::Ahead {
+                position,
+                epoch: c.epoch.clone(),
+                offset: since.offset,
+            });
+        }
+        Ok(Recovery::Ready {
+            position,
+            replay: Vec::new(),
+            more_after: None,
+        })
     }
 
     /// The next part of a subscriber's catch-up: the events after `after`, at most `budget`
@@ -166,6 +214,15 @@ pub struct Missed {
     pub more: bool,
 }
 
+/// Where a channel whose history is `current` stands.
+fn position_of(current: Option<&ChannelHistory>) -> HistoryPosition {
+    HistoryPosition {
+        epoch: current.map(|c| c.epoch.clone()),
+        offset: current.map_or(0, |c| c.next_offset - 1),
+        recovered: None,
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -187,7 +244,6 @@ mod tests {
         let h = Histories::new(
             &[rule("chat-vip-*", 5), rule("chat-*", 10)],
             Store::temporary().unwrap(),
-            Arc::default(),
         );
         assert_eq!(h.retention("chat-vip-1").unwrap().max_events, 5);
         assert_eq!(h.retention("chat-room").unwrap().max_events, 10);

@@ -1,17 +1,18 @@
-//! What every request handler of a node shares: its configuration, apps, metrics, state and
-//! cluster.
+//! What every request handler of a node shares: its configuration, apps, metrics, order lock,
+//! state and cluster; and whether it is ready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::actors::connection::Timeouts;
-use crate::apps::Apps;
-use chorus_cluster::{Cluster, ClusterError, Delivery};
+use chorus_cluster::{Cluster, ClusterError};
 use chorus_storage::Store;
 
+use crate::actors::connection::Timeouts;
+use crate::apps::Apps;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::order::Order;
 use crate::protocol::frame::SocketIds;
 
 pub struct Node {
@@ -20,9 +21,12 @@ pub struct Node {
     pub metrics: Metrics,
     pub socket_ids: SocketIds,
     pub store: Store,
+    /// The lock that orders committed changes and joining subscribers (see `crate::order`).
+    pub order: Order,
     /// The node's Raft cluster (a one-node cluster when it has no peers).
     pub cluster: Cluster,
-    ready: AtomicBool,
+    /// It serves clients: set once its listeners are up, cleared when it starts shutting down.
+    serving: AtomicBool,
 }
 
 /// Why a node could not start.
@@ -54,21 +58,12 @@ impl Node {
             source,
         })?;
         let metrics = Metrics::new();
-        let history_order = Arc::default();
-        let apps = Apps::new(
-            &config.apps,
-            &metrics,
-            config.max_outbound_bytes,
-            &store,
-            &history_order,
-        );
-        let delivery = Delivery {
-            order: history_order,
-            deliver: {
-                let apps = apps.clone();
-                Arc::new(move |committed| crate::router::deliver_committed(&apps, committed))
-            },
-        };
+        let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes, &store);
+        let order = Order::default();
+        let delivery = order.delivery({
+            let (apps, order) = (apps.clone(), order.clone());
+            Arc::new(move |committed| crate::commits::deliver(&apps, &order, committed))
+        });
         let cluster = Cluster::start(
             config.cluster_settings(),
             &store,
@@ -84,8 +79,9 @@ impl Node {
             metrics,
             socket_ids: SocketIds::default(),
             store,
+            order,
             cluster,
-            ready: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
         })
     }
 
@@ -114,12 +110,58 @@ impl Node {
         }
     }
 
-    /// Serving (`/readyz` answers 200) or not (starting, shutting down).
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// Serving clients (`true` once the listeners are up) or not (starting, shutting down).
+    pub fn set_ready(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    /// It takes new clients: it is neither starting nor shutting down. A node cut off from its
+    /// cluster still serves (its clients keep channels without history).
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Whether a load balancer may send it clients (`/readyz`): it serves, and it is a member of
+    /// a cluster that has a leader, so history publishes and presence work through it. Liveness
+    /// (`/healthz`) never depends on this.
+    pub fn readiness(&self) -> Readiness {
+        if !self.is_serving() {
+            return Readiness::NotServing;
+        }
+        let status = self.cluster.status();
+        if !status.members.iter().any(|m| m.id == status.node_id) {
+            return Readiness::NotAMember;
+        }
+        // A leader it has heard from since it started: it applied what it committed for itself
+        // then. Before that, the leader it names may be one it remembers from before a restart.
+        if status.leader_id.is_none() || !self.cluster.caught_up() {
+            return Readiness::NoLeader;
+        }
+        Readiness::Ready
+    }
+}
+
+/// What `/readyz` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Starting, or shutting down.
+    NotServing,
+    /// Not (yet) in its cluster's membership.
+    NotAMember,
+    /// Its cluster has no leader it knows of (an election, or no quorum), or none it heard from
+    /// since it started.
+    NoLeader,
+}
+
+impl Readiness {
+    /// Why it is not ready, for the answer's body.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Readiness::Ready => "ready",
+            Readiness::NotServing => "not serving: starting or shutting down",
+            Readiness::NotAMember => "not a member of its cluster yet",
+            Readiness::NoLeader => "no leader of its cluster heard from",
+        }
     }
 }

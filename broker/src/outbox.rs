@@ -24,6 +24,8 @@ use futures_util::Sink;
 use parking_lot::Mutex;
 use prometheus::Histogram;
 
+use crate::metrics::AppMetrics;
+use crate::protocol::code;
 use crate::protocol::frame::Frame;
 use crate::protocol::sse::{self, Cursor};
 
@@ -198,6 +200,16 @@ impl Outbox {
     /// Pushes a protocol frame, under the same bound.
     pub fn push_protocol(&self, frame: Frame) -> Result<Pushed, Overflow> {
         self.push(Outbound::Protocol(frame.text), true)
+    }
+
+    /// Sends a frame that answers this client (a confirmation, an error, a pong), counted as
+    /// sent; a connection too far behind to take it is closed (4100).
+    pub fn answer(&self, frame: Frame, metrics: &AppMetrics) {
+        metrics.messages_sent.inc();
+        metrics.bytes_sent.inc_by(frame.len() as u64);
+        if self.push_protocol(frame).is_err() {
+            self.abort(code::OVER_CAPACITY, "outbound buffer full");
+        }
     }
 
     pub fn push_pong(&self, payload: Bytes) {

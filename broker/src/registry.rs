@@ -19,10 +19,10 @@ use chorus_cluster::Cluster;
 use chorus_storage::{LastEvent, LastEvents};
 use parking_lot::Mutex;
 
-use crate::actors::channel::{
-    ChannelActor, InFlight, Publish, Recovery, Subscribe, Subscriber, Unsubscribe, PUBLISH_WEIGHT,
-};
-use crate::actors::presence::{Member, MemberChanged, PresenceActor};
+use crate::actors::channel::ChannelActor;
+use crate::actors::messages::{MemberChanged, Publish, Subscribe, Unsubscribe};
+use crate::actors::presence::PresenceActor;
+use crate::fanout::{InFlight, PUBLISH_WEIGHT};
 use crate::history::now_ms;
 use crate::metrics::AppMetrics;
 use crate::protocol::channel::ChannelKind;
@@ -159,18 +159,13 @@ impl Registry {
         Some(frame)
     }
 
-    /// Adds a subscriber to a channel, starting the channel's actor if it is the first.
-    /// `member` is the presence identity, for presence channels.
-    pub fn subscribe(
-        &self,
-        channel: &str,
-        subscriber: Subscriber,
-        member: Option<Member>,
-        recovery: Option<Recovery>,
-    ) {
+    /// Adds a subscriber to a channel, starting the channel's actor if it is the first; on a
+    /// cache channel, with the cached event. A subscriber of a history or presence channel
+    /// joins under the node's order lock (see `crate::order`).
+    pub fn subscribe(&self, channel: &str, mut msg: Subscribe) {
         let kind = ChannelKind::of(channel);
         let mut table = self.table.lock();
-        let cached = kind.cache.then(|| self.cached(&mut table, channel));
+        msg.cached = kind.cache.then(|| self.cached(&mut table, channel));
         let entry = table.live.entry(channel.to_owned()).or_insert_with(|| {
             self.metrics.channels.inc();
             if let Some(cluster) = self.cluster.get() {
@@ -199,38 +194,10 @@ impl Registry {
         });
         entry.subscriptions += 1;
         self.metrics.subscriptions.inc();
-        let members = kind.is_presence().then(|| self.committed_members(channel));
-        let msg = Subscribe {
-            subscriber,
-            cached,
-            member,
-            members,
-            recovery,
-        };
         match &entry.addr {
             ChannelAddr::Plain(a) => a.do_send(msg),
             ChannelAddr::Presence(a) => a.do_send(msg),
         }
-    }
-
-    /// A presence channel's members as this node last applied them, in no particular order
-    /// (the caller holds the node's delivery order lock).
-    fn committed_members(&self, channel: &str) -> Vec<(String, serde_json::Value)> {
-        let Some(cluster) = self.cluster.get() else {
-            return Vec::new();
-        };
-        cluster.state().read(|state| {
-            state
-                .presence_members(&self.app_id, channel)
-                .into_iter()
-                .flatten()
-                .map(|(user_id, member)| {
-                    let info = serde_json::from_str(&member.user_info)
-                        .unwrap_or_else(|_| serde_json::Value::String(member.user_info.clone()));
-                    (user_id.clone(), info)
-                })
-                .collect()
-        })
     }
 
     /// Tells a presence channel's actor, if this node has one, that the cluster committed a user

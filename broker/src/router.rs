@@ -1,19 +1,18 @@
-//! The publish path's one decision point: where a published frame goes.
+//! Where a published frame goes on its way out of this node.
 //!
-//! A frame of an ordinary channel goes to this node's subscribers of the channel, then to every
-//! other node with interest in the channel (queued on the node's stream to each, see
-//! `chorus_cluster::forward`; never waited for), which delivers it to its own subscribers with
-//! [`deliver_forwarded`]. A history channel's events go through the Raft log
-//! ([`PendingHistory::publish`]): once committed, every node stores them and delivers them to its
-//! own subscribers with [`deliver_committed`], which also hands presence changes to the
-//! channels' presence actors.
+//! A frame of a channel without history (an HTTP API publish, a client event) goes to this
+//! node's subscribers of the channel, then to every other node with interest in the channel
+//! (queued on the node's stream to each, see `chorus_cluster::forward`; never waited for),
+//! which delivers it to its own subscribers with [`deliver_forwarded`]. Which published events
+//! are history events is decided by the HTTP API (`http/api.rs`, from the app's history rules):
+//! those go through the Raft log with [`PendingHistory::publish`], and once committed every node
+//! stores them and delivers them to its own subscribers (`crate::commits`).
 
-use chorus_cluster::{Cluster, ClusterError, Committed, ForwardedFrame, NodeId, Request};
+use chorus_cluster::{Cluster, ClusterError, ForwardedFrame, NodeId, Request};
 use chorus_storage::StoredEvent;
 
-use crate::actors::presence::MemberChanged;
 use crate::apps::{App, Apps};
-use crate::protocol::frame::{self, Frame, SocketId};
+use crate::protocol::frame::{Frame, SocketId};
 use crate::registry::Overloaded;
 
 /// Publishes `frame` on `channel` of `app`, except to the connection `except`, here and on every
@@ -92,7 +91,7 @@ impl PendingHistory {
     /// has them: acknowledged, they survive the loss of a minority. Each run is one log entry;
     /// the channels go concurrently, each channel's runs one after the other, in order. Every
     /// node then stores the events at the offsets applying gave them and delivers them
-    /// ([`deliver_committed`]). Fails when the cluster cannot commit (no quorum); runs already
+    /// (`crate::commits`). Fails when the cluster cannot commit (no quorum); runs already
     /// committed stay so.
     pub async fn publish(self, cluster: &Cluster, app: &App) -> Result<(), ClusterError> {
         let mut channels: Vec<Vec<Request>> = Vec::new();
@@ -123,51 +122,5 @@ impl PendingHistory {
             .await
             .into_iter()
             .collect()
-    }
-}
-
-/// Delivers committed history events to this node's subscribers, with their offsets and epoch,
-/// and tells presence channels' actors which users joined or left. The cluster's state machine
-/// calls it, in log order (history events once they are stored here).
-pub fn deliver_committed(apps: &Apps, committed: &Committed) {
-    match committed {
-        Committed::Presence(events) => {
-            for event in events {
-                let Some(app) = apps.by_id(&event.app) else {
-                    continue;
-                };
-                let joined = event.joined.as_ref().map(|info| {
-                    serde_json::from_str(info).unwrap_or_else(|_| info.as_str().into())
-                });
-                let change = MemberChanged {
-                    user_id: event.user_id.clone(),
-                    joined,
-                };
-                app.channels.member_changed(&event.channel, change);
-            }
-        }
-        Committed::History(commit) => {
-            let Some(app) = apps.by_id(&commit.app) else {
-                tracing::debug!(app = %commit.app, "committed history of an unknown app");
-                return;
-            };
-            let except = commit
-                .except
-                .as_deref()
-                .and_then(|socket| socket.parse::<SocketId>().ok());
-            for (offset, event) in (commit.first_offset..).zip(&commit.events) {
-                let frame = frame::history_event(
-                    &commit.channel,
-                    &event.event,
-                    &event.data,
-                    offset,
-                    &commit.epoch,
-                );
-                if let Err(e) = app.channels.publish(&commit.channel, frame, except) {
-                    // Stored, so a subscriber can recover it; the live copy is dropped.
-                    tracing::warn!(error = %e, offset, "history event stored but not delivered live");
-                }
-            }
-        }
     }
 }

@@ -121,6 +121,30 @@ impl Roster {
     }
 }
 
+/// No presence event reaches `rosters` for `quiet`; then a positive control: a user joining on
+/// the node at `port` reaches each of them, leaving them with `members` and it, and its leaving
+/// with `members` again (a stray event before or between would leave another list).
+async fn quiet_then_control(
+    rosters: &mut [&mut Roster],
+    quiet: Duration,
+    port: u16,
+    members: &[&str],
+) {
+    for roster in rosters.iter_mut() {
+        roster.assert_quiet(quiet).await;
+    }
+    let mut control = Roster::join(port, "control").await;
+    let with_control: Vec<&str> = members.iter().copied().chain(["control"]).collect();
+    for roster in rosters.iter_mut() {
+        roster.await_members(&with_control).await;
+    }
+    control.client.ws.close(None).await.unwrap();
+    drop(control);
+    for roster in rosters.iter_mut() {
+        roster.await_members(members).await;
+    }
+}
+
 /// The users of the room, as node `port`'s HTTP API lists them.
 async fn api_users(port: u16) -> BTreeSet<String> {
     let path = format!("/apps/1/channels/{ROOM}/users");
@@ -172,14 +196,20 @@ async fn members_on_different_nodes_see_one_list_and_join_and_leave_once() {
         roster.await_members(&everyone).await;
     }
     ann.client.ws.close(None).await.unwrap();
-    for roster in [&mut bob, &mut carol, &mut ann_again] {
-        roster.assert_quiet(Duration::from_millis(1500)).await;
-    }
+    let rosters = &mut [&mut bob, &mut carol, &mut ann_again];
+    quiet_then_control(rosters, Duration::from_millis(1500), port(1), &everyone).await;
     // Her last connection going is one departure, everywhere.
     ann_again.client.ws.close(None).await.unwrap();
     bob.await_members(&["bob", "carol"]).await;
     carol.await_members(&["bob", "carol"]).await;
-    bob.assert_quiet(Duration::from_millis(500)).await;
+    let rosters = &mut [&mut bob, &mut carol];
+    quiet_then_control(
+        rosters,
+        Duration::from_millis(500),
+        port(3),
+        &["bob", "carol"],
+    )
+    .await;
 }
 
 /// Three nodes with `env`, once they agree on a leader.
@@ -222,7 +252,9 @@ async fn a_node_killed_and_restarted_leaves_no_stale_member() {
             .map(|u| u.to_string())
             .collect()
     );
-    ann.assert_quiet(Duration::from_millis(500)).await;
+    let rosters = &mut [&mut ann, &mut bob, &mut dan];
+    let (quiet, members) = (Duration::from_millis(500), ["ann", "bob", "dan"]);
+    quiet_then_control(rosters, quiet, port(&cluster, 3), &members).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,9 +279,9 @@ async fn a_dead_nodes_members_leave_everywhere_once() {
     for roster in [&mut ann, &mut bob, &mut dan_here] {
         roster.await_members(&["ann", "bob", "dan"]).await;
     }
-    for roster in [&mut ann, &mut bob, &mut dan_here] {
-        roster.assert_quiet(Duration::from_millis(500)).await;
-    }
+    let rosters = &mut [&mut ann, &mut bob, &mut dan_here];
+    let (quiet, members) = (Duration::from_millis(500), ["ann", "bob", "dan"]);
+    quiet_then_control(rosters, quiet, port(&cluster, 1), &members).await;
     for id in [1, 2] {
         assert_eq!(
             api_users(port(&cluster, id)).await,

@@ -215,12 +215,7 @@ async fn bad_names_forged_auth_and_bad_presence_data_are_refused_by_type() {
     ];
     for channel_data in &bad_data {
         let mut c = server.connect(None).await;
-        let to_sign = format!("{}:presence-room:{channel_data}", c.socket_id);
-        let auth = format!(
-            "{}:{}",
-            support::KEY,
-            chorus_broker::protocol::signature::sign(support::SECRET, &to_sign)
-        );
+        let auth = support::auth_token(&format!("{}:presence-room:{channel_data}", c.socket_id));
         c.send_json(json!({"event": "pusher:subscribe", "data": {
             "channel": "presence-room", "auth": auth, "channel_data": channel_data}}))
             .await;

@@ -7,11 +7,10 @@ mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chorus_broker::protocol::signature;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use support::{Server, SseClient, KEY, SECRET};
+use support::{Server, SseClient, KEY};
 
 const HISTORY: &str = "[[apps.history]]\nchannels = \"chat-*\"\nmax_events = 10000\n";
 
@@ -130,7 +129,7 @@ fn token(channels: &str, expires: u64, channel_data: Option<&str>) -> String {
         Some(d) => format!("sse:{channels}:{expires}:{d}"),
         None => format!("sse:{channels}:{expires}"),
     };
-    format!("{KEY}:{}", signature::sign(SECRET, &to_sign))
+    support::auth_token(&to_sign)
 }
 
 fn in_an_hour() -> u64 {

@@ -1,11 +1,13 @@
-//! Per-channel history: append, replay from an offset, retention, reset.
+//! Per-channel history: events placed at the offsets the cluster gave them, replay from an
+//! offset, retention, and what a node that skipped entries does (align, backfill).
 //!
 //! One sled tree holds every channel. A channel's records share a prefix (its app and name, each
 //! length-prefixed); under it, `0x00` is the channel's metadata (epoch and offsets) and `0x01`
 //! followed by a big-endian `u64` offset is an event, so a range scan from an offset is a replay
-//! in order. Offsets are our own dense counter starting at 1 (sled's ids are not dense). A channel
-//! first written, or reset, gets a fresh random epoch: a client holding an offset from another
-//! epoch can tell it missed history it cannot get back.
+//! in order. Offsets are dense, starting at 1, and given by the cluster's replicated state with
+//! the channel's epoch ([`fresh_epoch`] draws one when a channel's history begins or begins
+//! again): a client holding an offset from another epoch can tell it missed history it cannot
+//! get back.
 
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
@@ -43,14 +45,6 @@ pub fn fresh_epoch() -> String {
 }
 
 impl ChannelHistory {
-    fn new(next_offset: u64) -> ChannelHistory {
-        ChannelHistory {
-            epoch: fresh_epoch(),
-            first_offset: next_offset,
-            next_offset,
-        }
-    }
-
     /// Whether every event after `offset` is still held.
     pub fn covers_after(&self, offset: u64) -> bool {
         offset.saturating_add(1) >= self.first_offset && offset < self.next_offset
@@ -75,7 +69,7 @@ pub struct Retention {
 #[derive(Clone)]
 pub struct History {
     tree: sled::Tree,
-    /// Appends read and write a channel's metadata: one at a time.
+    /// Writers read and write a channel's metadata: one at a time.
     writer: Arc<Mutex<()>>,
 }
 
@@ -150,40 +144,6 @@ impl History {
         }
     }
 
-    /// Appends events, each to its (app, channel); returns each event's offset and its channel's
-    /// epoch, in order. The events are written first and each channel's metadata last, so after a
-    /// crash an event past `next_offset` is one that was never acknowledged: it is never read and
-    /// the next append overwrites it. Not yet durable: see [`crate::Store::flush`].
-    pub fn append(&self, events: &[(&str, &str, StoredEvent)]) -> Result<Vec<(u64, String)>> {
-        let _writer = self.writer.lock().expect("history writer lock");
-        let mut metas: Vec<(Vec<u8>, ChannelHistory)> = Vec::new();
-        let mut placed = Vec::with_capacity(events.len());
-        for (app, channel, event) in events {
-            let key = meta_key(app, channel);
-            let index = match metas.iter().position(|(k, _)| *k == key) {
-                Some(i) => i,
-                None => {
-                    let meta = match self.tree.get(&key)? {
-                        Some(v) => decode(&key, &v)?,
-                        None => ChannelHistory::new(1),
-                    };
-                    metas.push((key, meta));
-                    metas.len() - 1
-                }
-            };
-            let meta = &mut metas[index].1;
-            let offset = meta.next_offset;
-            meta.next_offset += 1;
-            self.tree
-                .insert(event_key(app, channel, offset), encode(event))?;
-            placed.push((offset, meta.epoch.clone()));
-        }
-        for (key, meta) in metas {
-            self.tree.insert(key, encode(&meta))?;
-        }
-        Ok(placed)
-    }
-
     /// Stores `events` at the offsets the cluster gave them: the first at `first_offset`, the
     /// others after it, in the channel's `epoch`. Idempotent, so a node that applies the same
     /// committed entry twice (re-applying its log after a restart) changes nothing:
@@ -194,8 +154,9 @@ impl History {
     ///   snapshot instead of the entries between): its history then starts at `first_offset`, so
     ///   a subscriber asking for what lies in the gap is told it cannot recover.
     ///
-    /// The events are written first and the metadata last, as in [`History::append`]. Not yet
-    /// durable: see [`crate::Store::flush`].
+    /// The events are written first and the metadata last, so after a crash an event past
+    /// `next_offset` is one that was never acknowledged: it is never read, and placing it again
+    /// overwrites it. Not yet durable: see [`crate::Store::flush`].
     pub fn place(
         &self,
         app: &str,
@@ -322,18 +283,6 @@ impl History {
         }))
     }
 
-    /// Drops a channel's history and gives it a new epoch; offsets go on from where they were.
-    /// The new metadata is written first, so the old events are unreachable even if a crash
-    /// stops their removal (the next trim removes what is left).
-    pub fn reset(&self, app: &str, channel: &str) -> Result<ChannelHistory> {
-        let _writer = self.writer.lock().expect("history writer lock");
-        let next = self.channel(app, channel)?.map_or(1, |m| m.next_offset);
-        let meta = ChannelHistory::new(next);
-        self.tree.insert(meta_key(app, channel), encode(&meta))?;
-        self.remove_below(app, channel, next)?;
-        Ok(meta)
-    }
-
     /// Removes the oldest events of a channel beyond `retention`; returns how many.
     pub fn trim(&self, app: &str, channel: &str, retention: Retention, now_ms: u64) -> Result<u64> {
         let _writer = self.writer.lock().expect("history writer lock");
@@ -428,20 +377,20 @@ mod tests {
     fn an_event_left_past_next_offset_by_a_crash_is_never_read_and_is_overwritten() {
         let (_dir, store) = open();
         let h = store.history();
-        h.append(&[("1", "chat-a", ev(1, 1))]).unwrap();
+        h.place("1", "chat-a", "e1", 1, &[ev(1, 1)]).unwrap();
         // What a crash between writing an event and its channel's metadata leaves.
         h.tree
             .insert(event_key("1", "chat-a", 2), encode(&ev(99, 2)))
             .unwrap();
         let r = h.replay("1", "chat-a", 0, 10).unwrap().unwrap();
         assert_eq!(r.events.len(), 1);
-        h.append(&[("1", "chat-a", ev(2, 3))]).unwrap();
+        h.place("1", "chat-a", "e1", 2, &[ev(2, 3)]).unwrap();
         let r = h.replay("1", "chat-a", 0, 10).unwrap().unwrap();
         assert_eq!(r.events[1], (2, ev(2, 3)));
     }
 
     #[test]
-    fn concurrent_appends_flushes_trims_and_raft_writes_never_deadlock() {
+    fn concurrent_places_flushes_trims_and_raft_writes_never_deadlock() {
         let (_dir, store) = open();
         let (done, finished) = std::sync::mpsc::channel();
         let mut workers = Vec::new();
@@ -450,10 +399,12 @@ mod tests {
             workers.push(std::thread::spawn(move || {
                 let channel = format!("chat-{t}");
                 for n in 0..300 {
-                    let batch: Vec<_> = (0..5)
-                        .map(|i| ("1", channel.as_str(), ev(n * 5 + i, n)))
-                        .collect();
-                    store.history().append(&batch).unwrap();
+                    let first = n * 5 + 1;
+                    let batch: Vec<StoredEvent> = (first..first + 5).map(|i| ev(i, n)).collect();
+                    store
+                        .history()
+                        .place("1", &channel, "e", first, &batch)
+                        .unwrap();
                     store.flush_blocking().unwrap();
                     if n % 50 == 0 {
                         let retention = Retention {
@@ -506,10 +457,10 @@ mod tests {
             let (store, done) = (store.clone(), done.clone());
             std::thread::spawn(move || {
                 let channel = format!("chat-{t}");
-                for n in 0..20 {
+                for n in 1..=20 {
                     store
                         .history()
-                        .append(&[("1", channel.as_str(), ev(n, n))])
+                        .place("1", &channel, "e", n, &[ev(n, n)])
                         .unwrap();
                     futures_executor::block_on(store.flush()).unwrap();
                 }
@@ -524,19 +475,17 @@ mod tests {
     }
 
     #[test]
-    fn append_then_replay_in_order_from_any_offset() {
+    fn place_then_replay_in_order_from_any_offset() {
         let (_dir, store) = open();
         let h = store.history();
-        let batch: Vec<_> = (1..=100).map(|n| ("1", "chat-a", ev(n, n))).collect();
-        let placed = h.append(&batch).unwrap();
+        let batch: Vec<StoredEvent> = (1..=100).map(|n| ev(n, n)).collect();
+        h.place("1", "chat-a", "e1", 1, &batch).unwrap();
+        let r = h.replay("1", "chat-a", 0, 1000).unwrap().unwrap();
+        assert_eq!(r.channel.epoch, "e1");
         assert_eq!(
-            placed.iter().map(|p| p.0).collect::<Vec<_>>(),
+            r.events.iter().map(|e| e.0).collect::<Vec<_>>(),
             (1..=100).collect::<Vec<_>>()
         );
-        let epoch = placed[0].1.clone();
-        assert!(placed.iter().all(|p| p.1 == epoch));
-        let r = h.replay("1", "chat-a", 0, 1000).unwrap().unwrap();
-        assert_eq!(r.events.len(), 100);
         assert_eq!(r.channel.next_offset, 101);
         let r = h.replay("1", "chat-a", 90, 5).unwrap().unwrap();
         assert_eq!(
@@ -563,13 +512,10 @@ mod tests {
     fn channels_and_apps_are_separate_even_with_shared_prefixes() {
         let (_dir, store) = open();
         let h = store.history();
-        h.append(&[
-            ("1", "a", ev(1, 0)),
-            ("1", "ab", ev(2, 0)),
-            ("12", "a", ev(3, 0)),
-            ("1", "a", ev(4, 0)),
-        ])
-        .unwrap();
+        h.place("1", "a", "e-1-a", 1, &[ev(1, 0)]).unwrap();
+        h.place("1", "ab", "e-1-ab", 1, &[ev(2, 0)]).unwrap();
+        h.place("12", "a", "e-12-a", 1, &[ev(3, 0)]).unwrap();
+        h.place("1", "a", "e-1-a", 2, &[ev(4, 0)]).unwrap();
         let data = |app, ch| {
             h.replay(app, ch, 0, 10)
                 .unwrap()
@@ -587,19 +533,22 @@ mod tests {
         assert_eq!(data("12", "a"), vec![(1, "3".to_owned())]);
         let mut channels = h.channels().unwrap();
         channels.sort();
-        assert_eq!(channels.len(), 3);
-        assert_ne!(
-            h.channel("1", "a").unwrap().unwrap().epoch,
-            h.channel("1", "ab").unwrap().unwrap().epoch
+        assert_eq!(
+            channels,
+            [("1", "a"), ("1", "ab"), ("12", "a")].map(|(a, c)| (a.to_owned(), c.to_owned()))
         );
+        for (app, channel) in channels {
+            let epoch = h.channel(&app, &channel).unwrap().unwrap().epoch;
+            assert_eq!(epoch, format!("e-{app}-{channel}"));
+        }
     }
 
     #[test]
     fn retention_by_count_and_by_age() {
         let (_dir, store) = open();
         let h = store.history();
-        let batch: Vec<_> = (1..=10).map(|n| ("1", "c", ev(n, n * 1000))).collect();
-        h.append(&batch).unwrap();
+        let batch: Vec<StoredEvent> = (1..=10).map(|n| ev(n, n * 1000)).collect();
+        h.place("1", "c", "e1", 1, &batch).unwrap();
         let keep = |max_events, secs| Retention {
             max_events,
             max_age: Duration::from_secs(secs),
@@ -624,66 +573,39 @@ mod tests {
             r.events.iter().map(|e| e.0).collect::<Vec<_>>(),
             vec![9, 10]
         );
-        assert_eq!(
-            r.channel.epoch,
-            h.channel("1", "c").unwrap().unwrap().epoch,
-            "trimming keeps the epoch"
-        );
-    }
-
-    #[test]
-    fn reset_changes_the_epoch_and_drops_the_events() {
-        let (_dir, store) = open();
-        let h = store.history();
-        let (_, epoch) = h.append(&[("1", "c", ev(1, 0))]).unwrap().remove(0);
-        let after = h.reset("1", "c").unwrap();
-        assert_ne!(after.epoch, epoch);
-        assert_eq!(after.next_offset, 2);
-        assert!(h
-            .replay("1", "c", 0, 10)
-            .unwrap()
-            .unwrap()
-            .events
-            .is_empty());
-        let placed = h.append(&[("1", "c", ev(2, 0))]).unwrap();
-        assert_eq!(placed[0], (2, after.epoch));
+        assert_eq!(r.channel.epoch, "e1", "trimming keeps the epoch");
     }
 
     #[test]
     fn reopening_keeps_offsets_epochs_and_events() {
         let dir = tempfile::tempdir().unwrap();
-        let epoch = {
+        {
             let store = Store::open(dir.path()).unwrap();
-            let placed = store
+            store
                 .history()
-                .append(&[("1", "c", ev(1, 5)), ("1", "c", ev(2, 6))])
+                .place("1", "c", "e1", 1, &[ev(1, 5), ev(2, 6)])
                 .unwrap();
             store.flush_blocking().unwrap();
-            placed[0].1.clone()
-        };
+        }
         let store = Store::open(dir.path()).unwrap();
         let r = store.history().replay("1", "c", 0, 10).unwrap().unwrap();
-        assert_eq!(r.channel.epoch, epoch);
+        assert_eq!(r.channel.epoch, "e1");
         assert_eq!(r.events, vec![(1, ev(1, 5)), (2, ev(2, 6))]);
-        let placed = store.history().append(&[("1", "c", ev(3, 7))]).unwrap();
-        assert_eq!(placed[0].0, 3);
+        assert_eq!(r.channel.next_offset, 3);
+        store
+            .history()
+            .place("1", "c", "e1", 3, &[ev(3, 7)])
+            .unwrap();
+        let r = store.history().replay("1", "c", 2, 10).unwrap().unwrap();
+        assert_eq!(r.events, vec![(3, ev(3, 7))]);
     }
 
     #[test]
-    fn a_lost_history_gets_a_new_epoch() {
-        let first = {
-            let (_dir, store) = open();
-            store.history().append(&[("1", "c", ev(1, 0))]).unwrap()[0]
-                .1
-                .clone()
-        };
-        let (_dir, store) = open();
-        let second = store.history().append(&[("1", "c", ev(1, 0))]).unwrap()[0]
-            .1
-            .clone();
+    fn fresh_epochs_differ() {
         assert_ne!(
-            first, second,
-            "the same offsets in a new database are another history"
+            fresh_epoch(),
+            fresh_epoch(),
+            "a history that begins again is another history"
         );
     }
 

@@ -303,15 +303,17 @@ mod tests {
         let store = Store::temporary().unwrap();
         store
             .history()
-            .append(&[(
+            .place(
                 "1",
                 "c",
-                crate::StoredEvent {
+                "e1",
+                1,
+                &[crate::StoredEvent {
                     event: "e".into(),
                     data: "d".into(),
                     time_ms: 0,
-                },
-            )])
+                }],
+            )
             .unwrap();
         store.raft().append((1..=3).map(entry)).unwrap();
         store.raft().truncate_from(0).unwrap();

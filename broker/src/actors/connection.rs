@@ -1,36 +1,37 @@
-//! The connection actor: one per client, WebSocket or Server-Sent Events. On a WebSocket it reads
-//! the client's frames, answers pings, keeps the connection's subscriptions and signed-in user,
-//! and enforces the per-connection limits (frame size, subscriptions, client-event rate). An SSE
-//! client is listen-only: it joins the channels its request named (checked by `http/sse.rs`)
-//! and gets heartbeats instead of pings. Either closes when told to.
+//! The connection actor: one per client, WebSocket or Server-Sent Events. It owns the socket's
+//! sending side (its [`Outbox`]), reads the client's frames and dispatches them, answers pings,
+//! and enforces the per-connection limits (frame size, client-event rate, liveness). Its
+//! subscriptions are [`Subscriptions`]: it runs the steps they answer (waiting for the cluster,
+//! draining a catch-up part). An SSE client is listen-only: it joins the channels its request
+//! named (checked by `http/sse.rs`) and gets heartbeats instead of pings. Either closes when
+//! told to ([`Disconnect`]).
 //!
-//! It never writes to the socket itself: everything goes through its [`Outbox`]. Published events
-//! reach the outbox straight from channel actors.
+//! It never writes to the socket itself: everything goes through its outbox. Published events
+//! reach the outbox straight from the channels' actors.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, StreamHandler,
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler,
     WrapFuture,
 };
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::actors::channel::{Recovery, Subscriber};
-use crate::actors::presence::Member;
+pub use crate::actors::messages::Disconnect;
+use crate::actors::messages::{ConnectionRecipients, Subscriber, SubscriptionRejected};
 use crate::apps::App;
+use crate::order::Order;
 use crate::outbox::Outbox;
-use crate::protocol::channel::{self, Access, ChannelKind, USER_CHANNEL_PREFIX};
+use crate::protocol::channel;
 use crate::protocol::code;
-use crate::protocol::frame::{self, ClientMessage, Frame, Since, SocketId, SubscribeData};
+use crate::protocol::frame::{self, ClientMessage, Frame, SocketId};
 use crate::protocol::signature;
 use crate::router;
+use crate::subscriptions::{Join, Step, Subscriptions};
 
-/// How long a presence subscription waits for the node to catch up with its cluster.
-const PRESENCE_CATCH_UP: Duration = Duration::from_secs(10);
 /// Timing settings shared by all connections of a node.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -42,70 +43,13 @@ pub struct Timeouts {
     pub heartbeat: Duration,
 }
 
-/// Closes the connection with a code. Sent by the REST API (terminate), channel actors (slow
-/// reader) and the node (shutdown).
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub struct Disconnect {
-    pub code: u16,
-    pub message: &'static str,
-    /// Metric label.
-    pub reason: &'static str,
-    /// Send a `pusher:error` before the close frame.
-    pub announce: bool,
-}
-
-impl Disconnect {
-    pub fn slow_reader() -> Disconnect {
-        Disconnect {
-            code: code::OVER_CAPACITY,
-            message: "outbound buffer full: reader too slow",
-            reason: "slow_reader",
-            announce: false,
-        }
-    }
-
-    pub fn terminated() -> Disconnect {
-        Disconnect {
-            code: code::UNAUTHORIZED,
-            message: "connection terminated by the app",
-            reason: "terminated",
-            announce: true,
-        }
-    }
-
-    /// An SSE client closed its stream (its response body was dropped).
-    pub fn client_gone() -> Disconnect {
-        Disconnect {
-            code: 1000,
-            message: "client gone",
-            reason: "client_closed",
-            announce: false,
-        }
-    }
-
-    pub fn shutdown() -> Disconnect {
-        Disconnect {
-            code: code::RECONNECT,
-            message: "server shutting down, reconnect",
-            reason: "shutdown",
-            announce: true,
-        }
-    }
-}
-
-/// A presence channel refused the subscription (it was full): forget it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SubscriptionRejected {
-    pub channel: String,
-}
-
-/// A channel an SSE stream joins when it starts, already checked and authorised.
-pub struct Join {
-    pub channel: String,
-    pub member: Option<Member>,
-    pub since: Option<Since>,
+/// A connection an endpoint accepted: what the actor is made of.
+pub struct Accepted {
+    pub socket_id: SocketId,
+    pub app: Arc<App>,
+    pub order: Order,
+    pub outbox: Outbox,
+    pub timeouts: Timeouts,
 }
 
 /// How the client is connected.
@@ -113,13 +57,6 @@ enum Client {
     WebSocket,
     /// Listen-only; the channels still to join when the actor starts.
     EventStream(Vec<Join>),
-}
-
-/// What the connection remembers of one subscription.
-struct Subscription {
-    kind: ChannelKind,
-    /// The presence user id the subscription joined as.
-    user_id: Option<String>,
 }
 
 /// Counts client events in one-second windows.
@@ -156,12 +93,11 @@ pub struct Connection {
     app: Arc<App>,
     outbox: Outbox,
     timeouts: Timeouts,
-    subscriptions: HashMap<String, Subscription>,
-    /// History channels whose missed events are being sent in parts before the connection joins
-    /// them live: channel -> (epoch, offset of the last event sent).
-    catching_up: HashMap<String, (String, u64)>,
+    subscriptions: Subscriptions,
     /// The user id after `pusher:signin`.
     user: Option<String>,
+    /// How the app and the channels reach it.
+    recipients: Arc<ConnectionRecipients>,
     last_heard: Instant,
     ping_sent: Option<Instant>,
     client_events: RateWindow,
@@ -175,39 +111,43 @@ fn frame_limit(app: &App) -> usize {
 }
 
 impl Connection {
-    /// A WebSocket client's connection.
-    pub fn new(id: SocketId, app: Arc<App>, outbox: Outbox, timeouts: Timeouts) -> Connection {
-        Connection::with_client(id, Client::WebSocket, app, outbox, timeouts)
+    /// A WebSocket client's connection; `me` is the address of the actor it will be.
+    pub fn websocket(accepted: Accepted, me: Addr<Connection>) -> Connection {
+        Connection::with_client(accepted, Client::WebSocket, me)
     }
 
     /// An SSE client's connection, which joins `joins` as it starts.
-    pub fn event_stream(
-        id: SocketId,
-        joins: Vec<Join>,
-        app: Arc<App>,
-        outbox: Outbox,
-        timeouts: Timeouts,
-    ) -> Connection {
-        Connection::with_client(id, Client::EventStream(joins), app, outbox, timeouts)
+    pub fn event_stream(accepted: Accepted, joins: Vec<Join>, me: Addr<Connection>) -> Connection {
+        Connection::with_client(accepted, Client::EventStream(joins), me)
     }
 
-    fn with_client(
-        id: SocketId,
-        client: Client,
-        app: Arc<App>,
-        outbox: Outbox,
-        timeouts: Timeouts,
-    ) -> Connection {
+    fn with_client(accepted: Accepted, client: Client, me: Addr<Connection>) -> Connection {
+        let Accepted {
+            socket_id,
+            app,
+            order,
+            outbox,
+            timeouts,
+        } = accepted;
+        let recipients = Arc::new(ConnectionRecipients {
+            disconnect: me.clone().recipient(),
+            rejected: me.recipient(),
+        });
+        let subscriber = Subscriber {
+            socket_id,
+            outbox: outbox.clone(),
+            connection: recipients.clone(),
+        };
         let now = Instant::now();
         Connection {
-            id,
+            id: socket_id,
             client,
+            subscriptions: Subscriptions::new(app.clone(), order, subscriber),
             app,
             outbox,
             timeouts,
-            subscriptions: HashMap::new(),
-            catching_up: HashMap::new(),
             user: None,
+            recipients,
             last_heard: now,
             ping_sent: None,
             client_events: RateWindow::new(now),
@@ -216,12 +156,7 @@ impl Connection {
     }
 
     fn send(&self, frame: Frame) {
-        self.app.metrics.messages_sent.inc();
-        self.app.metrics.bytes_sent.inc_by(frame.len() as u64);
-        if self.outbox.push_protocol(frame).is_err() {
-            self.outbox
-                .abort(code::OVER_CAPACITY, "outbound buffer full");
-        }
+        self.outbox.answer(frame, &self.app.metrics);
     }
 
     fn error(&self, code: Option<u16>, message: &str) {
@@ -251,9 +186,12 @@ impl Connection {
         match frame::parse_client_message(text) {
             Ok(ClientMessage::Ping) => self.send(frame::pong()),
             Ok(ClientMessage::Pong) => {}
-            Ok(ClientMessage::Subscribe(data)) => self.subscribe(data, ctx),
-            Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(&channel),
-            Ok(ClientMessage::Signin(data)) => self.signin(&data.auth, &data.user_data, ctx),
+            Ok(ClientMessage::Subscribe(data)) => {
+                let step = self.subscriptions.subscribe(data, self.user.as_deref());
+                self.run(step, ctx);
+            }
+            Ok(ClientMessage::Unsubscribe { channel }) => self.subscriptions.unsubscribe(&channel),
+            Ok(ClientMessage::Signin(data)) => self.signin(&data.auth, &data.user_data),
             Ok(ClientMessage::ClientEvent {
                 event,
                 channel,
@@ -263,251 +201,38 @@ impl Connection {
         }
     }
 
-    fn subscribe(&mut self, data: SubscribeData, ctx: &mut Context<Self>) {
-        let name = data.channel;
-        let limits = &self.app.limits;
-        let refuse = |kind: &str, message: &str, status: u16| {
-            self.send(frame::subscription_error(&name, kind, message, status));
-        };
-        if let Err(e) = channel::validate_channel_name(&name, limits.max_channel_name_len) {
-            return refuse("InvalidChannel", &format!("invalid channel name: {e}"), 400);
-        }
-        if self.subscriptions.contains_key(&name) {
-            // pusher-js never does this; a repeated subscribe is answered as a success.
-            return self.send(frame::subscription_succeeded(&name, &serde_json::json!({})));
-        }
-        if self.subscriptions.len() >= limits.max_subscriptions_per_connection {
-            return refuse(
-                "LimitReached",
-                &format!(
-                    "at most {} subscriptions per connection",
-                    limits.max_subscriptions_per_connection
-                ),
-                429,
-            );
-        }
-        let kind = ChannelKind::of(&name);
-        let socket_id = self.id.to_string();
-        match kind.access {
-            Access::User => {
-                let owner = &name[USER_CHANNEL_PREFIX.len()..];
-                if self.user.as_deref() != Some(owner) {
-                    return refuse("AuthError", "sign in as this user first", 401);
-                }
-            }
-            Access::Public => {}
-            Access::Private | Access::Encrypted | Access::Presence => {
-                let channel_data = kind
-                    .is_presence()
-                    .then(|| data.channel_data.as_deref().unwrap_or(""));
-                let to_sign = signature::channel_string(&socket_id, &name, channel_data);
-                let auth = data.auth.as_deref().unwrap_or("");
-                if !signature::verify_auth(&self.app.key, &self.app.secret, auth, &to_sign) {
-                    let message = if auth.is_empty() {
-                        "auth is required for this channel"
-                    } else {
-                        "invalid signature"
-                    };
-                    return refuse("AuthError", message, 401);
-                }
-            }
-        }
-        let member = if kind.is_presence() {
-            match parse_member(data.channel_data.as_deref().unwrap_or(""), &self.app) {
-                Ok(m) => Some(m),
-                Err(message) => return refuse("InvalidChannelData", &message, 400),
-            }
-        } else {
-            None
-        };
-        if let Some(cluster) = self.app.channels.cluster().filter(|c| !c.caught_up()) {
-            if kind.is_presence() {
-                // Until the node has caught up with its cluster, its members may be of an
-                // earlier run: the subscription waits (bounded) rather than list them.
-                let cluster = cluster.clone();
-                let since = data.since.clone();
-                let caught_up = async move { cluster.await_caught_up(PRESENCE_CATCH_UP).await };
-                ctx.spawn(caught_up.into_actor(self).map(move |caught_up, act, ctx| {
-                    if caught_up {
-                        act.join(name, kind, member, since.as_ref(), ctx);
-                    } else {
-                        let message = "this node has not caught up with its cluster; try again";
-                        act.send(frame::subscription_error(
-                            &name,
-                            "ClusterUnavailable",
-                            message,
-                            503,
-                        ));
-                    }
+    /// Runs what a subscription is to do next: wait for the cluster, or push a part of a
+    /// catch-up and wait for the outbox to drain it; then hands the outcome back.
+    fn run(&mut self, step: Step, ctx: &mut Context<Self>) {
+        match step {
+            Step::Done => {}
+            Step::Await { channel, id, until } => {
+                ctx.spawn(until.wait().into_actor(self).map(move |in_time, act, ctx| {
+                    let step = act.subscriptions.woken(&channel, id, in_time);
+                    act.run(step, ctx);
                 }));
-                return;
             }
-        }
-        self.join(name, kind, member, data.since.as_ref(), ctx);
-    }
-
-    /// Joins a channel the client may join: records the subscription and hands it to the
-    /// channel, with what it missed on a history channel.
-    fn join(
-        &mut self,
-        name: String,
-        kind: ChannelKind,
-        member: Option<Member>,
-        since: Option<&Since>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.subscriptions.insert(
-            name.clone(),
-            Subscription {
-                kind,
-                user_id: member.as_ref().map(|m| m.user_id.clone()),
-            },
-        );
-        // On a history channel, reading what the subscriber missed and joining the channel
-        // happen under the node's delivery order lock: no event is stored in between. On a
-        // presence channel, so do reading the committed members and joining.
-        let app = self.app.clone();
-        let keeps_history = app.history.keeps(&name);
-        let in_order = (keeps_history || kind.is_presence()).then(|| app.history.order.lock());
-        let mut recovery = None;
-        if keeps_history {
-            let budget = self.outbox.limit() / 2;
-            match app.history.recovery(&app.id, &name, since, budget) {
-                Ok(r) => recovery = Some(r),
-                Err(e) => return self.history_failed(&name, &e),
-            }
-        }
-        if let Some(r) = recovery.as_mut().filter(|r| r.more_after.is_some()) {
-            if kind.is_presence() {
-                // A presence channel's confirmation comes from its actor: no replay in parts.
-                r.replay.clear();
-                r.more_after = None;
-                if let Some(fields) = r.fields.as_mut() {
-                    fields.insert("recovered".into(), false.into());
-                }
-            } else {
-                drop(in_order);
-                let r = recovery.take().expect("checked above");
-                return self.start_catch_up(name, r, ctx);
-            }
-        }
-        app.channels
-            .subscribe(&name, self.subscriber(ctx), member, recovery);
-    }
-
-    fn subscriber(&self, ctx: &mut Context<Self>) -> Subscriber {
-        Subscriber {
-            socket_id: self.id,
-            outbox: self.outbox.clone(),
-            connection: ctx.address(),
-        }
-    }
-
-    fn history_failed(&mut self, channel: &str, e: &chorus_storage::StorageError) {
-        tracing::error!(error = %e, "reading history failed");
-        self.subscriptions.remove(channel);
-        self.catching_up.remove(channel);
-        let error = "history could not be read";
-        self.send(frame::subscription_error(
-            channel,
-            "HistoryUnavailable",
-            error,
-            503,
-        ));
-    }
-
-    /// More was missed than half the outbound bound: confirm now, send the first part, and the
-    /// rest part by part as the connection drains; join live once caught up.
-    fn start_catch_up(&mut self, channel: String, r: Recovery, ctx: &mut Context<Self>) {
-        let fields = r.fields.unwrap_or_default();
-        let epoch = fields["epoch"].as_str().unwrap_or_default().to_owned();
-        self.send(frame::subscription_succeeded(
-            &channel,
-            &serde_json::Value::Object(fields),
-        ));
-        let after = r.more_after.expect("a catch-up has more to send");
-        self.catching_up.insert(channel.clone(), (epoch, after));
-        self.send_part(channel, &r.replay, ctx);
-    }
-
-    /// Pushes one part of a catch-up and waits for the outbox to drain before the next.
-    fn send_part(&mut self, channel: String, frames: &[Frame], ctx: &mut Context<Self>) {
-        for f in frames {
-            if self.outbox.push_event(f).is_err() {
-                return ctx.notify(Disconnect::slow_reader());
-            }
-        }
-        let outbox = self.outbox.clone();
-        ctx.spawn(
-            async move { outbox.drained().await }
-                .into_actor(self)
-                .map(move |(), act, ctx| act.catch_up(channel, ctx)),
-        );
-    }
-
-    /// The next part of a catch-up; the last one is read under the order lock and joins live.
-    fn catch_up(&mut self, channel: String, ctx: &mut Context<Self>) {
-        let Some((epoch, after)) = self.catching_up.get(&channel).cloned() else {
-            return; // unsubscribed meanwhile
-        };
-        if self.outbox.is_closed() {
-            return;
-        }
-        let app = self.app.clone();
-        let budget = self.outbox.limit() / 2;
-        let mut in_order = None;
-        loop {
-            let missed = match app
-                .history
-                .catch_up(&app.id, &channel, &epoch, after, budget)
-            {
-                Ok(missed) => missed,
-                Err(e) => return self.history_failed(&channel, &e),
-            };
-            let recovery = match missed {
-                Some(m) if m.more => {
-                    drop(in_order);
-                    self.catching_up.insert(channel.clone(), (epoch, m.last));
-                    return self.send_part(channel, &m.frames, ctx);
-                }
-                // Near the end: read again under the lock, so nothing lands between the read
-                // and joining live.
-                Some(_) if in_order.is_none() => {
-                    in_order = Some(app.history.order.lock());
-                    continue;
-                }
-                Some(m) => Recovery {
-                    fields: None,
-                    replay: m.frames,
-                    more_after: None,
-                },
-                // History was lost meanwhile: confirm again, unrecovered.
-                None => match app.history.recovery(&app.id, &channel, None, 0) {
-                    Ok(mut r) => {
-                        if let Some(fields) = r.fields.as_mut() {
-                            fields.insert("recovered".into(), false.into());
-                        }
-                        r
+            Step::SendPart {
+                channel,
+                id,
+                frames,
+            } => {
+                for f in &frames {
+                    if self.outbox.push_event(f).is_err() {
+                        return ctx.notify(Disconnect::slow_reader());
                     }
-                    Err(e) => return self.history_failed(&channel, &e),
-                },
-            };
-            self.catching_up.remove(&channel);
-            let subscriber = self.subscriber(ctx);
-            app.channels
-                .subscribe(&channel, subscriber, None, Some(recovery));
-            return;
+                }
+                let outbox = self.outbox.clone();
+                let drained = async move { outbox.drained().await };
+                ctx.spawn(drained.into_actor(self).map(move |(), act, ctx| {
+                    let step = act.subscriptions.next_part(&channel, id);
+                    act.run(step, ctx);
+                }));
+            }
         }
     }
 
-    fn unsubscribe(&mut self, channel: &str) {
-        let caught_up = self.catching_up.remove(channel).is_none();
-        if self.subscriptions.remove(channel).is_some() && caught_up {
-            self.app.channels.unsubscribe(channel, self.id);
-        }
-    }
-
-    fn signin(&mut self, auth: &str, user_data: &str, ctx: &mut Context<Self>) {
+    fn signin(&mut self, auth: &str, user_data: &str) {
         let to_sign = signature::signin_string(&self.id.to_string(), user_data);
         if !signature::verify_auth(&self.app.key, &self.app.secret, auth, &to_sign) {
             return self.error(
@@ -538,7 +263,8 @@ impl Connection {
         if let Some(previous) = self.user.take() {
             self.app.user_signed_out(&previous, self.id);
         }
-        self.app.user_signed_in(&id, self.id, ctx.address());
+        self.app
+            .user_signed_in(&id, self.id, self.recipients.clone());
         self.user = Some(id);
         self.send(frame::internal(
             "pusher:signin_success",
@@ -549,13 +275,13 @@ impl Connection {
 
     fn client_event(&mut self, event: &str, channel: &str, data: &RawValue) {
         let limits = &self.app.limits;
-        let Some(subscription) = self.subscriptions.get(channel) else {
+        let Some((kind, user_id)) = self.subscriptions.confirmed(channel) else {
             return self.error(
                 Some(code::UNAUTHORIZED),
                 &format!("client event refused: not subscribed to {channel}"),
             );
         };
-        if !subscription.kind.allows_client_events() {
+        if !kind.allows_client_events() {
             return self.error(
                 Some(code::UNAUTHORIZED),
                 "client events are allowed only on private and presence channels",
@@ -582,7 +308,7 @@ impl Connection {
                 ),
             );
         }
-        let frame = frame::client_event(channel, event, data, subscription.user_id.as_deref());
+        let frame = frame::client_event(channel, event, data, user_id);
         self.app.metrics.published_client.inc();
         if let Err(e) = router::publish(&self.app, channel, frame, Some(self.id)) {
             self.error(None, &e.to_string());
@@ -623,41 +349,11 @@ impl Connection {
     }
 }
 
-/// Parses and checks presence `channel_data`: `{"user_id": ..., "user_info"?: ...}`.
-pub fn parse_member(channel_data: &str, app: &App) -> Result<Member, String> {
-    #[derive(Deserialize)]
-    struct ChannelData {
-        user_id: serde_json::Value,
-        #[serde(default)]
-        user_info: Option<Box<RawValue>>,
-    }
-    let data: ChannelData = serde_json::from_str(channel_data)
-        .map_err(|e| format!("channel_data must be a JSON object with a user_id: {e}"))?;
-    let user_id = match data.user_id {
-        serde_json::Value::String(s) => s,
-        serde_json::Value::Number(n) => n.to_string(),
-        _ => return Err("user_id must be a string or a number".into()),
-    };
-    channel::validate_user_id(&user_id, app.limits.max_user_id_len)
-        .map_err(|e| format!("user_id: {e}"))?;
-    let user_info = match data.user_info {
-        Some(raw) if raw.get().len() > app.limits.max_user_info_bytes => {
-            return Err(format!(
-                "user_info is over {} bytes",
-                app.limits.max_user_info_bytes
-            ))
-        }
-        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| e.to_string())?,
-        None => serde_json::Value::Null,
-    };
-    Ok(Member { user_id, user_info })
-}
-
 impl Actor for Connection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.app.connection_opened(self.id, ctx.address());
+        self.app.connection_opened(self.id, self.recipients.clone());
         self.send(frame::connection_established(
             self.id,
             self.timeouts.activity.as_secs(),
@@ -671,9 +367,9 @@ impl Actor for Connection {
             }
             Client::EventStream(joins) => {
                 self.app.metrics.sse_connections.inc();
-                for j in joins {
-                    let kind = ChannelKind::of(&j.channel);
-                    self.join(j.channel, kind, j.member, j.since.as_ref(), ctx);
+                for join in joins {
+                    let step = self.subscriptions.join(join);
+                    self.run(step, ctx);
                 }
                 ctx.run_interval(self.timeouts.heartbeat, Self::heartbeat);
             }
@@ -684,11 +380,7 @@ impl Actor for Connection {
         if matches!(self.client, Client::EventStream(_)) {
             self.app.metrics.sse_connections.dec();
         }
-        for channel in self.subscriptions.keys() {
-            if !self.catching_up.contains_key(channel) {
-                self.app.channels.unsubscribe(channel, self.id);
-            }
-        }
+        self.subscriptions.leave_all();
         self.app.connection_closed(self.id, self.user.as_deref());
         let (reason, code) = self.closing.unwrap_or(("client_closed", 0));
         self.app.metrics.disconnect(reason, code);
@@ -759,7 +451,7 @@ impl Handler<SubscriptionRejected> for Connection {
     type Result = ();
 
     fn handle(&mut self, msg: SubscriptionRejected, _: &mut Context<Self>) {
-        self.unsubscribe(&msg.channel);
+        self.subscriptions.unsubscribe(&msg.channel);
     }
 }
 
@@ -777,51 +469,5 @@ mod tests {
         assert!(!window.allow(t0 + Duration::from_millis(999), 10));
         assert!(window.allow(t0 + Duration::from_secs(1), 10));
         assert!(!RateWindow::new(t0).allow(t0, 0));
-    }
-
-    fn app(limits: crate::config::Limits) -> App {
-        let config = crate::config::AppConfig {
-            id: "1".into(),
-            key: "k".into(),
-            secret: "secret-secret".into(),
-            allowed_origins: Vec::new(),
-            history: Vec::new(),
-            limits,
-        };
-        App::new(
-            &config,
-            &crate::metrics::Metrics::new(),
-            1 << 20,
-            chorus_storage::Store::temporary().unwrap(),
-            std::sync::Arc::default(),
-        )
-    }
-
-    #[test]
-    fn presence_channel_data_is_checked_against_the_limits() {
-        let app = app(crate::config::Limits {
-            max_user_info_bytes: 20,
-            max_user_id_len: 5,
-            ..Default::default()
-        });
-        let m = parse_member(r#"{"user_id":"ann","user_info":{"n":1}}"#, &app).unwrap();
-        assert_eq!(m.user_id, "ann");
-        assert_eq!(m.user_info, serde_json::json!({"n": 1}));
-        assert_eq!(
-            parse_member(r#"{"user_id":42}"#, &app).unwrap().user_id,
-            "42"
-        );
-        for bad in [
-            "",
-            "not json",
-            "{}",
-            r#"{"user_id":null}"#,
-            r#"{"user_id":["a"]}"#,
-            r#"{"user_id":""}"#,
-            r#"{"user_id":"toolong"}"#,
-            r#"{"user_id":"a","user_info":{"name":"far too long for the limit"}}"#,
-        ] {
-            assert!(parse_member(bad, &app).is_err(), "{bad}");
-        }
     }
 }

@@ -1,7 +1,6 @@
 //! The presence actor: one per (app, presence channel) on a node. It is the channel's actor,
-//! holding the subscribers like [`ChannelActor`](super::channel::ChannelActor), plus the
-//! channel's members as the cluster agreed on them, and how many connections each user has
-//! here.
+//! holding the subscribers as the channel actor does ([`Subscribers`]), plus the channel's
+//! members as the cluster agreed on them, and how many connections each user has here.
 //!
 //! A user's first connection here declares the user to the cluster, its last one here withdraws
 //! it (`Cluster::declare_presence`). When the cluster commits that a user joined or left the
@@ -17,37 +16,19 @@
 
 use std::collections::{HashMap, HashSet};
 
-use actix::{Actor, Context, Handler, Message, MessageResult};
+use actix::{Actor, Context, Handler, MessageResult};
 use indexmap::IndexMap;
 use serde_json::{json, Value};
 
 use chorus_cluster::Cluster;
 
-use crate::actors::channel::{InFlight, Publish, Subscribe, Subscriber, Subscribers, Unsubscribe};
-use crate::actors::connection::SubscriptionRejected;
+use crate::actors::messages::{
+    GetMembers, MemberChanged, Publish, Subscribe, Subscriber, SubscriptionRejected, Unsubscribe,
+};
+use crate::fanout::{InFlight, Subscribers};
 use crate::metrics::AppMetrics;
 use crate::protocol::frame::{self, Frame, SocketId};
-
-/// A presence identity, from the `channel_data` the app's backend signed.
-#[derive(Debug, Clone)]
-pub struct Member {
-    pub user_id: String,
-    pub user_info: Value,
-}
-
-/// The cluster committed that a user joined (`joined` is its info) or left the channel.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct MemberChanged {
-    pub user_id: String,
-    pub joined: Option<Value>,
-}
-
-/// The ids of the members, in the order they joined, and then the users here the cluster has
-/// not committed yet.
-#[derive(Message)]
-#[rtype(result = "Vec<String>")]
-pub struct GetMembers;
+use crate::protocol::presence::MemberList;
 
 pub struct PresenceActor {
     app_id: String,
@@ -103,16 +84,6 @@ impl PresenceActor {
         self.members.iter().chain(self.pending()).collect()
     }
 
-    fn presence_data(&self) -> Value {
-        let listed = self.listed();
-        let ids: Vec<&String> = listed.iter().map(|(id, _)| *id).collect();
-        let hash: serde_json::Map<String, Value> = listed
-            .iter()
-            .map(|(id, info)| ((*id).clone(), (*info).clone()))
-            .collect();
-        json!({"presence": {"ids": ids, "hash": hash, "count": ids.len()}})
-    }
-
     fn declare(&self, user_id: &str, user_info: Option<&Value>) {
         if let Some(cluster) = &self.cluster {
             let info = user_info.map(Value::to_string);
@@ -153,7 +124,7 @@ impl PresenceActor {
             s,
             frame::subscription_error(&self.name, "LimitReached", message, 403),
         );
-        s.connection.do_send(SubscriptionRejected {
+        s.connection.rejected.do_send(SubscriptionRejected {
             channel: self.name.clone(),
         });
     }
@@ -200,10 +171,18 @@ impl Handler<Subscribe> for PresenceActor {
         for user in pending.into_iter().filter(|u| *u != member.user_id) {
             self.told.entry(user).or_default().insert(s.socket_id);
         }
-        let data = self.presence_data();
+        let confirmation = msg.confirmation.map(|mut confirmation| {
+            confirmation.presence = Some(MemberList::new(self.listed()));
+            confirmation
+        });
         self.sockets.insert(s.socket_id, member.user_id);
-        self.subscribers
-            .confirm(&self.name, &s, &data, msg.cached, msg.recovery);
+        self.subscribers.confirm(
+            &self.name,
+            &s,
+            confirmation.as_ref(),
+            &msg.replay,
+            msg.cached,
+        );
         self.subscribers.insert(s);
     }
 }

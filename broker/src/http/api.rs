@@ -388,7 +388,12 @@ pub async fn batch_events(
             "at most {max} events per batch"
         )));
     }
-    // Validate all before publishing any: a batch is all or nothing.
+    // Every event is validated before any is published: an invalid one refuses the whole batch
+    // and nothing goes out. Past that a batch is not all or nothing: events of channels without
+    // history go out one by one, so a channel too far behind (429) ends the batch with the
+    // events before it delivered and its history events never proposed; history events are
+    // committed per channel once all were handed out, and a commit that fails (503) leaves
+    // the channels already committed so.
     let triggers = body
         .batch
         .into_iter()

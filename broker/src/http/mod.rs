@@ -13,7 +13,7 @@ use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use crate::node::Node;
+use crate::node::{Node, Readiness};
 
 /// Routes of the public port.
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
@@ -87,11 +87,12 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// Ready: serving, and a member of a cluster that has a leader (see [`Node::readiness`]).
 async fn readyz(node: web::Data<Node>) -> HttpResponse {
-    if node.is_ready() {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
-    } else {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "not ready"}))
+    match node.readiness() {
+        Readiness::Ready => HttpResponse::Ok().json(json!({"status": "ready"})),
+        not => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "not ready", "reason": not.reason()})),
     }
 }
 

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use actix::{Addr, AsyncContext};
+use actix::{AsyncContext, Recipient};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
@@ -25,14 +25,17 @@ use futures_channel::mpsc;
 use futures_util::Stream;
 use serde::Deserialize;
 
-use crate::actors::connection::{parse_member, Connection, Disconnect, Join};
+use crate::actors::connection::{Accepted, Connection};
+use crate::actors::messages::Disconnect;
 use crate::apps::App;
 use crate::node::Node;
 use crate::outbox::{Outbox, Transport};
 use crate::protocol::channel::{self, Access, ChannelKind};
 use crate::protocol::code;
+use crate::protocol::presence::{parse_member, Member};
 use crate::protocol::signature;
 use crate::protocol::sse::{self, Cursor};
+use crate::subscriptions::Join;
 
 /// Messages the response body holds before the outbox's own backlog takes over.
 const BODY_CAPACITY: usize = 32;
@@ -73,7 +76,7 @@ pub async fn stream(
 ) -> HttpResponse {
     let app = node.apps.by_key(&key);
     let cors = cors_origin(&req, app.map(|a| a.as_ref()));
-    if !node.is_ready() {
+    if !node.is_serving() {
         // Shutting down: a stream that ends at once makes EventSource reconnect after its retry
         // time (to another node, or to this one restarted); an error status would stop it.
         let body = [
@@ -103,16 +106,21 @@ pub async fn stream(
     );
     let ctx = actix::Context::new();
     let connection = ctx.address();
-    ctx.run(Connection::event_stream(
-        node.socket_ids.next(),
-        opened.joins,
-        opened.app,
+    let accepted = Accepted {
+        socket_id: node.socket_ids.next(),
+        app: opened.app,
+        order: node.order.clone(),
         outbox,
-        node.timeouts(),
+        timeouts: node.timeouts(),
+    };
+    ctx.run(Connection::event_stream(
+        accepted,
+        opened.joins,
+        connection.clone(),
     ));
     event_stream_response(cors).streaming(Body {
         receiver,
-        connection,
+        connection: connection.recipient(),
     })
 }
 
@@ -230,7 +238,7 @@ fn authorize(
     raw_channels: &str,
     names: &[&str],
     app: &App,
-) -> Result<Option<crate::actors::presence::Member>, Refused> {
+) -> Result<Option<Member>, Refused> {
     let kinds: Vec<ChannelKind> = names.iter().map(|n| ChannelKind::of(n)).collect();
     if kinds.iter().all(|k| k.access == Access::Public) {
         return Ok(None);
@@ -261,9 +269,13 @@ fn authorize(
             "presence channels need channel_data",
         )
     })?;
-    parse_member(data, app)
-        .map(Some)
-        .map_err(|e| refused(StatusCode::BAD_REQUEST, e))
+    parse_member(
+        data,
+        app.limits.max_user_id_len,
+        app.limits.max_user_info_bytes,
+    )
+    .map(Some)
+    .map_err(|e| refused(StatusCode::BAD_REQUEST, e))
 }
 
 /// The cursor a reconnecting client sent: the `Last-Event-ID` header (a browser's own
@@ -305,7 +317,7 @@ fn event_stream_response(cors: Option<HeaderValue>) -> HttpResponseBuilder {
 /// drops it, and the connection actor is told to stop.
 struct Body {
     receiver: mpsc::Receiver<Bytes>,
-    connection: Addr<Connection>,
+    connection: Recipient<Disconnect>,
 }
 
 impl Stream for Body {

@@ -6,7 +6,7 @@ use actix::{Actor, AsyncContext};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason};
 
-use crate::actors::connection::Connection;
+use crate::actors::connection::{Accepted, Connection};
 use crate::apps::App;
 use crate::node::Node;
 use crate::outbox::{Outbox, Transport};
@@ -76,7 +76,7 @@ pub async fn connect(
     key: web::Path<String>,
     node: web::Data<Node>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    if !node.is_ready() {
+    if !node.is_serving() {
         // Shutting down: a plain refusal sends the client to another node after its backoff.
         return Ok(HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"error": "node is shutting down"})));
@@ -113,11 +113,16 @@ pub async fn connect(
         .max_frame_size(HARD_FRAME_LIMIT)
         .aggregate_continuations()
         .max_continuation_size(HARD_FRAME_LIMIT);
-    let timeouts = node.timeouts();
-    let socket_id = node.socket_ids.next();
+    let accepted = Accepted {
+        socket_id: node.socket_ids.next(),
+        app,
+        order: node.order.clone(),
+        outbox,
+        timeouts: node.timeouts(),
+    };
     Connection::create(move |ctx| {
         ctx.add_stream(stream);
-        Connection::new(socket_id, app, outbox, timeouts)
+        Connection::websocket(accepted, ctx.address())
     });
     Ok(response)
 }

@@ -41,14 +41,6 @@ impl ChannelKind {
         }
     }
 
-    /// Subscribing needs a signature from the app's backend.
-    pub fn needs_auth(self) -> bool {
-        matches!(
-            self.access,
-            Access::Private | Access::Encrypted | Access::Presence
-        )
-    }
-
     /// Clients may send `client-*` events on it.
     pub fn allows_client_events(self) -> bool {
         matches!(self.access, Access::Private | Access::Presence)
@@ -137,8 +129,6 @@ mod tests {
         assert!(kind("presence-room").allows_client_events());
         assert!(!kind("private-encrypted-chat").allows_client_events());
         assert!(!kind("chat").allows_client_events());
-        assert!(kind("private-encrypted-x").needs_auth());
-        assert!(!kind("cache-x").needs_auth());
     }
 
     #[test]

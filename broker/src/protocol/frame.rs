@@ -13,6 +13,7 @@ use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::since::Since;
 use super::sse;
 
 /// A socket's id: two unsigned integers joined by a dot.
@@ -271,13 +272,6 @@ pub struct SubscribeData {
     /// Chorus extension: the last event the client saw on this history channel.
     #[serde(default)]
     pub since: Option<Since>,
-}
-
-/// A position in a history channel: its epoch and an offset in it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Since {
-    pub epoch: String,
-    pub offset: u64,
 }
 
 #[derive(Debug, Deserialize)]

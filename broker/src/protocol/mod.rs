@@ -1,8 +1,12 @@
-//! The Pusher Channels protocol, independent of transport: frames, names, signatures, codes.
+//! The Pusher Channels protocol, independent of transport: frames, names, signatures, codes,
+//! presence members and subscription confirmations.
 
 pub mod channel;
+pub mod confirmation;
 pub mod frame;
+pub mod presence;
 pub mod signature;
+pub mod since;
 pub mod sse;
 
 /// Close and error codes of the Pusher protocol used by Chorus.

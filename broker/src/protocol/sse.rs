@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::frame::Since;
+use super::since::Since;
 
 /// Sent first on every stream: how long a browser waits before reconnecting.
 pub const RETRY_MS: u64 = 1000;

@@ -37,7 +37,7 @@ describe('client events', () => {
     assert.equal(chA.trigger('client-typing', { who: 'a' }), true);
     assert.deepEqual(await gotB, { who: 'a' });
     assert.deepEqual(await gotC, { who: 'a' });
-    await sleep(400);
+    await server.control(a);
     assert.deepEqual(echo.items, [], 'the sender must not get its own client event');
     for (const x of [a, b, c]) x.disconnect();
   });
@@ -67,7 +67,7 @@ describe('client events', () => {
     const { data, meta } = await withTimeout(got, WAIT_MS, 'client-hi at bob');
     assert.deepEqual(data, { text: 'hello' });
     assert.equal(meta?.user_id, 'alice');
-    await sleep(300);
+    await server.control(alice);
     assert.deepEqual(echo.items, []);
 
     // raw: the frame has top-level user_id
@@ -107,7 +107,7 @@ describe('client events', () => {
     const err = await a.next('pusher:error');
     assert.equal(frameData(err).code, 4009);
     assert.equal(typeof frameData(err).message, 'string');
-    await sleep(300);
+    await server.control(b);
     assert.deepEqual(b.all('client-nope'), []);
     await a.ping(); // still connected
     a.close();
@@ -132,7 +132,7 @@ describe('client events', () => {
     a.send({ event: 'client-secret', channel: ch, data: { nonce: 'x', ciphertext: 'y' } });
     const err = await a.next('pusher:error');
     assert.equal(frameData(err).code, 4009);
-    await sleep(300);
+    await server.control(b);
     assert.deepEqual(b.all('client-secret'), []);
     a.close();
     b.close();
@@ -145,7 +145,7 @@ describe('client events', () => {
     a.send({ event: 'client-sneak', channel: 'private-notjoined', data: {} });
     const err = await a.next('pusher:error');
     assert.equal(frameData(err).code, 4009);
-    await sleep(300);
+    await server.control(b);
     assert.deepEqual(b.all('client-sneak'), []);
     a.close();
     b.close();
@@ -181,7 +181,7 @@ describe('client events', () => {
     await b.subscribeOk('private-names', { auth: privateAuth(server.app, b.socketId, 'private-names') });
     a.send({ event: 'server-like', channel: 'private-names', data: {} });
     await a.next('pusher:error');
-    await sleep(300);
+    await server.control(b);
     assert.deepEqual(b.all('server-like'), []);
     a.close();
     b.close();

@@ -10,25 +10,27 @@ export async function startCluster(size) {
   const clusterPorts = [];
   for (let i = 0; i < size; i++) clusterPorts.push(await freePort());
   const peers = clusterPorts.map((port, i) => `${i + 1}@127.0.0.1:${port}`).join(',');
-  const nodes = [];
-  try {
-    for (let i = 0; i < size; i++) {
-      const node = await startChorus({
-        env: {
-          CHORUS_NODE_ID: String(i + 1),
-          CHORUS_CLUSTER_PORT: String(clusterPorts[i]),
-          CHORUS_PEERS: peers,
-          CHORUS_CLUSTER_SECRET: CLUSTER_SECRET,
-          CHORUS_LOG: process.env.CHORUS_LOG ?? 'warn,openraft=off',
-        },
-      });
-      node.id = i + 1;
-      node.clusterPort = clusterPorts[i];
-      nodes.push(node);
-    }
-  } catch (e) {
+  // All at once: a node is ready only once a quorum of them is up and has a leader.
+  const starting = clusterPorts.map(async (clusterPort, i) => {
+    const node = await startChorus({
+      env: {
+        CHORUS_NODE_ID: String(i + 1),
+        CHORUS_CLUSTER_PORT: String(clusterPort),
+        CHORUS_PEERS: peers,
+        CHORUS_CLUSTER_SECRET: CLUSTER_SECRET,
+        CHORUS_LOG: process.env.CHORUS_LOG ?? 'warn,openraft=off',
+      },
+    });
+    node.id = i + 1;
+    node.clusterPort = clusterPort;
+    return node;
+  });
+  const started = await Promise.allSettled(starting);
+  const nodes = started.filter((s) => s.status === 'fulfilled').map((s) => s.value);
+  const failed = started.find((s) => s.status === 'rejected');
+  if (failed) {
     await Promise.all(nodes.map((node) => node.cleanup()));
-    throw e;
+    throw failed.reason;
   }
   return {
     nodes,

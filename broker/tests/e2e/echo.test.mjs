@@ -8,7 +8,6 @@ import {
   waitState,
   withTimeout,
   collectFor,
-  sleep,
   eventually,
   WAIT_MS,
 } from './harness.mjs';
@@ -187,7 +186,7 @@ describe('Laravel Echo', () => {
     chA.listenForWhisper('typing', (d) => selfHeard.push(d));
     chA.whisper('typing', { name: 'a', typing: true });
     assert.deepEqual(await heard, { name: 'a', typing: true });
-    await sleep(400);
+    await server.control(a.connector.pusher);
     assert.deepEqual(selfHeard, []);
     a.disconnect();
     b.disconnect();
@@ -218,7 +217,7 @@ describe('Laravel Echo', () => {
     const gotB = nextCall((r) => chB.listen('.post', r), 'post at b');
     await sdk.trigger('feed', 'post', { p: 1 }, { socket_id: a.socketId() });
     assert.deepEqual(await gotB, { p: 1 });
-    await sleep(400);
+    await server.control(a.connector.pusher);
     assert.deepEqual(notA, []);
     a.disconnect();
     b.disconnect();
@@ -239,7 +238,7 @@ describe('Laravel Echo', () => {
       { what: 'leave-me to be vacated' },
     );
     await sdk.trigger('leave-me', 'x', {});
-    await sleep(300);
+    await server.control(echo.connector.pusher);
     assert.deepEqual(seen, []);
     echo.disconnect();
   });

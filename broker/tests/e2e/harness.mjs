@@ -684,6 +684,30 @@ Chorus.prototype.restart = async function restart({ signal = 'SIGKILL', pauseMs 
   await this.launch();
 };
 
+let controls = 0;
+
+/**
+ * The positive control of a check that nothing arrived: `client` (a RawClient or a pusher-js
+ * client of `app`) joins a fresh public channel, and an event published there now reaches it. So
+ * the client still receives, and whatever was published before had its chance to arrive first.
+ */
+Chorus.prototype.control = async function control(client, app = this.app) {
+  const channel = `control-${++controls}`;
+  const sdk = this.sdk(app);
+  if (client instanceof RawClient) {
+    await client.subscribeOk(channel);
+    const got = client.next((m) => m.channel === channel && m.event === 'control');
+    await sdk.trigger(channel, 'control', { n: controls });
+    await got;
+    return;
+  }
+  const ch = await subscribeOk(client, channel);
+  const got = once(ch, 'control');
+  await sdk.trigger(channel, 'control', { n: controls });
+  await got;
+  client.unsubscribe(channel);
+};
+
 export const metric = Chorus.metric;
 
 /** Collects frames/events for `ms` and returns them (for asserting that nothing arrived). */

@@ -85,6 +85,7 @@ describe('HTTP API', () => {
     const got = once(ch2, 'evt');
     await sdk.trigger('api-exclude', 'evt', { x: 1 }, { socket_id: c1.connection.socket_id });
     assert.deepEqual(await got, { x: 1 });
+    await server.control(c1);
     assert.deepEqual(await excluded, []);
     c1.disconnect();
     c2.disconnect();
@@ -144,6 +145,7 @@ describe('HTTP API', () => {
     const got = once(ch2, 'e');
     await sdk.triggerBatch([{ channel: 'batch-x', name: 'e', data: { k: 1 }, socket_id: c1.connection.socket_id }]);
     assert.deepEqual(await got, { k: 1 });
+    await server.control(c1);
     assert.deepEqual(await excluded, []);
     c1.disconnect();
     c2.disconnect();
@@ -156,6 +158,7 @@ describe('HTTP API', () => {
     const batch = Array.from({ length: 11 }, (_, i) => ({ channel: 'batch-big', name: 'e', data: { i } }));
     const err = await expectStatus(sdk.triggerBatch(batch), 400);
     assert.equal(typeof JSON.parse(err.body).error, 'string');
+    await server.control(c);
     assert.deepEqual(await none, []);
     c.disconnect();
   });
@@ -244,6 +247,7 @@ describe('HTTP API', () => {
     });
     assert.equal(r.status, 401, r.text);
     assertErrorBody(r);
+    await server.control(c);
     assert.deepEqual(await none, []);
     c.disconnect();
   });

@@ -58,6 +58,7 @@ describe('users', () => {
     await sdk.sendToUser('alice', 'notice', { text: 'hi alice' });
     assert.deepEqual(await got1, { text: 'hi alice' });
     assert.deepEqual(await got2, { text: 'hi alice' });
+    await server.control(b);
     assert.deepEqual(await notBob, []);
     for (const x of [a1, a2, b]) x.disconnect();
   });

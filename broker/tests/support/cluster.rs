@@ -1,31 +1,39 @@
-//! Several real `chorus` processes forming one Raft cluster on free loopback ports, each with
-//! its own temporary data directory, configured through the environment as an operator would:
-//! `CHORUS_NODE_ID`, `CHORUS_CLUSTER_PORT`, `CHORUS_PEERS`, `CHORUS_CLUSTER_SECRET` (and a small
-//! file giving app 1 history on its `history-*` channels).
+//! Several real `chorus` processes forming one Raft cluster on free loopback ports, each a
+//! [`NodeProcess`] with its own temporary data directory, configured through the environment
+//! as an operator would: `CHORUS_NODE_ID`, `CHORUS_CLUSTER_PORT`, `CHORUS_PEERS`,
+//! `CHORUS_CLUSTER_SECRET` (and a small file giving app 1 history on its `history-*` channels,
+//! and any limits the test sets).
 //! Clients connect to any node and publish to any node, and the channel interest each node
 //! applied is read from its cluster port. A cluster may be started with more `CHORUS_*`
-//! settings ([`TestCluster::start_with_env`]); a node can be killed, restarted, or frozen and
-//! thawed (SIGSTOP, SIGCONT). A cluster started [`TestCluster::start_behind_proxies`] has each
-//! node on an address of its own, reached by the others through a proxy, so that a node can be
-//! cut off from the others and taken back ([`super::partition`]).
+//! settings ([`TestCluster::start_with_env`]) or limits ([`TestCluster::start_with_limits`]); a
+//! node can be killed, restarted (even where it cannot find a quorum:
+//! [`TestCluster::restart_alone`]), or frozen and thawed (SIGSTOP, SIGCONT). A cluster started
+//! [`TestCluster::start_behind_proxies`] has each node on an address of its own, reached by the
+//! others through a proxy, so that a node can be cut off from the others and taken back
+//! ([`super::partition`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chorus_cluster::{ClusterStatus, Role, SECRET_HEADER};
 
+use super::node::{unused_port, NodeProcess, Probe};
 use super::partition::{node_host, Cut, Partition};
 
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123";
 
-/// Every node's configuration file: app 1 (its key and secret come from the environment) keeps
-/// the history of its `history-*` channels.
-const NODE_CONFIG: &str = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"replaced-by-env\"\n\
-    [[apps.history]]\nchannels = \"history-*\"\nmax_events = 100000\n";
+/// Every node's configuration: app 1 keeps the history of its `history-*` channels.
+const HISTORY_RULE: &str = "[[apps.history]]\nchannels = \"history-*\"\nmax_events = 100000\n";
+
+/// How a cluster's nodes are started.
+#[derive(Clone, Default)]
+struct Settings {
+    /// More environment of every node.
+    env: Vec<(String, String)>,
+    /// The body of app 1's `[apps.limits]`.
+    limits: String,
+}
 
 /// One node of a [`TestCluster`].
 pub struct ClusterNode {
@@ -37,32 +45,34 @@ pub struct ClusterNode {
     pub cluster_port: u16,
     /// Where the other nodes reach its cluster port, when not directly (a proxy).
     advertised: Option<SocketAddr>,
-    /// The `CHORUS_PEERS` it starts with.
-    peers: String,
-    /// More environment it starts with.
-    env: Vec<(String, String)>,
-    dir: PathBuf,
-    child: Option<Child>,
+    process: NodeProcess,
 }
 
 impl ClusterNode {
     /// A node that is not started yet, on free ports of `host` with an empty data directory.
-    fn new(name: &str, id: u64, host: IpAddr, env: &[(String, String)]) -> ClusterNode {
-        let dir =
-            std::env::temp_dir().join(format!("chorus-cluster-{name}-{}-{id}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    fn new(name: &str, id: u64, host: IpAddr, settings: &Settings) -> ClusterNode {
+        let dir = format!("chorus-cluster-{name}-{}-{id}", std::process::id());
+        let config = super::app_config("", &settings.limits, HISTORY_RULE);
+        let cluster_port = unused_port();
+        let mut env = vec![
+            ("CHORUS_CLUSTER_PORT".to_owned(), cluster_port.to_string()),
+            ("CHORUS_NODE_ID".to_owned(), id.to_string()),
+            (
+                "CHORUS_CLUSTER_SECRET".to_owned(),
+                CLUSTER_SECRET.to_owned(),
+            ),
+            ("CHORUS_LOG".to_owned(), "warn,openraft=off".to_owned()),
+        ];
+        env.extend(settings.env.iter().cloned());
+        let process = NodeProcess::new(&dir, host, &config, env);
         ClusterNode {
             id,
             host,
+            port: process.port,
+            metrics_port: process.metrics_port,
+            cluster_port,
             advertised: None,
-            port: unused_port(),
-            metrics_port: unused_port(),
-            cluster_port: unused_port(),
-            peers: String::new(),
-            env: env.to_vec(),
-            dir,
-            child: None,
+            process,
         }
     }
 
@@ -73,11 +83,17 @@ impl ClusterNode {
 
     /// The address of its public port, for clients.
     pub fn public_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.host, self.port)
+        self.process.public_addr()
     }
 
     pub fn cluster_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.cluster_addr())
+    }
+
+    /// What its public port answers on `GET path`: the status and the JSON body.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::get(self.process.url(path)).await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
     }
 
     /// A raw WebSocket client of this node, after `connection_established`.
@@ -98,75 +114,10 @@ impl ClusterNode {
         }
     }
 
-    fn spawn(&mut self) {
-        let config = self.dir.join("chorus.toml");
-        std::fs::write(&config, NODE_CONFIG).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .arg("--config")
-            .arg(config)
-            .env("CHORUS_HOST", self.host.to_string())
-            .env("CHORUS_PORT", self.port.to_string())
-            .env("CHORUS_METRICS_PORT", self.metrics_port.to_string())
-            .env("CHORUS_CLUSTER_PORT", self.cluster_port.to_string())
-            .env("CHORUS_NODE_ID", self.id.to_string())
-            .env("CHORUS_PEERS", &self.peers)
-            .env("CHORUS_CLUSTER_SECRET", CLUSTER_SECRET)
-            .env("CHORUS_DATA_DIR", self.dir.join("data"))
-            .env("CHORUS_APP_ID", "1")
-            .env("CHORUS_APP_KEY", super::KEY)
-            .env("CHORUS_APP_SECRET", super::SECRET)
-            .env("CHORUS_LOG", "warn,openraft=off")
-            .envs(self.env.iter().map(|(key, value)| (key, value)))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start chorus");
-        self.child = Some(child);
-    }
-
-    /// Waits until the node serves; `false` if its process ended first (a port it was given
-    /// was taken in the meantime by another process).
-    async fn wait_ready(&mut self) -> bool {
-        let url = format!("http://{}/readyz", self.public_addr());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
-                return true;
-            }
-            let child = self.child.as_mut().expect("node is running");
-            if child.try_wait().expect("the node's status").is_some() {
-                return false;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not become ready",
-                self.id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for ClusterNode {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A port nothing listens on right now, and not handed out before by this test process.
-pub fn unused_port() -> u16 {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|addr| addr.port())
-            .expect("a free loopback port");
-        if HANDED_OUT.lock().unwrap().insert(port) {
-            return port;
-        }
+    /// Starts the node with the peer list `peers` (kept for its restarts).
+    fn spawn(&mut self, peers: &str) {
+        self.process.set_env("CHORUS_PEERS", peers);
+        self.process.spawn();
     }
 }
 
@@ -176,11 +127,18 @@ const START_ATTEMPTS: usize = 3;
 /// Nodes 1..=size started with the same peer list, and any added later.
 pub struct TestCluster {
     name: String,
-    env: Vec<(String, String)>,
+    settings: Settings,
     pub nodes: BTreeMap<u64, ClusterNode>,
     client: reqwest::Client,
     /// The proxies between the nodes, if started behind them.
     partition: Partition,
+}
+
+/// Owned environment variables.
+fn owned(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
 }
 
 impl TestCluster {
@@ -192,26 +150,41 @@ impl TestCluster {
     /// Starts `size` nodes, each (and any added or restarted later) with the environment
     /// variables `env` as well.
     pub async fn start_with_env(name: &str, size: u64, env: &[(&str, &str)]) -> TestCluster {
-        TestCluster::start_nodes(name, size, env, false).await
+        let settings = Settings {
+            env: owned(env),
+            ..Settings::default()
+        };
+        TestCluster::start_nodes(name, size, settings, false).await
+    }
+
+    /// Starts `size` nodes whose app 1 has `limits` (the body of its `[apps.limits]`).
+    pub async fn start_with_limits(name: &str, size: u64, limits: &str) -> TestCluster {
+        let settings = Settings {
+            limits: limits.to_owned(),
+            ..Settings::default()
+        };
+        TestCluster::start_nodes(name, size, settings, false).await
     }
 
     /// Starts `size` nodes (with the environment `env` as well), node N on `127.0.1.N`, each
     /// reached by the others through a proxy, so that [`TestCluster::isolate`] can cut a node
     /// off. Nodes added later are not behind proxies.
     pub async fn start_behind_proxies(name: &str, size: u64, env: &[(&str, &str)]) -> TestCluster {
-        TestCluster::start_nodes(name, size, env, true).await
+        let settings = Settings {
+            env: owned(env),
+            ..Settings::default()
+        };
+        TestCluster::start_nodes(name, size, settings, true).await
     }
 
+    /// Starts every node at once (a node is ready only once a quorum of them is up, with a
+    /// leader), and waits until each is ready.
     async fn start_nodes(
         name: &str,
         size: u64,
-        env: &[(&str, &str)],
+        settings: Settings,
         behind_proxies: bool,
     ) -> TestCluster {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect();
         for _ in 0..START_ATTEMPTS {
             let mut partition = Partition::default();
             let mut nodes = BTreeMap::new();
@@ -221,7 +194,7 @@ impl TestCluster {
                 } else {
                     IpAddr::V4(Ipv4Addr::LOCALHOST)
                 };
-                let mut node = ClusterNode::new(name, id, host, &env);
+                let mut node = ClusterNode::new(name, id, host, &settings);
                 if behind_proxies {
                     let cluster_addr = SocketAddr::new(host, node.cluster_port);
                     node.advertised = Some(partition.proxy(id, host, cluster_addr).await);
@@ -234,17 +207,16 @@ impl TestCluster {
                 .collect::<Vec<_>>()
                 .join(",");
             for node in nodes.values_mut() {
-                node.peers = peers.clone();
-                node.spawn();
+                node.spawn(&peers);
             }
             let mut all_ready = true;
             for node in nodes.values_mut() {
-                all_ready &= node.wait_ready().await;
+                all_ready &= node.process.wait_for(Probe::Ready).await;
             }
             if all_ready {
                 return TestCluster {
                     name: name.to_owned(),
-                    env,
+                    settings,
                     nodes,
                     client: reqwest::Client::new(),
                     partition,
@@ -260,13 +232,12 @@ impl TestCluster {
         let id = self.nodes.keys().max().map_or(1, |max| max + 1);
         for _ in 0..START_ATTEMPTS {
             let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
-            let mut node = ClusterNode::new(&self.name, id, localhost, &self.env);
+            let mut node = ClusterNode::new(&self.name, id, localhost, &self.settings);
             let mut entries: Vec<String> =
                 self.nodes.values().map(ClusterNode::peer_entry).collect();
             entries.push(node.peer_entry());
-            node.peers = entries.join(",");
-            node.spawn();
-            if node.wait_ready().await {
+            node.spawn(&entries.join(","));
+            if node.process.wait_for(Probe::Ready).await {
                 self.nodes.insert(id, node);
                 return id;
             }
@@ -392,8 +363,7 @@ impl TestCluster {
     /// The value of the series `series` (its name and labels, as exposed) in node `id`'s
     /// `/metrics`, if it is there.
     async fn series(&self, id: u64, series: &str) -> Option<f64> {
-        let node = self.node(id);
-        let url = format!("http://{}:{}/metrics", node.host, node.metrics_port);
+        let url = self.node(id).process.metrics_url();
         let text = reqwest::get(url).await.unwrap().text().await.unwrap();
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
@@ -430,31 +400,17 @@ impl TestCluster {
 
     /// `kill -9` of node `id`.
     pub fn kill_hard(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).unwrap();
-        let mut child = node.child.take().expect("node is running");
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
-
-    /// Sends `signal` (a `kill` signal name) to node `id`'s process.
-    fn signal(&self, id: u64, signal: &str) {
-        let child = self.node(id).child.as_ref().expect("node is running");
-        let sent = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -{signal} of node {id}");
+        self.nodes.get_mut(&id).unwrap().process.kill_hard();
     }
 
     /// Freezes node `id` (SIGSTOP): it keeps its sockets open but answers nothing.
     pub fn freeze(&self, id: u64) {
-        self.signal(id, "STOP");
+        self.node(id).process.signal("STOP");
     }
 
     /// Lets a frozen node `id` run again (SIGCONT).
     pub fn thaw(&self, id: u64) {
-        self.signal(id, "CONT");
+        self.node(id).process.signal("CONT");
     }
 
     /// Cuts node `id` off from the other nodes (a cluster started behind proxies), as `cut`
@@ -483,11 +439,33 @@ impl TestCluster {
         )
     }
 
-    /// Starts node `id` again on its ports, data directory and peer list.
+    /// Starts node `id` again on its ports, data directory and peer list, and waits until it
+    /// is ready (serving, in a cluster with a leader).
     pub async fn restart(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap();
-        node.spawn();
-        assert!(node.wait_ready().await, "node {id} exited on restart");
+        node.process.spawn();
+        let ready = node.process.wait_for(Probe::Ready).await;
+        assert!(ready, "node {id} exited on restart");
+    }
+
+    /// Waits until node `id` is ready (serving, in a cluster with a leader).
+    pub async fn await_ready(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        assert!(
+            node.process.wait_for(Probe::Ready).await,
+            "node {id} exited"
+        );
+    }
+
+    /// Starts node `id` again where it may find no quorum (the others are down): waits only
+    /// until it is up (`/healthz`), and checks it is not ready.
+    pub async fn restart_alone(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.process.spawn();
+        let up = node.process.wait_for(Probe::Healthy).await;
+        assert!(up, "node {id} exited on restart");
+        let (status, body) = node.get("/readyz").await;
+        assert_eq!(status, 503, "node {id} is ready without a quorum: {body}");
     }
 }
 

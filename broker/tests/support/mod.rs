@@ -1,120 +1,96 @@
-//! What the integration tests share: a real `chorus` process on free loopback ports, signed
-//! HTTP API requests, raw WebSocket clients, and reading the node's metrics and memory.
+//! What the integration tests share: real `chorus` processes on free loopback ports, alone
+//! ([`Server`]) or as a cluster ([`cluster::TestCluster`]), both started as a [`node::NodeProcess`];
+//! signed HTTP API requests and auth tokens, signed with an HMAC of the test's own (never the
+//! server's signing code); raw WebSocket and SSE clients; reading a node's metrics and memory.
 
 #![allow(dead_code)] // each test file uses its own part
 
 pub mod cluster;
+pub mod node;
 pub mod partition;
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chorus_broker::protocol::signature;
 use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, KeyInit, Mac};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
+
+use node::{NodeProcess, Probe};
 
 pub const KEY: &str = "test-key";
 pub const SECRET: &str = "test-secret-123";
 
-/// A running node; killed when dropped.
+/// HMAC-SHA256 of `message` with `secret`, in hex: how an app's backend signs, computed here
+/// independently of the server's own code.
+pub fn hmac_hex(secret: &str, message: &str) -> String {
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// An auth token of app 1 for `message`: `key:signature`, as its backend would return it.
+pub fn auth_token(message: &str) -> String {
+    format!("{KEY}:{}", hmac_hex(SECRET, message))
+}
+
+/// App 1 with `KEY` and `SECRET`, `limits` the body of its `[apps.limits]`, `app_tables` more
+/// tables of it (e.g. `[[apps.history]]`), after the top-level TOML `top`.
+pub fn app_config(top: &str, limits: &str, app_tables: &str) -> String {
+    format!(
+        "{top}\n[[apps]]\nid = \"1\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n[apps.limits]\n{limits}\n{app_tables}\n"
+    )
+}
+
+/// A running node without peers (a cluster of one); killed when dropped.
 pub struct Server {
-    child: Child,
+    process: NodeProcess,
     pub port: u16,
     pub metrics_port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(dir: &std::path::Path, port: u16, metrics_port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_chorus"))
-        .arg("--config")
-        .arg(dir.join("chorus.toml"))
-        .env("CHORUS_HOST", "127.0.0.1")
-        .env("CHORUS_PORT", port.to_string())
-        .env("CHORUS_METRICS_PORT", metrics_port.to_string())
-        .env("CHORUS_DATA_DIR", dir.join("data"))
-        .env("CHORUS_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start chorus")
 }
 
 impl Server {
     /// Starts `chorus` with app 1 (`KEY`, `SECRET`): `top` is top-level TOML, `limits` the body
-    /// of `[apps.limits]`, `app_tables` more tables of the app (e.g. `[[apps.history]]`); waits
-    /// until it is ready.
+    /// of `[apps.limits]`; waits until it is ready.
     pub async fn start(name: &str, top: &str, limits: &str) -> Server {
         Server::start_with(name, top, limits, "").await
     }
 
+    /// As [`Server::start`], with more tables of app 1 (`app_tables`).
     pub async fn start_with(name: &str, top: &str, limits: &str, app_tables: &str) -> Server {
-        let dir = std::env::temp_dir().join(format!("chorus-{name}-{}", std::process::id()));
-        let config = format!(
-            "{top}\n[[apps]]\nid = \"1\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n[apps.limits]\n{limits}\n{app_tables}\n"
-        );
+        let dir = format!("chorus-{name}-{}", std::process::id());
+        let config = app_config(top, limits, app_tables);
         // A free port can be taken by another test's client socket before chorus binds it; then
         // chorus exits and is started again on fresh ports.
         for _ in 0..5 {
-            // A failed attempt's drop removed the directory.
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("chorus.toml"), &config).unwrap();
-            let (port, metrics_port) = (free_port(), free_port());
-            let mut server = Server {
-                child: spawn(&dir, port, metrics_port),
-                port,
-                metrics_port,
-                dir: dir.clone(),
-            };
-            if server.wait_ready().await {
-                return server;
+            let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            let mut process = NodeProcess::new(&dir, localhost, &config, Vec::new());
+            process.spawn();
+            if process.wait_for(Probe::Ready).await {
+                return Server {
+                    port: process.port,
+                    metrics_port: process.metrics_port,
+                    process,
+                };
             }
         }
         panic!("chorus exited at start five times");
     }
 
-    /// Waits until the node serves; `false` if its process ended first.
-    async fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ready = reqwest::get(self.url("/readyz")).await;
-            if ready.is_ok_and(|r| r.status() == 200) {
-                return true;
-            }
-            if self.child.try_wait().expect("the node's status").is_some() {
-                return false;
-            }
-            assert!(Instant::now() < deadline, "chorus did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// `kill -9`: the process gets no chance to flush or close anything.
     pub fn kill_hard(&mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
+        self.process.kill_hard();
     }
 
     /// Starts the node again on the same ports, data directory and configuration.
     pub async fn restart(&mut self) {
-        self.child = spawn(&self.dir, self.port, self.metrics_port);
-        assert!(self.wait_ready().await, "chorus exited on restart");
+        self.process.spawn();
+        assert!(
+            self.process.wait_for(Probe::Ready).await,
+            "chorus exited on restart"
+        );
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -130,7 +106,8 @@ impl Server {
 
     /// Resident memory of the node, KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -140,7 +117,7 @@ impl Server {
 
     /// The value of the first metrics line starting with `line_start` (0 when absent).
     pub async fn metric(&self, line_start: &str) -> f64 {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+        let text = reqwest::get(self.process.metrics_url())
             .await
             .unwrap()
             .text()
@@ -209,7 +186,7 @@ pub fn signed_url(
         .unwrap()
         .as_secs()
         .to_string();
-    let md5 = signature::body_md5(body);
+    let md5 = hex::encode(<md5::Md5 as md5::Digest>::digest(body));
     let mut all: Vec<(&str, &str)> = vec![
         ("auth_key", KEY),
         ("auth_timestamp", &ts),
@@ -223,7 +200,7 @@ pub fn signed_url(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&");
-    let sig = signature::sign(SECRET, &format!("{method}\n{path}\n{query}"));
+    let sig = hmac_hex(SECRET, &format!("{method}\n{path}\n{query}"));
     let NodeAddr(addr) = node.into();
     format!("http://{addr}{path}?{query}&auth_signature={sig}")
 }
@@ -356,12 +333,17 @@ impl Client {
         self.send_text(value.to_string()).await;
     }
 
-    /// The next text frame as JSON (bounded wait); `None` when the socket closed.
+    /// The next text frame as JSON (within 5 s); `None` when the socket closed.
     pub async fn next(&mut self) -> Option<serde_json::Value> {
+        self.next_within(Duration::from_secs(5)).await
+    }
+
+    /// The next text frame as JSON, which must come `within`; `None` when the socket closed.
+    pub async fn next_within(&mut self, within: Duration) -> Option<serde_json::Value> {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+            let msg = tokio::time::timeout(within, self.ws.next())
                 .await
-                .expect("a frame within 5 s");
+                .unwrap_or_else(|_| panic!("no frame within {within:?}"));
             match msg {
                 Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
@@ -413,8 +395,7 @@ impl Client {
     /// Subscribes to a private channel, signing the subscription with the app's secret as the
     /// app's auth endpoint would.
     pub async fn subscribe_private(&mut self, channel: &str) {
-        let to_sign = format!("{}:{channel}", self.socket_id);
-        let auth = format!("{KEY}:{}", signature::sign(SECRET, &to_sign));
+        let auth = auth_token(&format!("{}:{channel}", self.socket_id));
         self.send_json(serde_json::json!({"event": "pusher:subscribe",
             "data": {"channel": channel, "auth": auth}}))
             .await;
@@ -432,8 +413,7 @@ impl Client {
     ) -> serde_json::Value {
         let channel_data =
             serde_json::json!({"user_id": user_id, "user_info": user_info}).to_string();
-        let to_sign = format!("{}:{channel}:{channel_data}", self.socket_id);
-        let auth = format!("{KEY}:{}", signature::sign(SECRET, &to_sign));
+        let auth = auth_token(&format!("{}:{channel}:{channel_data}", self.socket_id));
         self.send_json(serde_json::json!({"event": "pusher:subscribe",
             "data": {"channel": channel, "auth": auth, "channel_data": channel_data}}))
             .await;
@@ -449,8 +429,7 @@ impl Client {
     /// user's `#server-to-user-{id}` channel, as pusher-js does after a sign-in.
     pub async fn sign_in(&mut self, user_id: &str) {
         let user_data = serde_json::json!({"id": user_id}).to_string();
-        let to_sign = signature::signin_string(&self.socket_id, &user_data);
-        let auth = format!("{KEY}:{}", signature::sign(SECRET, &to_sign));
+        let auth = auth_token(&format!("{}::user::{user_data}", self.socket_id));
         self.send_json(serde_json::json!({"event": "pusher:signin",
             "data": {"auth": auth, "user_data": user_data}}))
             .await;
@@ -475,8 +454,18 @@ impl Client {
 
     /// The subscription answer for `channel` (succeeded or error).
     pub async fn expect_channel_answer(&mut self, channel: &str) -> serde_json::Value {
+        self.expect_channel_answer_within(channel, Duration::from_secs(5))
+            .await
+    }
+
+    /// The subscription answer for `channel`, with no frame more than `within` apart.
+    pub async fn expect_channel_answer_within(
+        &mut self,
+        channel: &str,
+        within: Duration,
+    ) -> serde_json::Value {
         loop {
-            let frame = self.next().await.expect("socket open");
+            let frame = self.next_within(within).await.expect("socket open");
             let event = frame["event"].as_str().unwrap_or_default();
             if frame["channel"] == channel
                 && (event == "pusher_internal:subscription_succeeded"
