@@ -132,9 +132,10 @@ impl Node {
         if !status.members.iter().any(|m| m.id == status.node_id) {
             return Readiness::NotAMember;
         }
-        // A leader it has heard from since it started: it applied what it committed for itself
-        // then. Before that, the leader it names may be one it remembers from before a restart.
-        if status.leader_id.is_none() || !self.cluster.caught_up() {
+        // A leader it follows now (it leads, or heard from the leader within the last second),
+        // and has heard from since it started: it applied what it committed for itself then.
+        // Before that, the leader it names may be one it remembers from before a restart.
+        if !self.cluster.follows_a_leader() || !self.cluster.caught_up() {
             return Readiness::NoLeader;
         }
         Readiness::Ready

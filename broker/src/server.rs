@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use chorus_cluster::http::Authorized;
 use chorus_cluster::{ForwardBatch, HandOver, DELIVER_PATH};
 
-use crate::actors::connection::Disconnect;
+use crate::actors::messages::Disconnect;
 use crate::config::{Config, CLUSTER_SECRET_FILE};
 use crate::http;
 use crate::node::Node;

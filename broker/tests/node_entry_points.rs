@@ -24,7 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::cluster::{unused_port, CLUSTER_SECRET};
+use support::cluster::CLUSTER_SECRET;
+use support::node::unused_port;
 use support::{KEY, SECRET};
 
 /// A `chorus` process whose stderr is kept; killed when dropped.

@@ -20,8 +20,7 @@ use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub use crate::actors::messages::Disconnect;
-use crate::actors::messages::{ConnectionRecipients, Subscriber, SubscriptionRejected};
+use crate::actors::messages::{ConnectionRecipients, Disconnect, Subscriber, SubscriptionRejected};
 use crate::apps::App;
 use crate::order::Order;
 use crate::outbox::Outbox;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the chorus broker with the real Pusher clients and SDKs.
 # Assumes the binary is built: CHORUS_BIN, or ../../../target/debug/chorus
-# (cd /work/main && cargo build -p chorus-broker).
+# (cargo build -p chorus-broker from the repository root).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 

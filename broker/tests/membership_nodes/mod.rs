@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use chorus_cluster::{ClusterStatus, Role, SECRET_HEADER};
 
-use crate::support::cluster::{unused_port, CLUSTER_SECRET};
+use crate::support::cluster::CLUSTER_SECRET;
+use crate::support::node::unused_port;
 
 /// Every node's configuration file: app 1 (key and secret of the test support) keeps the history
 /// of its `history-*` channels.
