@@ -96,6 +96,7 @@ describe('the chart run as processes', { skip: !BINARY && 'CHORUS_BIN is not set
     const channel = 'chat-roll';
     const clients = [];
     const received = [];
+    const resumes = { recovered: 0, notRecovered: 0 };
     for (let i = 0; i < 4; i++) {
       const client = subscriber('127.0.0.1', set.service.port); // through the client Service
       withRecovery(client);
@@ -103,6 +104,9 @@ describe('the chart run as processes', { skip: !BINARY && 'CHORUS_BIN is not set
       const sub = client.subscribe(channel);
       sub.bind('msg', (data) => got.push(data.n));
       await new Promise((resolve) => sub.bind('pusher:subscription_succeeded', resolve));
+      sub.bind('pusher:subscription_succeeded', ({ recovered }) => {
+        resumes[recovered ? 'recovered' : 'notRecovered']++;
+      });
       clients.push(client);
       received.push(got);
     }
@@ -135,6 +139,7 @@ describe('the chart run as processes', { skip: !BINARY && 'CHORUS_BIN is not set
     t.diagnostic(`pods ended: ${JSON.stringify(ends)}`);
     t.diagnostic(`longest time with no leader during the restart: ${noLeaderMs} ms`);
     t.diagnostic(`history publishes: ${JSON.stringify(outcomes)}`);
+    t.diagnostic(`resumes of the subscribers: ${JSON.stringify(resumes)}`);
     for (const end of ends) assert.equal(end.killed, false, `${end.pod} exited within its grace period`);
     assert.deepEqual(set.pods.map((p) => p.failures), [[], [], []], 'no probe failure');
 
@@ -149,7 +154,13 @@ describe('the chart run as processes', { skip: !BINARY && 'CHORUS_BIN is not set
     await eventually(() => received.every((got) => got.length >= sequence.length), {
       what: 'every subscriber to catch up',
     });
-    for (const got of received) assert.deepEqual(got, sequence);
+    received.forEach((got, i) => {
+      const at = got.findIndex((n, j) => n !== sequence[j]);
+      const around = (list) => JSON.stringify(list.slice(Math.max(0, at - 3), at + 4));
+      assert.ok(at === -1 && got.length === sequence.length,
+        `subscriber ${i}: ${got.length} events for ${sequence.length} stored; first difference at ` +
+        `${at}: got ${around(got)}, stored ${around(sequence)}`);
+    });
     for (const client of clients) client.disconnect();
   });
 });

@@ -1,6 +1,7 @@
 // One pod of the rendered StatefulSet, run as Kubernetes would run it, as a real `chorus` process.
 //
-// The container's filesystem is a folder laid out as the image is (`/chorus`, `/data`) plus what
+// The container's filesystem is a folder laid out as the image is (`/chorus`, bound read-only
+// from the binary under test, and `/data`) plus what
 // the kubelet adds: `/etc/hosts` (here also standing in for cluster DNS: every pod of the
 // headless Service), `/etc/resolv.conf`, and each volume at its mount path (ConfigMaps and
 // Secrets as the kubelet writes them, through a `..data` link it swaps on update; the claim or
@@ -12,7 +13,7 @@
 // thresholds, as the kubelet does.
 import { spawn } from 'node:child_process';
 import {
-  chmodSync, chownSync, copyFileSync, mkdirSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync,
+  chmodSync, chownSync, mkdirSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -130,7 +131,7 @@ export class Pod {
     const root = path.join(this.dir, 'root');
     rmSync(this.dir, { recursive: true, force: true });
     for (const dir of ['etc', 'data', 'proc', 'dev']) mkdirSync(path.join(root, dir), { recursive: true });
-    copyFileSync(this.set.binary, path.join(root, 'chorus'));
+    writeFileSync(path.join(root, 'chorus'), ''); // the binary under test is bound here, read-only
     this.writeHosts();
     writeFileSync(path.join(root, 'etc/resolv.conf'), `search ${this.set.searchPath()}\nnameserver 127.0.0.53\n`);
     const { fsGroup } = this.spec.securityContext ?? {};
@@ -189,6 +190,7 @@ export class Pod {
       'set -e',
       `/usr/bin/hostname ${q(this.name)}`,
       `/usr/bin/mount --bind ${q(this.root)} ${q(this.root)}`,
+      `/usr/bin/mount --bind -o ro ${q(this.set.binary)} ${q(`${this.root}/chorus`)}`,
       `/usr/bin/mount --rbind /proc ${q(`${this.root}/proc`)}`,
       `/usr/bin/mount --rbind /dev ${q(`${this.root}/dev`)}`,
       ...this.mounts.map(

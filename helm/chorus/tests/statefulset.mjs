@@ -27,6 +27,12 @@ export async function eventually(condition, { timeout = 20000, interval = 50, wh
   throw new Error(`timed out after ${timeout} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
 }
 
+// Every pod process this test run started, killed if the run ends early, so that none is left.
+const LIVE = new Set();
+process.on('exit', () => {
+  for (const pod of LIVE) if (pod.running) pod.process.kill('SIGKILL');
+});
+
 /** A second octet for this run's pod IPs, so parallel runs on one machine do not meet. */
 const SUBNET = 100 + (process.pid % 100);
 
@@ -51,6 +57,7 @@ export class StatefulSetRun {
       throw new Error('this harness plays the Parallel pod management policy only');
     }
     set.pods = Array.from({ length: replicas }, (_, i) => new Pod(set, i));
+    for (const pod of set.pods) LIVE.add(pod);
     for (const pod of set.pods) pod.start();
     return set;
   }
@@ -160,6 +167,7 @@ export class StatefulSetRun {
   /** `helm uninstall` and the claims deleted: every process killed, every file removed. */
   async uninstall() {
     await Promise.all(this.pods.map((p) => p.kill()));
+    for (const pod of this.pods) LIVE.delete(pod);
     await this.service?.close();
     rmSync(this.dir, { recursive: true, force: true });
   }
