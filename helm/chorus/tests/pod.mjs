@@ -167,6 +167,15 @@ export class Pod {
     this.mounts = mounts;
   }
 
+  /** The kubelet's sync: the mounted ConfigMaps and Secrets get their current contents. */
+  refreshVolumes() {
+    for (const mount of this.mounts ?? []) {
+      const volume = this.spec.volumes?.find((v) => v.name === mount.name);
+      if (volume?.configMap) writeProjectedVolume(mount.source, this.set.configMapFiles(volume.configMap.name));
+      if (volume?.secret) writeProjectedVolume(mount.source, this.set.secretFiles(volume.secret.secretName));
+    }
+  }
+
   /** The pods' names as cluster DNS resolves them (rewritten in place as pods come and go). */
   writeHosts() {
     const file = path.join(this.dir, 'root', 'etc/hosts');

@@ -17,8 +17,12 @@ export const HELM = path.join(TOOLS, 'helm');
 /**
  * `helm template RELEASE CHART --namespace NAMESPACE -f values`: the release's objects, each a
  * plain object, with `find(kind, name)` to pick one.
+ *
+ * Without a cluster Helm keeps no release history, so `helm template` always renders revision 1.
+ * For a later `revision` (an upgrade), the members ConfigMap, where the chart writes
+ * `.Release.Revision`, gets that revision as `helm upgrade` would render it.
  */
-export function helmTemplate({ release, namespace, values }) {
+export function helmTemplate({ release, namespace, values, revision = 1 }) {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'chorus-values-'));
   try {
     const file = path.join(dir, 'values.yaml');
@@ -31,6 +35,11 @@ export function helmTemplate({ release, namespace, values }) {
     const objects = YAML.parseAllDocuments(text)
       .map((doc) => doc.toJS())
       .filter((object) => object);
+    for (const object of objects) {
+      if (object.kind === 'ConfigMap' && object.data?.['members.toml']) {
+        object.data['members.toml'] = object.data['members.toml'].replace(/^revision = 1$/m, `revision = ${revision}`);
+      }
+    }
     return {
       objects,
       find(kind, name) {

@@ -43,6 +43,7 @@ export class StatefulSetRun {
     this.namespace = namespace;
     this.values = values;
     this.existingSecrets = existingSecrets; // Secrets made outside the chart: name -> {key: value}
+    this.revision = 1;
     this.rendered = helmTemplate({ release, namespace, values });
     this.dir = mkdtempSync(path.join(os.tmpdir(), 'chorus-statefulset-'));
     this.pods = [];
@@ -162,6 +163,36 @@ export class StatefulSetRun {
       }, { timeout: readyTimeout, what: `${pod.name} ready again` });
     }
     return ends;
+  }
+
+  /**
+   * `helm upgrade` with new values, played as Kubernetes plays it: the kubelet rewrites every
+   * running pod's mounted ConfigMaps in place; the StatefulSet controller creates the missing
+   * ordinals at once (Parallel) or deletes those past the new count together (their claims stay,
+   * as `whenScaled: Retain` keeps them); then, if the pod template changed, it rolls the pods.
+   */
+  async upgrade(values, { readyTimeout = 60000 } = {}) {
+    const template = JSON.stringify(this.statefulSet.spec.template);
+    this.values = values;
+    this.revision += 1;
+    this.rendered = helmTemplate({ release: this.release, namespace: this.namespace, values, revision: this.revision });
+    const replicas = this.statefulSet.spec.replicas;
+    for (const pod of this.pods) pod.refreshVolumes();
+    if (replicas > this.pods.length) {
+      const added = [];
+      for (let i = this.pods.length; i < replicas; i++) added.push(new Pod(this, i));
+      this.pods.push(...added);
+      for (const pod of this.pods) if (pod.root) pod.writeHosts();
+      for (const pod of added) LIVE.add(pod.start());
+    } else if (replicas < this.pods.length) {
+      const removed = this.pods.slice(replicas).reverse();
+      await Promise.all(removed.map((pod) => pod.terminate()));
+      for (const pod of removed) LIVE.delete(pod);
+      this.pods = this.pods.slice(0, replicas);
+      for (const pod of this.pods) pod.writeHosts();
+    }
+    await this.awaitReady({ timeout: readyTimeout });
+    if (JSON.stringify(this.statefulSet.spec.template) !== template) await this.rollingRestart({ readyTimeout });
   }
 
   /** `helm uninstall` and the claims deleted: every process killed, every file removed. */
