@@ -6,6 +6,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import PusherClient from 'pusher-js';
 import PusherSDK from 'pusher';
@@ -128,18 +129,23 @@ describe('the chart run as processes', { skip: !BINARY && 'CHORUS_BIN is not set
         } catch (e) {
           if (e.status === 503) outcomes.refused503++;
           else outcomes.failed++;
+          await sleep(20); // a publisher backs off a little before it retries
         }
       }
     })();
-    await eventually(() => acknowledged.length >= 20, { what: 'publishes before the restart' });
-
+    let ends;
+    let noLeaderMs;
     const watch = new LeaderWatch(set);
-    const ends = await set.rollingRestart();
-    const noLeaderMs = await watch.stop();
-    const lastBefore = acknowledged.length;
-    await eventually(() => acknowledged.length >= lastBefore + 20, { what: 'publishes after the restart' });
-    publishing = false;
-    await load;
+    try {
+      await eventually(() => acknowledged.length >= 20, { what: 'publishes before the restart' });
+      ends = await set.rollingRestart();
+      noLeaderMs = await watch.stop();
+      const lastBefore = acknowledged.length;
+      await eventually(() => acknowledged.length >= lastBefore + 20, { what: 'publishes after the restart' });
+    } finally {
+      publishing = false; // whatever failed, the load and the watch stop
+      await Promise.all([load, watch.stop()]);
+    }
 
     t.diagnostic(`pods ended: ${JSON.stringify(ends)}`);
     t.diagnostic(`longest time with no leader during the restart: ${noLeaderMs} ms`);

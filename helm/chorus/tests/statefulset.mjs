@@ -232,9 +232,11 @@ export class LeaderWatch {
   }
 
   async stop() {
-    this.stopped = true;
-    await this.done;
-    this.longestGapMs = Math.max(this.longestGapMs, Date.now() - this.lastSeen);
+    if (!this.stopped) {
+      this.stopped = true;
+      await this.done;
+      this.longestGapMs = Math.max(this.longestGapMs, Date.now() - this.lastSeen);
+    }
     return this.longestGapMs;
   }
 }
