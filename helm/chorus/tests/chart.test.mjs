@@ -80,9 +80,9 @@ describe('the rendered chart', () => {
 
   test('a config change rolls the pods; a scale changes only the members file', () => {
     const template = (r) => JSON.stringify(r.find('StatefulSet').spec.template);
-    const base = render({ ...EVERYTHING_ON, compat: { peersEnv: false } });
-    const scaled = render({ ...EVERYTHING_ON, replicas: 3, compat: { peersEnv: false } });
-    const reconfigured = render({ ...EVERYTHING_ON, compat: { peersEnv: false }, config: { dead_after_secs: 9 } });
+    const base = render({ ...EVERYTHING_ON });
+    const scaled = render({ ...EVERYTHING_ON, replicas: 3 });
+    const reconfigured = render({ ...EVERYTHING_ON, config: { dead_after_secs: 9 } });
     assert.equal(template(scaled), template(base), 'a scale keeps the pod template');
     assert.notEqual(template(reconfigured), template(base), 'a config change changes it');
     const annotation = (r) => r.find('StatefulSet').spec.template.metadata.annotations['checksum/config'];
@@ -97,6 +97,7 @@ describe('the rendered chart', () => {
     assert.equal(members, `revision = 1\npeers = "${peers.join(',')}"\n`);
     const env = rendered.find('StatefulSet').spec.template.spec.containers[0].env;
     assert.equal(env.find((e) => e.name === 'CHORUS_MEMBERS_FILE').value, '/etc/chorus/members/members.toml');
+    assert.equal(env.find((e) => e.name === 'CHORUS_PEERS'), undefined, 'the members file is the only peer list');
     assert.equal(rendered.find('StatefulSet').spec.template.spec.enableServiceLinks, false);
   });
 });
