@@ -1,11 +1,10 @@
 // One pod of the rendered StatefulSet, run as Kubernetes would run it, as a real `chorus` process.
 //
 // The container's filesystem is a folder laid out as the image is (`/chorus`, bound read-only
-// from the binary under test, and `/data`) plus what
-// the kubelet adds: `/etc/hosts` (here also standing in for cluster DNS: every pod of the
-// headless Service), `/etc/resolv.conf`, and each volume at its mount path (ConfigMaps and
-// Secrets as the kubelet writes them, through a `..data` link it swaps on update; the claim or
-// emptyDir at /data, owned by the fsGroup). The process runs in a mount and UTS namespace of its
+// from the binary under test, and `/data`) plus what the kubelet adds: `/etc/hosts` (the pod's
+// own names), `/etc/resolv.conf` (the cluster DNS server and search path), and each volume at
+// its mount path (ConfigMaps and Secrets as the kubelet writes them, through a `..data` link it
+// swaps on update; the claim or emptyDir at /data, owned by the fsGroup). The process runs in a mount and UTS namespace of its
 // own (`unshare`), with the pod name as hostname, chrooted into that folder as the pod's user,
 // with the root filesystem read-only when the container asks for it. Its command, arguments and
 // environment are the rendered ones, with the downward-API fields filled in: pod name, namespace,
@@ -132,8 +131,11 @@ export class Pod {
     rmSync(this.dir, { recursive: true, force: true });
     for (const dir of ['etc', 'data', 'proc', 'dev']) mkdirSync(path.join(root, dir), { recursive: true });
     writeFileSync(path.join(root, 'chorus'), ''); // the binary under test is bound here, read-only
-    this.writeHosts();
-    writeFileSync(path.join(root, 'etc/resolv.conf'), `search ${this.set.searchPath()}\nnameserver 127.0.0.53\n`);
+    this.#writeHosts(root);
+    writeFileSync(
+      path.join(root, 'etc/resolv.conf'),
+      `search ${this.set.searchPath()}\nnameserver ${this.set.dnsIp()}\noptions ndots:5\n`,
+    );
     const { fsGroup } = this.spec.securityContext ?? {};
     const mounts = [];
     for (const mount of this.container.volumeMounts ?? []) {
@@ -176,10 +178,13 @@ export class Pod {
     }
   }
 
-  /** The pods' names as cluster DNS resolves them (rewritten in place as pods come and go). */
-  writeHosts() {
-    const file = path.join(this.dir, 'root', 'etc/hosts');
-    writeFileSync(file, `127.0.0.1\tlocalhost\n${this.set.hostsEntries()}`);
+  /** The kubelet's /etc/hosts of a StatefulSet pod: localhost and the pod's own names only. */
+  #writeHosts(root) {
+    writeFileSync(
+      path.join(root, 'etc/hosts'),
+      '# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' +
+        `${this.ip}\t${this.name}.${this.set.domain()}\t${this.name}\n`,
+    );
   }
 
   /** Starts the container: namespaces, mounts, chroot, the pod's user, the rendered command. */
@@ -220,16 +225,20 @@ export class Pod {
       if (this.log.length > 200) this.log.shift();
       if (process.env.CHORUS_TEST_LOG) process.stderr.write(`[${this.name}] ${chunk}`);
     });
-    this.exited = new Promise((resolve) => this.process.once('exit', (code, signal) => resolve({ code, signal })));
-    this.exited.then(() => {
+    // The container's lifetime: its probing ends with it, so a restarted container is probed anew.
+    const lifetime = new AbortController();
+    this.exited = new Promise((resolve) => this.process.once('exit', (code, signal) => {
       this.ready = false;
       this.running = false;
-    });
+      this.exitedAt = Date.now();
+      lifetime.abort();
+      resolve({ code, signal });
+    }));
     this.running = true;
     this.started = false;
     this.ready = false;
     this.terminating = false;
-    this.probing = this.#probe();
+    this.probing = this.#probe(lifetime.signal);
     return this;
   }
 
@@ -245,41 +254,44 @@ export class Pod {
     }
   }
 
-  /** The kubelet's probing: startup until it passes, then liveness and readiness. */
-  async #probe() {
+  /**
+   * The kubelet's probing of one container, until it ends (`ended` aborts): startup until it
+   * passes, then liveness and readiness.
+   */
+  async #probe(ended) {
     const { startupProbe, livenessProbe, readinessProbe } = this.container;
-    const period = (probe) => (probe.periodSeconds ?? 10) * 1000;
+    const pause = (probe) => sleep((probe.periodSeconds ?? 10) * 1000, undefined, { signal: ended }).catch(() => {});
     let failed = 0;
-    while (this.running && !this.started) {
+    while (!ended.aborted && !this.started) {
       if (await this.#check(startupProbe)) this.started = true;
       else if (++failed >= (startupProbe.failureThreshold ?? 3)) {
         this.failures.push(`startup probe failed ${failed} times`);
         return;
-      } else await sleep(period(startupProbe));
+      } else await pause(startupProbe);
     }
     const liveness = (async () => {
       let misses = 0;
-      while (this.running) {
+      while (!ended.aborted) {
         misses = (await this.#check(livenessProbe)) ? 0 : misses + 1;
-        if (this.running && misses >= (livenessProbe.failureThreshold ?? 3)) {
+        if (!ended.aborted && misses >= (livenessProbe.failureThreshold ?? 3)) {
           this.failures.push(`liveness probe failed ${misses} times`);
           misses = 0;
         }
-        await sleep(period(livenessProbe));
+        await pause(livenessProbe);
       }
     })();
     const readiness = (async () => {
       let passes = 0;
       let misses = 0;
-      while (this.running) {
+      while (!ended.aborted) {
         if (await this.#check(readinessProbe)) {
           misses = 0;
-          if (++passes >= (readinessProbe.successThreshold ?? 1)) this.ready = this.running;
+          if (++passes >= (readinessProbe.successThreshold ?? 1)) this.ready = !ended.aborted;
         } else {
           passes = 0;
           if (++misses >= (readinessProbe.failureThreshold ?? 3)) this.ready = false;
         }
-        await sleep(period(readinessProbe));
+        await pause(readinessProbe);
       }
     })();
     await Promise.all([liveness, readiness]);
@@ -299,14 +311,15 @@ export class Pod {
     else if (preStop) throw new Error('only a preStop sleep is emulated');
     this.process.kill('SIGTERM');
     const left = Math.max(0, grace - (Date.now() - started));
-    const timer = sleep(left).then(() => 'timeout');
+    const graceTimer = new AbortController();
+    const timer = sleep(left, 'timeout', { signal: graceTimer.signal }).catch(() => null);
     const ended = await Promise.race([this.exited, timer]);
-    if (ended === 'timeout') {
-      this.process.kill('SIGKILL');
-      return { ...(await this.exited), killed: true, seconds: (Date.now() - started) / 1000 };
-    }
+    graceTimer.abort();
+    const killed = ended === 'timeout';
+    if (killed) this.process.kill('SIGKILL');
+    const how = await this.exited;
     await this.probing;
-    return { ...ended, killed: false, seconds: (Date.now() - started) / 1000 };
+    return { ...how, killed, seconds: (this.exitedAt - started) / 1000 };
   }
 
   /** Kills the process at once (test clean-up). */

@@ -4,8 +4,9 @@
 #   2. the image built with podman around the chorus binary, run from its own root filesystem;
 #   3. the rendered StatefulSet run as real chorus processes, with pusher-js and the pusher SDK.
 # Needs the static chorus binary: CHORUS_BIN (built with --target x86_64-unknown-linux-gnu and
-# RUSTFLAGS='-C target-feature=+crt-static'). Installs what it needs: podman (apt), helm and
-# kubernetes-validate (pinned, tools.sh), the Node packages (npm ci).
+# RUSTFLAGS='-C target-feature=+crt-static'). Installs what it needs: podman and dnsmasq (apt;
+# dnsmasq serves as the cluster's DNS), helm and kubernetes-validate (pinned, tools.sh), the Node
+# packages (npm ci).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -15,9 +16,9 @@ if [[ -z "${CHORUS_BIN:-}" || ! -x "$CHORUS_BIN" ]]; then
 fi
 export CHORUS_BIN="$(cd "$(dirname "$CHORUS_BIN")" && pwd)/$(basename "$CHORUS_BIN")"
 
-if ! command -v podman >/dev/null; then
-  apt-get install -y podman >/dev/null 2>&1 \
-    || { apt-get update >/dev/null && apt-get install -y podman >/dev/null; }
+if ! command -v podman >/dev/null || ! command -v dnsmasq >/dev/null; then
+  apt-get install -y podman dnsmasq-base >/dev/null 2>&1 \
+    || { apt-get update >/dev/null && apt-get install -y podman dnsmasq-base >/dev/null; }
 fi
 
 lock_hash="$(sha256sum package-lock.json | cut -d' ' -f1)"

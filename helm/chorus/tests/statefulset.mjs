@@ -1,36 +1,28 @@
 // The rendered chart run as Kubernetes would run it, with the StatefulSet controller's order:
 // `install` starts every pod at once (podManagementPolicy: Parallel), `rollingRestart` replaces
-// them one at a time from the highest ordinal, each waiting for the one before to be ready.
-// The client Service is a TCP balancer over the ready pods; cluster DNS is each pod's
-// /etc/hosts, listing every pod of the headless Service (it publishes not-ready addresses).
+// them one at a time from the highest ordinal, each waiting for the one before to be ready,
+// `upgrade` rewrites the mounted ConfigMaps, adds or deletes pods and rolls them as the
+// controller and the kubelet do. The client Service is a TCP balancer over the ready pods;
+// cluster DNS is a real DNS server holding a record for every pod that exists (the headless
+// Service publishes not-ready addresses).
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { ClusterDns } from './dns.mjs';
 import { helmTemplate } from './render.mjs';
 import { Pod } from './pod.mjs';
 import { Service } from './service.mjs';
+import { eventually } from './wait.mjs';
 
-/** Waits until `condition()` is true, polling; throws naming `what` after `timeout` ms. */
-export async function eventually(condition, { timeout = 20000, interval = 50, what = 'condition' } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  while (Date.now() < deadline) {
-    try {
-      if (await condition()) return;
-    } catch (e) {
-      last = e;
-    }
-    await sleep(interval);
-  }
-  throw new Error(`timed out after ${timeout} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
-}
-
-// Every pod process this test run started, killed if the run ends early, so that none is left.
+// Every pod process and DNS server this test run started, killed if the run ends early, so
+// that none is left.
 const LIVE = new Set();
+const SERVERS = new Set();
 process.on('exit', () => {
   for (const pod of LIVE) if (pod.running) pod.process.kill('SIGKILL');
+  for (const dns of SERVERS) dns.process?.kill('SIGKILL');
 });
 
 /** A second octet for this run's pod IPs, so parallel runs on one machine do not meet. */
@@ -52,12 +44,16 @@ export class StatefulSetRun {
   /** `helm install`: renders, starts every pod at once, and serves the client Service. */
   static async install(options) {
     const set = new StatefulSetRun(options);
+    set.dns = new ClusterDns(set.dnsIp(), set.dir, set.clusterDomain());
+    SERVERS.add(set.dns);
+    await set.dns.start();
     set.service = await new Service(() => set.endpoints('client')).listen();
     const replicas = set.statefulSet.spec.replicas;
     if (set.statefulSet.spec.podManagementPolicy !== 'Parallel') {
       throw new Error('this harness plays the Parallel pod management policy only');
     }
     set.pods = Array.from({ length: replicas }, (_, i) => new Pod(set, i));
+    set.dns.update(set.dnsRecords());
     for (const pod of set.pods) LIVE.add(pod);
     for (const pod of set.pods) pod.start();
     return set;
@@ -75,22 +71,28 @@ export class StatefulSetRun {
     return `127.${SUBNET}.${Math.floor(ordinal / 200)}.${10 + (ordinal % 200)}`;
   }
 
+  /** The cluster DNS server's address. */
+  dnsIp() {
+    return `127.${SUBNET}.255.53`;
+  }
+
+  clusterDomain() {
+    return this.values.clusterDomain ?? 'cluster.local';
+  }
+
   /** The headless Service's domain: names are POD.<this>. */
   domain() {
-    const domain = this.rendered.find('StatefulSet').spec.serviceName;
-    return `${domain}.${this.namespace}.svc.${this.values.clusterDomain ?? 'cluster.local'}`;
+    return `${this.statefulSet.spec.serviceName}.${this.namespace}.svc.${this.clusterDomain()}`;
   }
 
   searchPath() {
-    return `${this.namespace}.svc.cluster.local svc.cluster.local cluster.local`;
+    const domain = this.clusterDomain();
+    return `${this.namespace}.svc.${domain} svc.${domain} ${domain}`;
   }
 
-  /** /etc/hosts lines of every pod that exists, as cluster DNS answers for them. */
-  hostsEntries() {
-    const headless = this.statefulSet.spec.serviceName;
-    return this.pods
-      .map((p) => `${p.ip}\t${p.name}.${this.domain()} ${p.name}.${headless}.${this.namespace}.svc ${p.name}.${headless}\n`)
-      .join('');
+  /** What cluster DNS answers for the pods that exist: each by name, all under the Service's. */
+  dnsRecords() {
+    return this.pods.flatMap((p) => [{ name: `${p.name}.${this.domain()}`, ip: p.ip }, { name: this.domain(), ip: p.ip }]);
   }
 
   configMapFiles(name) {
@@ -166,33 +168,77 @@ export class StatefulSetRun {
   }
 
   /**
-   * `helm upgrade` with new values, played as Kubernetes plays it: the kubelet rewrites every
-   * running pod's mounted ConfigMaps in place; the StatefulSet controller creates the missing
-   * ordinals at once (Parallel) or deletes those past the new count together (their claims stay,
-   * as `whenScaled: Retain` keeps them); then, if the pod template changed, it rolls the pods.
+   * `helm upgrade` with new values, played as Kubernetes plays it. Helm writes the ConfigMaps
+   * and the StatefulSet at once. The StatefulSet controller at once creates the missing
+   * ordinals (Parallel: all together; their mounts show the new ConfigMaps from the start) or
+   * deletes those past the new count (together, each with its preStop and grace period; their
+   * claims stay, as `whenScaled: Retain` keeps them). The kubelet rewrites the mounted
+   * ConfigMaps of the pods that stay in place, not at once but at its next sync of each pod:
+   * here `mountsAfterMs` after the upgrade, then one pod every `mountsSpreadMs`, by ordinal.
+   * Once every pod is ready, if the pod template changed, the controller rolls the pods.
+   * Resolves with how the deleted pods and the rolled ones ended, and when the first pod that
+   * stayed saw its mounts rewritten.
    */
-  async upgrade(values, { readyTimeout = 60000 } = {}) {
+  async upgrade(values, { readyTimeout = 60000, mountsAfterMs = 3000, mountsSpreadMs = 1000 } = {}) {
     const template = JSON.stringify(this.statefulSet.spec.template);
     this.values = values;
     this.revision += 1;
     this.rendered = helmTemplate({ release: this.release, namespace: this.namespace, values, revision: this.revision });
     const replicas = this.statefulSet.spec.replicas;
-    for (const pod of this.pods) pod.refreshVolumes();
+    const staying = this.pods.slice(0, replicas);
+    let firstSync = null;
+    const kubeletSync = Promise.all(staying.map(async (pod, i) => {
+      await sleep(mountsAfterMs + i * mountsSpreadMs);
+      if (pod.running) pod.refreshVolumes();
+      firstSync ??= Date.now();
+    }));
+    let deleted = [];
+    let rolled = [];
     if (replicas > this.pods.length) {
       const added = [];
       for (let i = this.pods.length; i < replicas; i++) added.push(new Pod(this, i));
       this.pods.push(...added);
-      for (const pod of this.pods) if (pod.root) pod.writeHosts();
+      this.dns.update(this.dnsRecords());
       for (const pod of added) LIVE.add(pod.start());
     } else if (replicas < this.pods.length) {
       const removed = this.pods.slice(replicas).reverse();
-      await Promise.all(removed.map((pod) => pod.terminate()));
+      deleted = await Promise.all(removed.map(async (pod) => ({ pod: pod.name, ...(await pod.terminate()) })));
       for (const pod of removed) LIVE.delete(pod);
-      this.pods = this.pods.slice(0, replicas);
-      for (const pod of this.pods) pod.writeHosts();
+      this.pods = staying;
+      this.dns.update(this.dnsRecords());
     }
+    await kubeletSync;
     await this.awaitReady({ timeout: readyTimeout });
-    if (JSON.stringify(this.statefulSet.spec.template) !== template) await this.rollingRestart({ readyTimeout });
+    if (JSON.stringify(this.statefulSet.spec.template) !== template) {
+      rolled = await this.rollingRestart({ readyTimeout });
+    }
+    return { deleted, rolled, firstSync };
+  }
+
+  /**
+   * Waits until the leader's membership is exactly `ids`, all voters (no learner), following
+   * the members file of this release revision.
+   */
+  async awaitVoters(ids, { timeout = 60000 } = {}) {
+    const want = JSON.stringify([...ids].sort((a, b) => a - b));
+    let last;
+    await eventually(async () => {
+      const views = await Promise.all(
+        this.pods.filter((p) => p.running).map((p) => this.clusterStatus(p).catch(() => null)),
+      );
+      const leader = views.find((v) => v?.state === 'leader');
+      if (!leader) return false;
+      last = leader;
+      const members = leader.members.map((m) => m.id).sort((a, b) => a - b);
+      return JSON.stringify(members) === want && leader.members.every((m) => m.voter) &&
+        leader.desired?.revision === this.revision;
+    }, {
+      timeout,
+      what: () => `the voters ${want} at revision ${this.revision} (last leader view: ${JSON.stringify(last && {
+        node: last.node_id, members: last.members, desired: last.desired,
+      })})`,
+    });
+    return last;
   }
 
   /** `helm uninstall` and the claims deleted: every process killed, every file removed. */
@@ -200,35 +246,57 @@ export class StatefulSetRun {
     await Promise.all(this.pods.map((p) => p.kill()));
     for (const pod of this.pods) LIVE.delete(pod);
     await this.service?.close();
+    await this.dns?.stop();
+    SERVERS.delete(this.dns);
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
 /**
- * Watches who leads, polling every running pod's `/cluster`: `longestGapMs` is the longest time
- * between two polls that found a leader, while it watched.
+ * Watches who leads: every running pod's `/cluster` is polled on its own, so that a slow answer
+ * from one pod holds up no other. `longestGapMs` is the longest time between two answers that
+ * named a leader (a pod saying it leads), while it watched; `leaders` the leaders in the order
+ * they were seen.
  */
 export class LeaderWatch {
-  constructor(set, intervalMs = 50) {
+  constructor(set, intervalMs = 25) {
     this.set = set;
     this.intervalMs = intervalMs;
     this.longestGapMs = 0;
     this.lastSeen = Date.now();
+    this.leaders = [];
     this.stopped = false;
+    this.polling = new Map(); // pod -> its polling loop
     this.done = this.#run();
   }
 
   async #run() {
     while (!this.stopped) {
-      const pods = this.set.pods.filter((p) => p.running);
-      const views = await Promise.all(pods.map((p) => this.set.clusterStatus(p).catch(() => null)));
-      const now = Date.now();
-      if (views.some((v) => v?.state === 'leader')) {
-        this.longestGapMs = Math.max(this.longestGapMs, now - this.lastSeen);
-        this.lastSeen = now;
+      for (const pod of this.set.pods) {
+        if (pod.running && !this.polling.has(pod)) this.polling.set(pod, this.#poll(pod));
       }
       await sleep(this.intervalMs);
     }
+    await Promise.all(this.polling.values());
+  }
+
+  async #poll(pod) {
+    try {
+      while (!this.stopped && pod.running) {
+        const view = await this.set.clusterStatus(pod).catch(() => null);
+        if (view?.state === 'leader') this.#sawLeader(view.node_id);
+        await sleep(this.intervalMs);
+      }
+    } finally {
+      this.polling.delete(pod);
+    }
+  }
+
+  #sawLeader(id) {
+    const now = Date.now();
+    this.longestGapMs = Math.max(this.longestGapMs, now - this.lastSeen);
+    this.lastSeen = now;
+    if (this.leaders.at(-1) !== id) this.leaders.push(id);
   }
 
   async stop() {
