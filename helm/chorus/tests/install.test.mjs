@@ -46,6 +46,20 @@ async function connectionsOf(pod) {
   return line ? Number(line.split(' ').at(-1)) : 0;
 }
 
+/**
+ * `kubectl exec POD -- /chorus cluster status --addr POD:6002`, as the chart's README gives it:
+ * the pod's own name from its /etc/hosts, the cluster secret from its environment. Resolves with
+ * the desired revision and members it prints, and its voters and learners.
+ */
+async function statusCommand(pod) {
+  const { code, stdout, stderr } = await pod.exec(['/chorus', 'cluster', 'status', '--addr', `${pod.name}:${pod.port('cluster')}`]);
+  assert.equal(code, 0, `chorus cluster status in ${pod.name}: ${stderr}`);
+  const desired = stdout.match(/^desired \(revision (\d+)\): (.*)$/m);
+  assert.ok(desired, stdout);
+  const members = (kind) => [...stdout.matchAll(new RegExp(`^ +(\\d+) +${kind} `, 'gm'))].map((m) => Number(m[1]));
+  return { revision: Number(desired[1]), desired: desired[2], voters: members('voter'), learners: members('learner') };
+}
+
 describe('the chart run as processes', { skip: !BINARY && 'CHORUS_BIN is not set' }, () => {
   let set;
   let installMs;
@@ -72,6 +86,7 @@ describe('the chart run as processes', { skip: !BINARY && 'CHORUS_BIN is not set
       what: 'one leader that every pod follows, and voters 0, 1 and 2 everywhere',
     });
     assert.deepEqual(set.pods.map((p) => p.failures), [[], [], []]);
+    assert.deepEqual(await statusCommand(set.pod(2)), { revision: 1, desired: '0, 1, 2', voters: [0, 1, 2], learners: [] });
   });
 
   test('a pusher-js subscriber on one pod receives a publish made through another', async () => {
@@ -137,6 +152,10 @@ describe('the chart run as processes', { skip: !BINARY && 'CHORUS_BIN is not set
       `the first mount sync; ${load.summary('3 -> 5')}`);
     assert.deepEqual(scaledUp.rolled, [], 'a scale rolls no pod');
     assert.equal(load.steps['3 -> 5'].dropped, 0, 'no subscriber moved by the scale-up');
+    assert.deepEqual(
+      await statusCommand(set.pod(4)),
+      { revision: set.revision, desired: '0, 1, 2, 3, 4', voters: [0, 1, 2, 3, 4], learners: [] },
+    );
     await load.awaitPublishes(20, { what: 'publishes with five voters' });
     // The new pods hold the history from the start (an acknowledged publish is on a majority).
     const atFive = await load.historiesAgree(set.pods);
@@ -189,5 +208,9 @@ describe('the chart run as processes', { skip: !BINARY && 'CHORUS_BIN is not set
     await load.verify(set.pods);
     await load.close();
     assert.deepEqual(set.pods.map((p) => p.failures), [[], [], []], 'no probe failure');
+    assert.deepEqual(
+      await statusCommand(set.pod(0)),
+      { revision: set.revision, desired: '0, 1, 2', voters: [0, 1, 2], learners: [] },
+    );
   });
 });

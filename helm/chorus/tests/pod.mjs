@@ -4,12 +4,12 @@
 // from the binary under test, and `/data`) plus what the kubelet adds: `/etc/hosts` (the pod's
 // own names), `/etc/resolv.conf` (the cluster DNS server and search path), and each volume at
 // its mount path (ConfigMaps and Secrets as the kubelet writes them, through a `..data` link it
-// swaps on update; the claim or emptyDir at /data, owned by the fsGroup). The process runs in a mount and UTS namespace of its
-// own (`unshare`), with the pod name as hostname, chrooted into that folder as the pod's user,
-// with the root filesystem read-only when the container asks for it. Its command, arguments and
-// environment are the rendered ones, with the downward-API fields filled in: pod name, namespace,
-// and a pod IP of its own on 127.0.0.0/8. Probes are polled at their rendered paths, ports and
-// thresholds, as the kubelet does.
+// swaps on update; the claim or emptyDir at /data, owned by the fsGroup). The process runs in a
+// mount and UTS namespace of its own (`unshare`), with the pod name as hostname, chrooted into
+// that folder as the pod's user, with the root filesystem read-only when the container asks for
+// it. Its command, arguments and environment are the rendered ones, with the downward-API fields
+// filled in: pod name, namespace, and a pod IP of its own on 127.0.0.0/8. Probes are polled at
+// their rendered paths, ports and thresholds, as the kubelet does; `exec` is `kubectl exec`.
 import { spawn } from 'node:child_process';
 import {
   chmodSync, chownSync, mkdirSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync,
@@ -187,13 +187,19 @@ export class Pod {
     );
   }
 
-  /** Starts the container: namespaces, mounts, chroot, the pod's user, the rendered command. */
-  start() {
-    this.#prepareRoot();
+  /** The container's user, group and supplementary group, as `chroot --userspec --groups`. */
+  #identity() {
     const { runAsUser, runAsGroup, fsGroup } = this.spec.securityContext ?? {};
     const user = this.container.securityContext?.runAsUser ?? runAsUser;
     const group = this.container.securityContext?.runAsGroup ?? runAsGroup;
     if (user === undefined || user === 0) throw new Error('the pod would run as root');
+    return [`--userspec=${user}:${group ?? user}`, `--groups=${fsGroup ?? group ?? user}`];
+  }
+
+  /** Starts the container: namespaces, mounts, chroot, the pod's user, the rendered command. */
+  start() {
+    this.#prepareRoot();
+    const identity = this.#identity();
     const readOnlyRoot = Boolean(this.container.securityContext?.readOnlyRootFilesystem);
     const env = this.environment();
     const argv = [...(this.container.command ?? IMAGE.entrypoint), ...(this.container.args ?? [])].map(
@@ -212,7 +218,7 @@ export class Pod {
           (m.readOnly ? ` && /usr/bin/mount -o remount,bind,ro ${q(m.target)}` : ''),
       ),
       ...(readOnlyRoot ? [`/usr/bin/mount -o remount,bind,ro ${q(this.root)}`] : []),
-      `exec /usr/sbin/chroot --userspec=${user}:${group ?? user} --groups=${fsGroup ?? group ?? user} ${q(this.root)} ${argv.map(q).join(' ')}`,
+      `exec /usr/sbin/chroot ${identity.join(' ')} ${q(this.root)} ${argv.map(q).join(' ')}`,
     ];
     this.process = spawn(
       '/usr/bin/unshare',
@@ -240,6 +246,26 @@ export class Pod {
     this.terminating = false;
     this.probing = this.#probe(lifetime.signal);
     return this;
+  }
+
+  /**
+   * `kubectl exec POD -- ...args`: runs a command of the image in the running container, in its
+   * namespaces and root filesystem, as its user, with its environment. Resolves with the
+   * command's exit code, its output and its errors.
+   */
+  exec(args) {
+    const command = [
+      '--target', String(this.process.pid), '--mount', '--uts', '--',
+      '/usr/sbin/chroot', ...this.#identity(), this.root, ...args,
+    ];
+    const child = spawn('/usr/bin/nsenter', command, { env: this.environment(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = [];
+    const err = [];
+    child.stdout.on('data', (chunk) => out.push(chunk));
+    child.stderr.on('data', (chunk) => err.push(chunk));
+    return new Promise((resolve) => child.once('close', (code) => resolve({
+      code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(),
+    })));
   }
 
   /** GET on a probe's rendered path and port; true for a status 200-399. */
