@@ -86,7 +86,12 @@ describe('the chart run as processes', { skip: !BINARY && 'CHORUS_BIN is not set
       what: 'one leader that every pod follows, and voters 0, 1 and 2 everywhere',
     });
     assert.deepEqual(set.pods.map((p) => p.failures), [[], [], []]);
-    assert.deepEqual(await statusCommand(set.pod(2)), { revision: 1, desired: '0, 1, 2', voters: [0, 1, 2], learners: [] });
+    // A member proposes the members file it reads (every 2 s) once it is in the cluster.
+    const want = JSON.stringify({ revision: 1, desired: '0, 1, 2', voters: [0, 1, 2], learners: [] });
+    let shown;
+    await eventually(async () => JSON.stringify(shown = await statusCommand(set.pod(2))) === want, {
+      what: () => `chorus cluster status to show ${want} (it showed ${JSON.stringify(shown)})`,
+    });
   });
 
   test('a pusher-js subscriber on one pod receives a publish made through another', async () => {
