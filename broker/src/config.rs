@@ -639,6 +639,7 @@ impl Config {
             snapshot_every: self.raft_snapshot_every,
             // A node listening on one address sends its cluster traffic from it.
             local_address: (!self.host.is_unspecified()).then_some(self.host),
+            tls: None,
         }
     }
 

@@ -150,7 +150,7 @@ fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> an
 fn print_cluster_status(node: &NodeAccess, json: bool) -> anyhow::Result<()> {
     let secret = node.secret()?;
     let status = block_on(async {
-        let client = chorus_cluster::operator_client()?;
+        let client = chorus_cluster::operator_client(None)?;
         Ok(fetch_status(&client, &node.addr, &secret, Duration::from_secs(5)).await?)
     })?;
     if json {
@@ -169,8 +169,8 @@ const REMOVE_TIMEOUT: Duration = Duration::from_secs(20);
 fn remove_node(node: &NodeAccess, id: u64) -> anyhow::Result<()> {
     let secret = node.secret()?;
     let (status, body) = block_on(async {
-        let response = chorus_cluster::operator_client()?
-            .post(format!("http://{}/cluster/remove", node.addr))
+        let response = chorus_cluster::operator_client(None)?
+            .post(&node.addr, "/cluster/remove")
             .header(SECRET_HEADER, secret.as_str())
             .json(&RemoveRequest { id })
             .timeout(REMOVE_TIMEOUT)
