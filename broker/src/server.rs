@@ -1,5 +1,5 @@
-//! Runs a node: binds its listeners (public, metrics, cluster), marks it ready, and shuts it down
-//! gracefully on SIGTERM or SIGINT: it stops being ready, tells clients 4200 so they reconnect
+//! Runs a node: binds its listeners (public and cluster, each over TLS when the node has a
+//! certificate for it; metrics, always plain), marks it ready, and shuts it down gracefully on SIGTERM or SIGINT: it stops being ready, tells clients 4200 so they reconnect
 //! elsewhere, hands its Raft leadership to another voter if it leads, lets the listeners drain,
 //! then stops Raft.
 
@@ -15,6 +15,7 @@ use crate::actors::connection::Disconnect;
 use crate::config::{Config, CLUSTER_SECRET_FILE};
 use crate::http;
 use crate::node::Node;
+use crate::tls;
 
 /// Serves until a shutdown signal, then returns once connections have closed or the deadline
 /// passed.
@@ -24,6 +25,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let node = web::Data::new(Node::new(config)?);
     spawn_retention(node.clone().into_inner());
     let cfg = &node.config;
+    tls::watch(cfg.tls.watched());
     let workers = if cfg.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -46,8 +48,14 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // never reuses one the server is closing.
     .keep_alive(Duration::from_secs(cfg.keep_alive_secs))
     .shutdown_timeout(cfg.shutdown_timeout_secs)
-    .disable_signals()
-    .bind((cfg.host, cfg.port))
+    .disable_signals();
+    let public_addr = (cfg.host, cfg.port);
+    let public = match &cfg.tls.public {
+        Some(certificate) => {
+            public.bind_rustls_0_23(public_addr, tls::server_config(certificate.clone()))
+        }
+        None => public.bind(public_addr),
+    }
     .with_context(|| format!("binding the public port {}:{}", cfg.host, cfg.port))?
     .run();
     let metrics_node = node.clone();
@@ -76,8 +84,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     })
     .workers(CLUSTER_WORKERS)
     .shutdown_timeout(1)
-    .disable_signals()
-    .listen(cluster_listener)
+    .disable_signals();
+    // A node with a cluster certificate serves its cluster port over TLS alone.
+    let cluster_server = match &cfg.tls.cluster {
+        Some(cluster_tls) => cluster_server.listen_rustls_0_23(
+            cluster_listener,
+            tls::server_config(cluster_tls.served.clone()),
+        ),
+        None => cluster_server.listen(cluster_listener),
+    }
     .with_context(|| format!("serving the cluster port {}:{cluster_port}", cfg.host))?
     .run();
 
@@ -93,6 +108,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         port = cfg.port,
         metrics_port = cfg.metrics_port,
         cluster_port,
+        tls = cfg.tls.public.is_some(),
+        cluster_tls = cfg.tls.cluster.is_some(),
         node_id = node.cluster.node_id(),
         workers,
         "chorus is serving"
