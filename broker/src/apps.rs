@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use chorus_storage::Store;
+use chorus_storage::{StorageError, Store};
 use parking_lot::Mutex;
 
 use crate::actors::messages::{ConnectionRecipients, Disconnect};
@@ -14,6 +14,8 @@ use crate::history::Histories;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::protocol::frame::SocketId;
 use crate::registry::Registry;
+use crate::webhooks::metrics::WebhookMetrics;
+use crate::webhooks::Webhooks;
 
 /// One app and everything the node holds for it.
 pub struct App {
@@ -25,6 +27,7 @@ pub struct App {
     pub metrics: AppMetrics,
     pub channels: Registry,
     pub history: Histories,
+    pub webhooks: Webhooks,
     /// Open connections, for shutdown.
     connections: Mutex<HashMap<SocketId, Arc<ConnectionRecipients>>>,
     /// Signed-in users and their connections, for termination.
@@ -39,9 +42,11 @@ impl App {
         metrics: &Metrics,
         max_outbound_bytes: usize,
         store: Store,
-    ) -> App {
+        webhook_metrics: &WebhookMetrics,
+    ) -> Result<App, StorageError> {
         let app_metrics = metrics.for_app(&config.id);
-        App {
+        let webhooks = Webhooks::new(config, store.webhooks(), webhook_metrics)?;
+        Ok(App {
             id: config.id.clone(),
             key: config.key.clone(),
             secret: config.secret.clone(),
@@ -53,13 +58,15 @@ impl App {
                 config.limits.max_presence_members,
                 max_outbound_bytes,
                 store.last_events().clone(),
+                webhooks.clone(),
             ),
             history: Histories::new(&config.history, store),
+            webhooks,
             metrics: app_metrics,
             connections: Mutex::default(),
             users: Mutex::default(),
             admitted: AtomicUsize::new(0),
-        }
+        })
     }
 
     /// Takes a connection slot; `false` when the app is at `max_connections`.
@@ -163,15 +170,25 @@ impl Apps {
         metrics: &Metrics,
         max_outbound_bytes: usize,
         store: &Store,
-    ) -> Apps {
-        let apps: Vec<Arc<App>> = configs
+    ) -> Result<Apps, StorageError> {
+        let webhook_metrics = WebhookMetrics::register(metrics.registry());
+        let apps = configs
             .iter()
-            .map(|c| Arc::new(App::new(c, metrics, max_outbound_bytes, store.clone())))
-            .collect();
-        Apps {
+            .map(|c| {
+                let app = App::new(
+                    c,
+                    metrics,
+                    max_outbound_bytes,
+                    store.clone(),
+                    &webhook_metrics,
+                );
+                app.map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Apps {
             by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),
             by_key: apps.iter().map(|a| (a.key.clone(), a.clone())).collect(),
-        }
+        })
     }
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {

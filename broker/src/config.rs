@@ -31,6 +31,7 @@ use crate::tls::{
     CertificateFiles, ClusterTls, NodeTls, ServedCertificate, TlsFile, TlsFileError,
     TrustedAuthority,
 };
+use crate::webhooks::settings::{check_delivery, check_webhook, WebhookConfig, WebhookDelivery};
 
 /// The development app served when no app is configured.
 pub const DEV_APP_ID: &str = "1";
@@ -49,6 +50,9 @@ const MIN_CLUSTER_SECRET_LEN: usize = 16;
 
 /// The longest app id accepted.
 const MAX_APP_ID_LEN: usize = 128;
+
+/// Webhooks per app at most.
+const MAX_WEBHOOKS_PER_APP: usize = 100;
 
 /// Why a configuration was refused. Every variant names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +229,12 @@ pub struct AppConfig {
     /// Which channels keep a durable history, by glob on the channel name.
     #[serde(default)]
     pub history: Vec<HistoryRule>,
+    /// Where the app's webhooks go, each with the events it wants (`[[apps.webhooks]]`).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// How the app's webhooks are sent (`[apps.webhook_delivery]`).
+    #[serde(default)]
+    pub webhook_delivery: WebhookDelivery,
 }
 
 /// Channels matching `channels` keep their events on disk, within the retention given.
@@ -432,6 +442,8 @@ impl Config {
                 allowed_origins: Vec::new(),
                 limits: Limits::default(),
                 history: Vec::new(),
+                webhooks: Vec::new(),
+                webhook_delivery: WebhookDelivery::default(),
             });
         }
         let first = &mut self.apps[0];
@@ -587,6 +599,7 @@ impl Config {
                 return Err(invalid(key("max_age_secs"), "must be at least 1"));
             }
         }
+        self.validate_webhooks(i, app)?;
         let l = &app.limits;
         let positive = [
             ("max_connections", l.max_connections),
@@ -621,6 +634,30 @@ impl Config {
             return Err(invalid(
                 key("limits.max_message_bytes"),
                 "a full batch would exceed max_request_bytes; raise max_request_bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks app `i`'s webhooks and how they are sent.
+    fn validate_webhooks(&self, i: usize, app: &AppConfig) -> Result<(), ConfigError> {
+        if app.webhooks.len() > MAX_WEBHOOKS_PER_APP {
+            return Err(invalid(
+                format!("apps[{i}].webhooks"),
+                format!("at most {MAX_WEBHOOKS_PER_APP} webhooks per app"),
+            ));
+        }
+        for (j, webhook) in app.webhooks.iter().enumerate() {
+            if let Err((key, problem)) = check_webhook(webhook) {
+                return Err(invalid(format!("apps[{i}].webhooks[{j}].{key}"), problem));
+            }
+        }
+        if let Err((key, problem)) = check_delivery(&app.webhook_delivery) {
+            return Err(invalid(
+                format!("apps[{i}].webhook_delivery.{key}"),
+                problem,
             ));
         }
         Ok(())

@@ -58,7 +58,12 @@ impl Node {
             source,
         })?;
         let metrics = Metrics::new();
-        let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes, &store);
+        let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes, &store).map_err(
+            |source| NodeError::Store {
+                path: config.data_dir.clone(),
+                source,
+            },
+        )?;
         let order = Order::default();
         let delivery = order.delivery({
             let (apps, order) = (apps.clone(), order.clone());
@@ -83,6 +88,16 @@ impl Node {
             cluster,
             serving: AtomicBool::new(false),
         })
+    }
+
+    /// Starts the senders of every app's webhooks on the current runtime.
+    pub fn start_webhooks(&self) {
+        let client = crate::webhooks::post::client();
+        for app in self.apps.iter() {
+            for sender in app.webhooks.senders(&client) {
+                actix_rt::spawn(sender.run());
+            }
+        }
     }
 
     /// Trims every history channel to its app's retention, and forgets cache channels' last

@@ -27,6 +27,7 @@ use crate::history::now_ms;
 use crate::metrics::AppMetrics;
 use crate::protocol::channel::ChannelKind;
 use crate::protocol::frame::{Frame, SocketId};
+use crate::webhooks::Webhooks;
 
 /// How long a cache channel keeps its last event.
 pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
@@ -91,6 +92,8 @@ pub struct Registry {
     max_outbound_bytes: usize,
     /// Where cache channels' last events outlive the process.
     last_events: LastEvents,
+    /// Told of cache misses.
+    webhooks: Webhooks,
     /// The node's cluster, once the node has started it.
     cluster: OnceLock<Cluster>,
 }
@@ -110,6 +113,7 @@ impl Registry {
         max_presence_members: usize,
         max_outbound_bytes: usize,
         last_events: LastEvents,
+        webhooks: Webhooks,
     ) -> Registry {
         Registry {
             app_id: app_id.to_owned(),
@@ -118,6 +122,7 @@ impl Registry {
             max_presence_members,
             max_outbound_bytes,
             last_events,
+            webhooks,
             cluster: OnceLock::new(),
         }
     }
@@ -166,6 +171,7 @@ impl Registry {
         let kind = ChannelKind::of(channel);
         let mut table = self.table.lock();
         msg.cached = kind.cache.then(|| self.cached(&mut table, channel));
+        let missed = matches!(msg.cached, Some(None));
         let entry = table.live.entry(channel.to_owned()).or_insert_with(|| {
             self.metrics.channels.inc();
             if let Some(cluster) = self.cluster.get() {
@@ -197,6 +203,10 @@ impl Registry {
         match &entry.addr {
             ChannelAddr::Plain(a) => a.do_send(msg),
             ChannelAddr::Presence(a) => a.do_send(msg),
+        }
+        drop(table);
+        if missed {
+            self.webhooks.cache_miss(channel);
         }
     }
 

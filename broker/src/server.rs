@@ -25,6 +25,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     keep_secret_for_commands(&config)?;
     let node = web::Data::new(Node::new(config)?);
     spawn_retention(node.clone().into_inner());
+    node.start_webhooks();
     let cfg = &node.config;
     tls::watch(cfg.tls.watched());
     let workers = if cfg.workers == 0 {
@@ -61,6 +62,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let _ = public_task.await;
     let _ = metrics_task.await;
     let _ = cluster_task.await;
+    if let Err(e) = node.store.flush_blocking() {
+        tracing::warn!(error = %e, "could not flush the store on the way out");
+    }
     tracing::info!("stopped");
     Ok(())
 }
