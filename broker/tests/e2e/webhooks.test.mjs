@@ -3,7 +3,10 @@
 // `validate_webhook`), filters, batching, retries, refusals, timeouts and a restart.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import { readFileSync } from 'node:fs';
 import {
+  freePort,
   startChorus,
   subscribeOk,
   once,
@@ -211,5 +214,78 @@ describe('webhooks whose receiver fails', () => {
     const requests = requestsFor('client-durable');
     assert.ok(requests.find((r) => r.status === 200).at >= restarted);
     assert.equal(new Set(requests.map((r) => r.events[0].id)).size, 1, 'one id before and after');
+  });
+});
+
+describe('hostile webhook receivers', () => {
+  let server;
+  let good;
+  let huge;
+  let clusterPort;
+  const hugeBytes = 100 * 1024 * 1024;
+  let hugeSent = 0;
+  before(async () => {
+    good = await startReceiver(DEFAULT_APP);
+    // Answers 200 with a 100 MB body, written as fast as the peer reads it.
+    huge = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-length': String(hugeBytes) });
+        const chunk = Buffer.alloc(1024 * 1024, 120);
+        const pump = () => {
+          while (hugeSent < hugeBytes && res.write(chunk)) hugeSent += chunk.length;
+          if (hugeSent >= hugeBytes) res.end();
+        };
+        res.on('drain', pump);
+        res.on('error', () => {});
+        pump();
+      });
+    });
+    await new Promise((resolve) => huge.listen(0, '127.0.0.1', resolve));
+    clusterPort = await freePort();
+    server = await startChorus({
+      config: { cluster_port: clusterPort },
+      apps: [
+        {
+          ...DEFAULT_APP,
+          webhooks: [
+            { url: `http://127.0.0.1:${huge.address().port}/`, event_types: ['client_event'] },
+            { url: `http://127.0.0.1:${clusterPort}/cluster`, event_types: ['client_event'] },
+            { url: good.url, event_types: ['client_event'] },
+          ],
+          webhook_delivery: { batching: false },
+        },
+      ],
+    });
+  });
+  after(async () => {
+    await server?.cleanup();
+    huge?.closeAllConnections?.();
+    await new Promise((resolve) => huge?.close(resolve) ?? resolve());
+    await good?.close();
+  });
+
+  const rssKiB = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${server.proc.pid}/status`, 'utf8'))[1]);
+
+  test("a 100 MB answer is not read, the node's own cluster port refuses, and neither blocks the others", async () => {
+    const before = rssKiB();
+    const a = await server.connectedClient();
+    const b = await server.connectedClient();
+    const chA = await subscribeOk(a, 'private-hostile');
+    await subscribeOk(b, 'private-hostile');
+    for (let i = 0; i < 5; i++) chA.trigger('client-hostile', { i });
+    // The control: every event reaches the well-behaved receiver, in order.
+    await eventually(() => clientEvents(good, 'client-hostile').length === 5, { what: 'five events at the good receiver' });
+    assert.deepEqual(clientEvents(good, 'client-hostile').map((e) => JSON.parse(e.data).i), [0, 1, 2, 3, 4]);
+    const text = await eventually(async () => {
+      const t = await server.metrics();
+      const sent = metric(t, 'chorus_webhooks_sent_total', { app_id: DEFAULT_APP.id, type: 'client_event' });
+      const refused = metric(t, 'chorus_webhooks_dropped_total', { app_id: DEFAULT_APP.id, reason: 'refused' });
+      return sent >= 10 && refused === 5 && t;
+    }, { timeout: WAIT_MS * 2, what: '5 sent to the 100 MB receiver and 5 refused by the cluster port' });
+    assert.equal(metric(text, 'chorus_webhook_retries_total', { app_id: DEFAULT_APP.id }), null);
+    assert.ok(hugeSent < hugeBytes, `the 100 MB body was not read to its end (${hugeSent} bytes written)`);
+    const grown = rssKiB() - before;
+    assert.ok(grown < 32 * 1024, `RSS grew ${grown} KiB`);
   });
 });
