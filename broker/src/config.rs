@@ -36,7 +36,9 @@ use crate::webhooks::settings::{check_delivery, check_webhook, WebhookConfig, We
 /// The development app served when no app is configured.
 pub const DEV_APP_ID: &str = "1";
 pub const DEV_APP_KEY: &str = "chorus-dev-key";
-pub const DEV_APP_SECRET: &str = "chorus-dev-secret";
+/// The file in the data directory that keeps the development app's random secret (mode 0600),
+/// so that it stays the same from one start to the next.
+pub const DEV_APP_SECRET_FILE: &str = "dev-app-secret";
 
 /// The file in the data directory that holds the random cluster secret of a one-node cluster
 /// started without one (mode 0600), for `chorus cluster` commands on the same machine.
@@ -151,6 +153,10 @@ pub struct Config {
     #[arg(skip)]
     #[serde(skip)]
     pub cluster_secret_generated: bool,
+    /// The first app is the development app with a random secret: none was given.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub app_secret_generated: bool,
     /// Seconds a cluster member may go without answering before the leader declares it dead and
     /// removes its presence members and channel interest (at least 2, above Raft's 0.6-1.2 s
     /// election timeout).
@@ -438,7 +444,7 @@ impl Config {
             self.apps.push(AppConfig {
                 id: DEV_APP_ID.into(),
                 key: DEV_APP_KEY.into(),
-                secret: DEV_APP_SECRET.into(),
+                secret: hex::encode(rand::random::<[u8; 16]>()),
                 allowed_origins: Vec::new(),
                 limits: Limits::default(),
                 history: Vec::new(),
@@ -446,6 +452,8 @@ impl Config {
                 webhook_delivery: WebhookDelivery::default(),
             });
         }
+        self.app_secret_generated =
+            source == AppSource::DevelopmentDefault && given.app_secret.is_none();
         let first = &mut self.apps[0];
         for (field, value) in [
             (&mut first.id, &given.app_id),

@@ -29,6 +29,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod router;
+pub mod secret_file;
 pub mod server;
 pub mod subscriptions;
 pub mod tls;
