@@ -30,8 +30,9 @@ pub async fn run(args: &[String], json: &Path, timeout: Duration, name: &str) ->
     }
     let report = Report::read_json(json)?;
     eprintln!(
-        "  {name}: {:.0} deliveries/s, lost {}, p99 {:.2} ms, server {} us/delivery",
+        "  {name}: {:.0} deliveries/s, {:.0} publishes/s, lost {}, p99 {:.2} ms, server {} us/delivery",
         report.deliveries_per_sec,
+        report.publishes_per_sec,
         report.lost,
         report.latency_ms.p99,
         report
