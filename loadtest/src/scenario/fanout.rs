@@ -91,6 +91,11 @@ pub async fn run_with(common: &CommonArgs, p: &FanoutParams, scenario: &str) -> 
             "--subscribers, --channels, --window and --batch must be at least 1".into(),
         ));
     }
+    if p.private && p.transport == Transport::Sse {
+        return Err(Error::Args(
+            "--transport sse takes public channels only (no --private)".into(),
+        ));
+    }
     crate::limits::check_fits(p.subscribers as u64, p.window as u64)?;
     let started_unix_ms = crate::payload::now_us() / 1000;
     let target = Arc::new(Target::resolve(common, p.subscribers as u64).await?);
