@@ -5,19 +5,20 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use actix_web::http::header::TRANSFER_ENCODING;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::apps::App;
 use crate::channel_view::{ChannelQuery, ChannelView, Selection};
-use crate::http::peers;
+use crate::http::body;
+use crate::http::{edge, peers};
 use crate::node::Node;
 use crate::protocol::channel::{self, ChannelKind};
 use crate::protocol::frame::{self, SocketId};
-use crate::protocol::signature::{self, SignedRequest};
+use crate::protocol::signature::{self, RequestAuthError, SignedQuery};
 use crate::router;
 
 /// An API error: an HTTP status and a message, answered as `{"error": message}`.
@@ -26,6 +27,8 @@ use crate::router;
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// The connection is closed after the answer: the rest of the request was not read.
+    close: bool,
 }
 
 impl ApiError {
@@ -33,6 +36,15 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            close: false,
+        }
+    }
+
+    /// An answer given before the body was read (or while reading it): the connection closes.
+    fn closing(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            close: true,
+            ..ApiError::new(status, message)
         }
     }
 
@@ -47,7 +59,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({"error": self.message}))
+        let mut response = HttpResponse::build(self.status);
+        if self.close {
+            response.force_close();
+        }
+        response.json(json!({"error": self.message}))
     }
 }
 
@@ -74,49 +90,60 @@ impl Verified {
     }
 }
 
-/// Reads the body (at most `limit` bytes), finds the app and checks the signature.
+/// Finds the app and checks the signature of the query, which covers the body's MD5, before
+/// anything of the body is read: a declared length over the limit is refused (413), and so is a
+/// request not signed by the app (401). Then the body is read within its deadline (408) and
+/// checked against the signed MD5.
 async fn verify(
     node: &Node,
     req: &HttpRequest,
     app_id: &str,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<Verified, ApiError> {
     let limit = node.config.max_request_bytes;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is over {limit} bytes"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let declared =
+        body::declared_len(req, limit).map_err(|e| ApiError::closing(e.status(), e.to_string()))?;
+    // Answered before its body is read, a request with one closes its connection.
+    let unread = declared.map_or(req.headers().contains_key(TRANSFER_ENCODING), |n| n > 0);
+    let early = |status: StatusCode, message: String| ApiError {
+        close: unread,
+        ..ApiError::new(status, message)
+    };
     let app = node
         .apps
         .by_id(app_id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id}")))?
+        .ok_or_else(|| early(StatusCode::NOT_FOUND, format!("unknown app id {app_id}")))?
         .clone();
     let params = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?
+        .map_err(|e| {
+            early(
+                StatusCode::BAD_REQUEST,
+                format!("invalid query string: {e}"),
+            )
+        })?
         .into_inner();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let signed = SignedRequest {
+    let query = SignedQuery {
         method: req.method().as_str(),
         path: req.uri().path(),
         params: &params,
-        body: &body,
     };
-    signature::verify_request(&signed, &app.key, &app.secret, now)
+    let unauthorized = |e: RequestAuthError| early(StatusCode::UNAUTHORIZED, e.to_string());
+    let signed_body =
+        signature::verify_query(&query, &app.key, &app.secret, now).map_err(unauthorized)?;
+    if signed_body.must_be_empty() && unread {
+        return Err(unauthorized(RequestAuthError::Missing("body_md5")));
+    }
+    let deadline = edge::edge().settings.body;
+    let body = body::read(payload, declared, limit, deadline)
+        .await
+        .map_err(|e| ApiError::closing(e.status(), e.to_string()))?;
+    signed_body
+        .check(&body)
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
-    Ok(Verified {
-        app,
-        params,
-        body: body.freeze(),
-    })
+    Ok(Verified { app, params, body })
 }
 
 /// One event as published over the API.

@@ -28,6 +28,7 @@ use serde::Deserialize;
 use crate::actors::connection::{Accepted, Connection};
 use crate::actors::messages::Disconnect;
 use crate::apps::App;
+use crate::http::edge;
 use crate::node::Node;
 use crate::outbox::{Outbox, Transport};
 use crate::protocol::channel::{self, Access, ChannelKind};
@@ -86,6 +87,14 @@ pub async fn stream(
         .concat();
         return event_stream_response(cors).body(body);
     }
+    let slot = match edge::admit_address(&node, &req) {
+        Ok(slot) => slot,
+        Err(e) => {
+            let mut response = HttpResponse::TooManyRequests();
+            add_cors(&mut response, cors);
+            return response.json(serde_json::json!({ "error": e.to_string() }));
+        }
+    };
     let opened = match open(&node, &req, &key) {
         Ok(opened) => opened,
         Err(r) => {
@@ -112,6 +121,7 @@ pub async fn stream(
         order: node.order.clone(),
         outbox,
         timeouts: node.timeouts(),
+        slot,
     };
     ctx.run(Connection::event_stream(
         accepted,
