@@ -36,7 +36,7 @@ use crate::liveness::{Liveness, MIN_DEAD_AFTER};
 use crate::log_store::LogStore;
 use crate::metrics::{ForwardSeries, QuerySeries, RaftSeries};
 use crate::network::HttpNetwork;
-use crate::outbound::cluster_client;
+use crate::outbound::{cluster_client, ClusterClient};
 use crate::peers::Peers;
 use crate::resolve::Names;
 use crate::secret::ClusterSecret;
@@ -69,6 +69,9 @@ pub struct ClusterSettings {
     /// The address this node's cluster traffic leaves from; `None`: the system's choice (see
     /// [`crate::outbound`]).
     pub local_address: Option<IpAddr>,
+    /// The TLS of this node's traffic to the other nodes' cluster ports, which then speak only
+    /// TLS; `None`: plain HTTP (see [`crate::outbound`]).
+    pub tls: Option<rustls::ClientConfig>,
 }
 
 /// Log entries between snapshots, by default. A follower that fell further behind installs a
@@ -109,7 +112,7 @@ pub(crate) struct Core {
     pub(crate) raft: Raft,
     pub(crate) state: StateReader,
     pub(crate) store: Store,
-    pub(crate) client: reqwest::Client,
+    pub(crate) client: ClusterClient,
     pub(crate) series: RaftSeries,
     /// The channels this node has local subscribers of.
     pub(crate) interest: Declared<ChannelKey, ()>,
@@ -361,10 +364,10 @@ impl Cluster {
         let forward_series = ForwardSeries::register(registry).map_err(ClusterError::Metrics)?;
         let query_series = QuerySeries::register(registry).map_err(ClusterError::Metrics)?;
         let names = Names::default();
-        let client = cluster_client(settings.local_address, &names)
+        let client = cluster_client(settings.local_address, settings.tls.as_ref(), &names)
             .map_err(|e| ClusterError::Config(e.to_string()))?;
         // A client of its own for forwarding: its connections stay open to each destination.
-        let forward_client = cluster_client(settings.local_address, &names)
+        let forward_client = cluster_client(settings.local_address, settings.tls.as_ref(), &names)
             .map_err(|e| ClusterError::Config(e.to_string()))?;
         let hold = Arc::new(Hold::default());
         let file_members = match &settings.members_file {

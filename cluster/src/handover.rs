@@ -224,10 +224,7 @@ async fn ask_to_stand(core: &Core, next: NodeId, term: u64) -> Result<(), Cluste
         leader: core.node_id(),
         term,
     };
-    let post = core
-        .client
-        .post(format!("http://{addr}{ELECT_PATH}"))
-        .json(&request);
+    let post = core.client.post(&addr, ELECT_PATH).json(&request);
     match send_to_peer(post, &addr, &core.settings.secret, CATCH_UP_WAIT).await? {
         ElectOutcome::Standing => Ok(()),
         ElectOutcome::Refused { reason } => Err(ClusterError::HandOver(format!(

@@ -142,10 +142,7 @@ async fn repair_channel(core: &Core, key: &ChannelKey) -> Result<u64, ClusterErr
                 before: here.first_offset,
                 limit: PAGE,
             };
-            let post = core
-                .client
-                .post(format!("http://{addr}{HISTORY_PATH}"))
-                .json(&question);
+            let post = core.client.post(&addr, HISTORY_PATH).json(&question);
             let page: HistoryAnswer =
                 match send_to_peer(post, &addr, &core.settings.secret, PAGE_TIMEOUT).await {
                     Ok(page) => {

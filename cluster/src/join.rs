@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::Core;
 use crate::error::ClusterError;
+use crate::outbound::ClusterClient;
 use crate::peer_request::send_to_peer;
 use crate::secret::ClusterSecret;
 use crate::types::{NodeId, Request};
@@ -112,13 +113,11 @@ fn refused(core: &Core, body: String) -> ClusterError {
 
 /// The joining node's side: asks the leader at `leader_addr`.
 pub(crate) async fn request_join(
-    client: &reqwest::Client,
+    client: &ClusterClient,
     leader_addr: &str,
     secret: &ClusterSecret,
     request: &JoinRequest,
 ) -> Result<JoinOutcome, ClusterError> {
-    let post = client
-        .post(format!("http://{leader_addr}{JOIN_PATH}"))
-        .json(request);
+    let post = client.post(leader_addr, JOIN_PATH).json(request);
     send_to_peer(post, leader_addr, secret, JOIN_TIMEOUT).await
 }

@@ -100,10 +100,7 @@ pub(crate) async fn propose_logged(
         } else {
             match leader_addr(core, leader) {
                 Some(addr) => {
-                    let post = core
-                        .client
-                        .post(format!("http://{addr}{PROPOSE_PATH}"))
-                        .json(&request);
+                    let post = core.client.post(&addr, PROPOSE_PATH).json(&request);
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     send_to_peer(post, &addr, &core.settings.secret, left).await
                 }

@@ -71,7 +71,7 @@ async fn ask<A: DeserializeOwned + Send + 'static>(
     for (node, addr) in core.other_nodes() {
         let request = core
             .client
-            .post(format!("http://{addr}{path}"))
+            .post(&addr, &path)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.clone());
         let secret = core.settings.secret.clone();

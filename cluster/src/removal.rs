@@ -236,7 +236,7 @@ async fn ask_leader(
     };
     let post = core
         .client
-        .post(format!("http://{addr}{REMOVE_PATH}"))
+        .post(&addr, REMOVE_PATH)
         .json(&RemoveRequest { id });
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     send_to_peer(post, &addr, &core.settings.secret, left).await

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredMembers;
 use crate::error::ClusterError;
+use crate::outbound::ClusterClient;
 use crate::peer_request::send_to_peer;
 use crate::secret::ClusterSecret;
 use crate::types::NodeId;
@@ -187,12 +188,12 @@ fn ids<'a>(ids: impl Iterator<Item = &'a NodeId>) -> String {
 
 /// Asks the node at `addr` (`host:port` of its cluster port) for its status.
 pub async fn fetch_status(
-    client: &reqwest::Client,
+    client: &ClusterClient,
     addr: &str,
     secret: &ClusterSecret,
     timeout: Duration,
 ) -> Result<ClusterStatus, ClusterError> {
-    let request = client.get(format!("http://{addr}/cluster"));
+    let request = client.get(addr, "/cluster");
     send_to_peer(request, addr, secret, timeout).await
 }
 
