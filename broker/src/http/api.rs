@@ -14,7 +14,8 @@ use serde_json::{json, Map, Value};
 use crate::apps::App;
 use crate::channel_view::{ChannelQuery, ChannelView, Selection};
 use crate::http::body;
-use crate::http::{edge, peers};
+use crate::http::edge::BodyDeadline;
+use crate::http::peers;
 use crate::node::Node;
 use crate::protocol::channel::{self, ChannelKind};
 use crate::protocol::frame::{self, SocketId};
@@ -136,7 +137,7 @@ async fn verify(
     if signed_body.must_be_empty() && unread {
         return Err(unauthorized(RequestAuthError::Missing("body_md5")));
     }
-    let deadline = edge::edge().settings.body;
+    let deadline = BodyDeadline::of(&node.config);
     let body = body::read(payload, declared, limit, deadline)
         .await
         .map_err(|e| ApiError::closing(e.status(), e.to_string()))?;

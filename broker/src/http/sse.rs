@@ -28,7 +28,7 @@ use serde::Deserialize;
 use crate::actors::connection::{Accepted, Connection};
 use crate::actors::messages::Disconnect;
 use crate::apps::App;
-use crate::http::edge;
+use crate::http::edge::Edge;
 use crate::node::Node;
 use crate::outbox::{Outbox, Transport};
 use crate::protocol::channel::{self, Access, ChannelKind};
@@ -74,6 +74,7 @@ pub async fn stream(
     req: HttpRequest,
     key: web::Path<String>,
     node: web::Data<Node>,
+    edge: web::Data<Edge>,
 ) -> HttpResponse {
     let app = node.apps.by_key(&key);
     let cors = cors_origin(&req, app.map(|a| a.as_ref()));
@@ -87,7 +88,7 @@ pub async fn stream(
         .concat();
         return event_stream_response(cors).body(body);
     }
-    let slot = match edge::admit_address(&node, &req) {
+    let slot = match edge.admit(&req, &node.metrics) {
         Ok(slot) => slot,
         Err(e) => {
             let mut response = HttpResponse::TooManyRequests();

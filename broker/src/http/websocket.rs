@@ -11,7 +11,7 @@ use actix_ws::{CloseCode, CloseReason};
 use crate::actors::connection::{message_limit, Accepted, Connection};
 use crate::apps::App;
 use crate::http::client_frames::ClientFrames;
-use crate::http::edge;
+use crate::http::edge::Edge;
 use crate::http::per_ip::Slot;
 use crate::node::Node;
 use crate::outbox::{Outbox, Transport};
@@ -32,9 +32,17 @@ fn refusal(code: u16, message: impl Into<String>) -> Refusal {
 }
 
 /// Checks the client address's limits, protocol version, app key, origin and connection quota.
-fn admit(node: &Node, req: &HttpRequest, key: &str) -> Result<(Arc<App>, Slot), Refusal> {
-    let slot =
-        edge::admit_address(node, req).map_err(|e| refusal(code::OVER_CAPACITY, e.to_string()))?;
+fn admit(
+    node: &Node,
+    edge: &Edge,
+    req: &HttpRequest,
+    key: &str,
+) -> Result<(Arc<App>, Slot), Refusal> {
+    // 4100 (over capacity): pusher-js retries after its backoff, as it should once the address
+    // is under its limits again; a 4000-4099 code would stop it for good.
+    let slot = edge
+        .admit(req, &node.metrics)
+        .map_err(|e| refusal(code::OVER_CAPACITY, e.to_string()))?;
     let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or_default();
@@ -79,6 +87,7 @@ pub async fn connect(
     body: web::Payload,
     key: web::Path<String>,
     node: web::Data<Node>,
+    edge: web::Data<Edge>,
 ) -> Result<HttpResponse, actix_web::Error> {
     if !node.is_serving() {
         // Shutting down: a plain refusal sends the client to another node after its backoff.
@@ -95,7 +104,7 @@ pub async fn connect(
             return Ok(HttpResponse::BadRequest().json(serde_json::json!({ "error": message })));
         }
     };
-    let (app, slot) = match admit(&node, &req, &key) {
+    let (app, slot) = match admit(&node, &edge, &req, &key) {
         Ok(admitted) => admitted,
         Err(r) => {
             actix_rt::spawn(async move {
