@@ -1,5 +1,6 @@
 //! Structured fuzzing (proptest, stable Rust) of every broker parser that sees network input:
-//! WebSocket frames, Pusher client messages, socket ids, signed API queries and SSE cursors.
+//! WebSocket frames, Pusher client messages, socket ids, signed API queries, the API's publish
+//! bodies and SSE cursors.
 //! Properties, not only "no panic": frames decode to exactly what was encoded however the bytes
 //! are split, no message over the limit ever comes out, errors are typed; a query signed here
 //! (with an HMAC of the test's own) verifies and any change to it does not; a cursor reads back
@@ -12,7 +13,9 @@ use bytes::BytesMut;
 use hmac::{Hmac, KeyInit, Mac};
 use proptest::prelude::*;
 
+use chorus_broker::config::Limits;
 use chorus_broker::protocol::frame::{parse_client_message, ClientMessage, SocketId};
+use chorus_broker::protocol::publish::{parse_batch, parse_event, PublishError};
 use chorus_broker::protocol::signature::{verify_query, RequestAuthError, SignedQuery};
 use chorus_broker::protocol::sse::{Cursor, CursorError, MAX_CURSOR_LEN};
 use chorus_broker::protocol::websocket::{encode_client_frame, Decoder, FrameError, Incoming};
@@ -277,5 +280,56 @@ proptest! {
         }
         let long = "A".repeat(MAX_CURSOR_LEN + 1);
         prop_assert_eq!(Cursor::decode(&app, &long), Err(CursorError::TooLong));
+    }
+
+    /// Publish bodies: whatever is accepted is within the app's limits; a well-formed event is
+    /// accepted exactly when it fits them, and reads back what it said.
+    #[test]
+    fn publish_bodies_are_within_the_limits_or_refused(
+        garbage in ".{0,300}",
+        name in "[a-z0-9_-]{1,12}",
+        channels in prop::collection::vec("[a-zA-Z0-9_=@,.;-]{1,12}", 1..6),
+        data in ".{0,80}",
+        max_message_bytes in 1usize..100,
+        max_channels_per_trigger in 1usize..5,
+        max_batch_events in 1usize..4,
+        batch_len in 0usize..6,
+    ) {
+        let limits = Limits {
+            max_message_bytes,
+            max_channels_per_trigger,
+            max_batch_events,
+            ..Limits::default()
+        };
+        let within = |t: &chorus_broker::protocol::publish::Trigger| {
+            !t.channels.is_empty()
+                && t.channels.len() <= max_channels_per_trigger
+                && t.data.len() <= max_message_bytes
+                && !t.name.starts_with("pusher")
+        };
+        if let Ok(t) = parse_event(&limits, garbage.as_bytes()) {
+            prop_assert!(within(&t), "{t:?}");
+        }
+        if let Ok(ts) = parse_batch(&limits, garbage.as_bytes()) {
+            prop_assert!(ts.len() <= max_batch_events && ts.iter().all(within));
+        }
+        let body = serde_json::json!({"name": name, "data": data, "channels": channels});
+        let fits = data.len() <= max_message_bytes && channels.len() <= max_channels_per_trigger;
+        match parse_event(&limits, body.to_string().as_bytes()) {
+            Ok(t) => {
+                prop_assert!(fits);
+                prop_assert_eq!(&t.name, &name);
+                prop_assert_eq!(&t.data, &data);
+                prop_assert_eq!(&t.channels, &channels);
+            }
+            Err(PublishError::TooLarge(_)) => prop_assert!(data.len() > max_message_bytes),
+            Err(PublishError::BadRequest(e)) => {
+                prop_assert!(channels.len() > max_channels_per_trigger, "{e}")
+            }
+        }
+        let one = serde_json::json!({"name": name, "data": "x", "channel": channels[0]});
+        let batch = serde_json::json!({"batch": vec![one; batch_len]});
+        let parsed = parse_batch(&limits, batch.to_string().as_bytes());
+        prop_assert_eq!(parsed.is_ok(), batch_len <= max_batch_events && max_message_bytes >= 1);
     }
 }

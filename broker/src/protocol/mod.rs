@@ -5,6 +5,7 @@ pub mod channel;
 pub mod confirmation;
 pub mod frame;
 pub mod presence;
+pub mod publish;
 pub mod signature;
 pub mod since;
 pub mod socket_id;
