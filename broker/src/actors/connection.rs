@@ -121,6 +121,13 @@ pub fn message_limit(app: &App) -> usize {
     l.max_message_bytes + names + member + 1024
 }
 
+/// The most bytes of any other message than a subscription or a sign-in (which carry a member's
+/// data): the app's data limit plus 1 KiB of envelope. A longer one, under [`message_limit`],
+/// gets a `pusher:error` and the connection stays open.
+fn plain_message_limit(app: &App) -> usize {
+    app.limits.max_message_bytes + 1024
+}
+
 impl Connection {
     /// A WebSocket client's connection; `me` is the address of the actor it will be.
     pub fn websocket(accepted: Accepted, me: Addr<Connection>) -> Connection {
@@ -185,7 +192,21 @@ impl Connection {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        match frame::parse_client_message(text) {
+        let parsed = frame::parse_client_message(text);
+        let carries_member = matches!(
+            parsed,
+            Ok(ClientMessage::Subscribe(_) | ClientMessage::Signin(_))
+        );
+        let limit = plain_message_limit(&self.app);
+        if text.len() > limit && !carries_member {
+            let message = format!(
+                "message of {} bytes is over the limit of {limit} bytes",
+                text.len()
+            );
+            self.error(None, &message);
+            return;
+        }
+        match parsed {
             Ok(ClientMessage::Ping) => self.send(frame::pong()),
             Ok(ClientMessage::Pong) => {}
             Ok(ClientMessage::Subscribe(data)) => {
