@@ -27,6 +27,7 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
+use crate::http::client_ip::Network;
 use crate::tls::{
     CertificateFiles, ClusterTls, NodeTls, ServedCertificate, TlsFile, TlsFileError,
     TrustedAuthority,
@@ -190,6 +191,31 @@ pub struct Config {
     /// Largest HTTP API request body, in bytes (413 above it).
     #[arg(long, env = "CHORUS_MAX_REQUEST_BYTES", default_value_t = 256 * 1024)]
     pub max_request_bytes: usize,
+    /// Seconds an HTTP API request body may pause (1-3600); every body may also take this long
+    /// on top of its length at `body_min_bytes_per_sec`. A body later than that is answered 408
+    /// and its connection closed.
+    #[arg(long, env = "CHORUS_BODY_TIMEOUT_SECS", default_value_t = 5)]
+    pub body_timeout_secs: u64,
+    /// The slowest an HTTP API request body may arrive, in bytes per second over the whole body.
+    #[arg(long, env = "CHORUS_BODY_MIN_BYTES_PER_SEC", default_value_t = 16 * 1024)]
+    pub body_min_bytes_per_sec: u64,
+    /// Open WebSocket and SSE connections per client address; 0: no limit. Over it, a WebSocket
+    /// gets the Pusher error 4100 (retry later) and an SSE request 429.
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+    /// WebSocket and SSE handshakes per client address per second; 0: no limit. Refused as over
+    /// `max_connections_per_ip`.
+    #[arg(
+        long,
+        env = "CHORUS_MAX_HANDSHAKES_PER_IP_PER_SEC",
+        default_value_t = 0
+    )]
+    pub max_handshakes_per_ip_per_sec: u32,
+    /// Proxies (addresses or networks, comma-separated: `10.0.0.0/8,fd00::/8`) whose
+    /// `X-Forwarded-For` names the client for the per-IP limits; a trusted proxy itself is never
+    /// limited as one client. Empty: the peer's address is the client's.
+    #[arg(long, env = "CHORUS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Network>,
     /// The public port's certificate chain (PEM), with `tls_key_file`: the public port then
     /// speaks only TLS (`wss://`, `https://`). Re-read when the file changes.
     #[arg(long, env = "CHORUS_TLS_CERT_FILE")]
@@ -557,6 +583,12 @@ impl Config {
         }
         if !(1..=3600).contains(&self.keep_alive_secs) {
             return Err(invalid("keep_alive_secs", "must be between 1 and 3600"));
+        }
+        if !(1..=3600).contains(&self.body_timeout_secs) {
+            return Err(invalid("body_timeout_secs", "must be between 1 and 3600"));
+        }
+        if self.body_min_bytes_per_sec == 0 {
+            return Err(invalid("body_min_bytes_per_sec", "must be at least 1"));
         }
         self.validate_cluster()?;
         self.validate_tls()?;

@@ -23,9 +23,16 @@ pub const MAX_IN_FLIGHT: usize = 1 << 20;
 /// a bounded number of waiting events (at most 4096).
 pub const PUBLISH_WEIGHT: usize = 256;
 
+/// How many connections' outbound bounds of frames one channel may have waiting for its actor.
+pub const WAITING_BYTES_PER_OUTBOUND: usize = 16;
+
 /// Counts the fan-out work sent to a channel's actor and not yet done: in deliveries, and in
-/// bytes of frames. The byte bound is half a connection's outbound bound, so a burst on one
-/// channel can never, on its own, overrun a subscriber that reads at full speed.
+/// bytes of frames. Both bound what the node itself has to do (and hold) for the channel, never
+/// what its subscribers have yet to read: a subscriber too slow for what is published is cut
+/// off by its own outbound bound (4100), and the publisher is not refused for it. The byte bound
+/// is [`WAITING_BYTES_PER_OUTBOUND`] outbound bounds: a few dozen large events may wait while
+/// the actor is busy, where half of one connection's bound let a single 30 KB event refuse the
+/// next whenever the channel's subscribers were many (issue 11, hole 6).
 #[derive(Clone)]
 pub struct InFlight(Arc<InFlightCounts>);
 
@@ -40,7 +47,7 @@ impl InFlight {
         InFlight(Arc::new(InFlightCounts {
             work: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
-            max_bytes: max_outbound_bytes / 2,
+            max_bytes: max_outbound_bytes.saturating_mul(WAITING_BYTES_PER_OUTBOUND),
         }))
     }
 

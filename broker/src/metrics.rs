@@ -25,6 +25,7 @@ pub struct Metrics {
     published: IntCounterVec,
     disconnects: IntCounterVec,
     slow_readers: IntCounterVec,
+    refused: IntCounterVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     publish_to_write: Histogram,
@@ -138,6 +139,11 @@ impl Metrics {
             "Connections cut off because their outbound buffer was full.",
             &["app_id"],
         );
+        let refused = counter(
+            "chorus_connections_refused_total",
+            "WebSocket and SSE handshakes refused for their client address, by reason.",
+            &["reason"],
+        );
         let http_requests = counter(
             "chorus_http_requests_total",
             "HTTP API requests by route and status.",
@@ -180,6 +186,7 @@ impl Metrics {
             published,
             disconnects,
             slow_readers,
+            refused,
             http_requests,
             http_duration,
             publish_to_write,
@@ -204,6 +211,11 @@ impl Metrics {
             app_id: app_id.to_owned(),
             disconnects: self.disconnects.clone(),
         }
+    }
+
+    /// Counts a handshake refused for its client address (`ip_connections`, `ip_handshakes`).
+    pub fn refused(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
     }
 
     /// Counts an HTTP request; `route` is the route pattern, never the concrete path.

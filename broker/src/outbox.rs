@@ -237,6 +237,15 @@ impl Outbox {
         self.finish(code, reason, true);
     }
 
+    /// The client is gone: the backlog is dropped and nothing more is taken, and no close frame
+    /// is written (there is no one to read it).
+    pub fn discard(&self) {
+        let mut state = self.0.state.lock();
+        state.backlog.clear();
+        state.backlog_bytes = 0;
+        state.closing = true;
+    }
+
     fn finish(&self, code: u16, reason: &str, discard: bool) {
         let mut state = self.0.state.lock();
         if state.closing {

@@ -15,6 +15,7 @@ use chorus_cluster::{ForwardBatch, HandOver, DELIVER_PATH};
 use crate::actors::messages::Disconnect;
 use crate::config::{Config, CLUSTER_SECRET_FILE};
 use crate::http;
+use crate::http::edge::Edge;
 use crate::node::Node;
 use crate::tls;
 
@@ -74,9 +75,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 fn public_server(node: &web::Data<Node>, workers: usize) -> anyhow::Result<Server> {
     let cfg = &node.config;
     let public_node = node.clone();
+    let edge = web::Data::new(Edge::new(cfg));
     let public = HttpServer::new(move || {
         HttpApp::new()
             .app_data(public_node.clone())
+            .app_data(edge.clone())
             .configure(http::public_routes)
     })
     .workers(workers)

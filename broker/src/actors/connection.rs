@@ -16,18 +16,20 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, StreamHandler,
     WrapFuture,
 };
-use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::actors::messages::{ConnectionRecipients, Disconnect, Subscriber, SubscriptionRejected};
 use crate::apps::App;
+use crate::http::client_frames::ReadError;
+use crate::http::per_ip::Slot;
 use crate::order::Order;
 use crate::outbox::Outbox;
 use crate::protocol::channel;
 use crate::protocol::code;
 use crate::protocol::frame::{self, ClientMessage, Frame, SocketId};
 use crate::protocol::signature;
+use crate::protocol::websocket::Incoming;
 use crate::router;
 use crate::subscriptions::{Join, Step, Subscriptions};
 
@@ -49,6 +51,8 @@ pub struct Accepted {
     pub order: Order,
     pub outbox: Outbox,
     pub timeouts: Timeouts,
+    /// Its client address's place, given back when the connection ends.
+    pub slot: Slot,
 }
 
 /// How the client is connected.
@@ -102,10 +106,25 @@ pub struct Connection {
     client_events: RateWindow,
     /// Why the connection is closing, for the disconnect metric.
     closing: Option<(&'static str, u16)>,
+    /// Held while the connection is open.
+    _slot: Slot,
 }
 
-/// Frames larger than this are refused (the data limit plus room for the envelope).
-fn frame_limit(app: &App) -> usize {
+/// The most bytes a client's message may have: the app's data limit plus room for the envelope
+/// of the largest frame a client sends (a client event with the longest names, or a presence
+/// subscription with the largest member, JSON-escaped). Longer messages are refused at their
+/// header (1009).
+pub fn message_limit(app: &App) -> usize {
+    let l = &app.limits;
+    let names = l.max_event_name_len + l.max_channel_name_len;
+    let member = 2 * (l.max_user_info_bytes + l.max_user_id_len);
+    l.max_message_bytes + names + member + 1024
+}
+
+/// The most bytes of any other message than a subscription or a sign-in (which carry a member's
+/// data): the app's data limit plus 1 KiB of envelope. A longer one, under [`message_limit`],
+/// gets a `pusher:error` and the connection stays open.
+fn plain_message_limit(app: &App) -> usize {
     app.limits.max_message_bytes + 1024
 }
 
@@ -127,6 +146,7 @@ impl Connection {
             order,
             outbox,
             timeouts,
+            slot,
         } = accepted;
         let recipients = Arc::new(ConnectionRecipients {
             disconnect: me.clone().recipient(),
@@ -151,6 +171,7 @@ impl Connection {
             ping_sent: None,
             client_events: RateWindow::new(now),
             closing: None,
+            _slot: slot,
         }
     }
 
@@ -171,18 +192,21 @@ impl Connection {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        if text.len() > frame_limit(&self.app) {
-            self.error(
-                None,
-                &format!(
-                    "message of {} bytes is over the limit of {} bytes",
-                    text.len(),
-                    frame_limit(&self.app)
-                ),
+        let parsed = frame::parse_client_message(text);
+        let carries_member = matches!(
+            parsed,
+            Ok(ClientMessage::Subscribe(_) | ClientMessage::Signin(_))
+        );
+        let limit = plain_message_limit(&self.app);
+        if text.len() > limit && !carries_member {
+            let message = format!(
+                "message of {} bytes is over the limit of {limit} bytes",
+                text.len()
             );
+            self.error(None, &message);
             return;
         }
-        match frame::parse_client_message(text) {
+        match parsed {
             Ok(ClientMessage::Ping) => self.send(frame::pong()),
             Ok(ClientMessage::Pong) => {}
             Ok(ClientMessage::Subscribe(data)) => {
@@ -391,18 +415,18 @@ impl Actor for Connection {
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
-    fn handle(&mut self, msg: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+impl StreamHandler<Result<Incoming, ReadError>> for Connection {
+    fn handle(&mut self, msg: Result<Incoming, ReadError>, ctx: &mut Context<Self>) {
         self.last_heard = Instant::now();
         self.ping_sent = None;
         let metrics = &self.app.metrics;
         match msg {
-            Ok(AggregatedMessage::Text(text)) => {
+            Ok(Incoming::Text(text)) => {
                 metrics.ws_messages_received.inc();
                 metrics.ws_bytes_received.inc_by(text.len() as u64);
                 self.on_text(&text, ctx);
             }
-            Ok(AggregatedMessage::Binary(bytes)) => {
+            Ok(Incoming::Binary(bytes)) => {
                 metrics.ws_messages_received.inc();
                 metrics.ws_bytes_received.inc_by(bytes.len() as u64);
                 self.error(
@@ -410,22 +434,22 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
                     "binary frames are not part of the protocol; send JSON text",
                 );
             }
-            Ok(AggregatedMessage::Ping(payload)) => self.outbox.push_pong(payload),
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(_)) => {
+            Ok(Incoming::Ping(payload)) => self.outbox.push_pong(payload),
+            Ok(Incoming::Pong(_)) => {}
+            Ok(Incoming::Close(_)) => {
                 self.closing.get_or_insert(("client_closed", 1000));
                 self.outbox.close(1000, "bye");
                 ctx.stop();
             }
-            Err(e) => {
-                let (close, reason) = match e {
-                    ProtocolError::Overflow => (CloseCode::Size, "frame_too_large"),
-                    // The client went away without a close frame.
-                    ProtocolError::Io(_) => (CloseCode::Abnormal, "client_gone"),
-                    _ => (CloseCode::Protocol, "protocol_error"),
-                };
-                let code: u16 = close.into();
-                self.close(ctx, code, &e.to_string(), reason);
+            Err(ReadError::Frame(e)) => {
+                self.close(ctx, e.close_code(), &e.to_string(), e.reason());
+            }
+            Err(ReadError::Gone(_)) => {
+                // No close frame can reach a client that is gone; 1006 is what RFC 6455 calls
+                // that, for the metric only.
+                self.closing.get_or_insert(("client_gone", 1006));
+                self.outbox.discard();
+                ctx.stop();
             }
         }
     }

@@ -5,19 +5,21 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use actix_web::http::header::TRANSFER_ENCODING;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::apps::App;
 use crate::channel_view::{ChannelQuery, ChannelView, Selection};
+use crate::http::body;
+use crate::http::edge::BodyDeadline;
 use crate::http::peers;
 use crate::node::Node;
 use crate::protocol::channel::{self, ChannelKind};
-use crate::protocol::frame::{self, SocketId};
-use crate::protocol::signature::{self, SignedRequest};
+use crate::protocol::frame;
+use crate::protocol::publish::{parse_batch, parse_event, InfoWanted, PublishError, Trigger};
+use crate::protocol::signature::{self, RequestAuthError, SignedQuery};
 use crate::router;
 
 /// An API error: an HTTP status and a message, answered as `{"error": message}`.
@@ -26,6 +28,8 @@ use crate::router;
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// The connection is closed after the answer: the rest of the request was not read.
+    close: bool,
 }
 
 impl ApiError {
@@ -33,11 +37,30 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            close: false,
+        }
+    }
+
+    /// An answer given before the body was read (or while reading it): the connection closes.
+    fn closing(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            close: true,
+            ..ApiError::new(status, message)
         }
     }
 
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> ApiError {
+        let status = match e {
+            PublishError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            PublishError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        };
+        ApiError::new(status, e.to_string())
     }
 }
 
@@ -47,7 +70,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({"error": self.message}))
+        let mut response = HttpResponse::build(self.status);
+        if self.close {
+            response.force_close();
+        }
+        response.json(json!({"error": self.message}))
     }
 }
 
@@ -67,111 +94,62 @@ impl Verified {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-
-    fn json<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ApiError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-    }
 }
 
-/// Reads the body (at most `limit` bytes), finds the app and checks the signature.
+/// Finds the app and checks the signature of the query, which covers the body's MD5, before
+/// anything of the body is read: a declared length over the limit is refused (413), and so is a
+/// request not signed by the app (401). Then the body is read within its deadline (408) and
+/// checked against the signed MD5.
 async fn verify(
     node: &Node,
     req: &HttpRequest,
     app_id: &str,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<Verified, ApiError> {
     let limit = node.config.max_request_bytes;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is over {limit} bytes"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let declared =
+        body::declared_len(req, limit).map_err(|e| ApiError::closing(e.status(), e.to_string()))?;
+    // Answered before its body is read, a request with one closes its connection.
+    let unread = declared.map_or(req.headers().contains_key(TRANSFER_ENCODING), |n| n > 0);
+    let early = |status: StatusCode, message: String| ApiError {
+        close: unread,
+        ..ApiError::new(status, message)
+    };
     let app = node
         .apps
         .by_id(app_id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown app id {app_id}")))?
+        .ok_or_else(|| early(StatusCode::NOT_FOUND, format!("unknown app id {app_id}")))?
         .clone();
     let params = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?
+        .map_err(|e| {
+            early(
+                StatusCode::BAD_REQUEST,
+                format!("invalid query string: {e}"),
+            )
+        })?
         .into_inner();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let signed = SignedRequest {
+    let query = SignedQuery {
         method: req.method().as_str(),
         path: req.uri().path(),
         params: &params,
-        body: &body,
     };
-    signature::verify_request(&signed, &app.key, &app.secret, now)
+    let unauthorized = |e: RequestAuthError| early(StatusCode::UNAUTHORIZED, e.to_string());
+    let signed_body =
+        signature::verify_query(&query, &app.key, &app.secret, now).map_err(unauthorized)?;
+    if signed_body.must_be_empty() && unread {
+        return Err(unauthorized(RequestAuthError::Missing("body_md5")));
+    }
+    let deadline = BodyDeadline::of(&node.config);
+    let body = body::read(payload, declared, limit, deadline)
+        .await
+        .map_err(|e| ApiError::closing(e.status(), e.to_string()))?;
+    signed_body
+        .check(&body)
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
-    Ok(Verified {
-        app,
-        params,
-        body: body.freeze(),
-    })
-}
-
-/// One event as published over the API.
-#[derive(Debug, Deserialize)]
-struct EventBody {
-    name: String,
-    data: Value,
-    #[serde(default)]
-    channel: Option<String>,
-    #[serde(default)]
-    channels: Option<Vec<String>>,
-    #[serde(default)]
-    socket_id: Option<String>,
-    #[serde(default)]
-    info: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BatchBody {
-    batch: Vec<EventBody>,
-}
-
-/// Which channel attributes a request asked for in `info`.
-#[derive(Debug, Default, Clone, Copy)]
-struct InfoWanted {
-    user_count: bool,
-    subscription_count: bool,
-}
-
-impl InfoWanted {
-    fn parse(info: Option<&str>) -> Result<InfoWanted, ApiError> {
-        let mut wanted = InfoWanted::default();
-        for attr in info
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-        {
-            match attr {
-                "user_count" => wanted.user_count = true,
-                "subscription_count" => wanted.subscription_count = true,
-                "cache" => {}
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "unknown info attribute {other:?}"
-                    )))
-                }
-            }
-        }
-        Ok(wanted)
-    }
-
-    fn any(self) -> bool {
-        self.user_count || self.subscription_count
-    }
+    Ok(Verified { app, params, body })
 }
 
 /// The attributes of channel `name`, as the API reports them, from the cluster's view of it.
@@ -198,77 +176,6 @@ async fn view_of(app: &App, selection: Selection, users: bool) -> ChannelView {
         users,
     };
     peers::cluster_view(app, &query).await
-}
-
-/// A validated event, ready to publish.
-struct Trigger {
-    name: String,
-    data: String,
-    channels: Vec<String>,
-    except: Option<SocketId>,
-    info: InfoWanted,
-}
-
-fn validate_event(app: &App, body: EventBody, batch: bool) -> Result<Trigger, ApiError> {
-    let limits = &app.limits;
-    channel::validate_event_name(&body.name, limits.max_event_name_len)
-        .map_err(|e| ApiError::bad_request(format!("invalid event name: {e}")))?;
-    if body.name.starts_with("pusher:") || body.name.starts_with("pusher_internal:") {
-        return Err(ApiError::bad_request(
-            "event names starting with pusher: are reserved for the protocol",
-        ));
-    }
-    let channels = match (body.channel, body.channels) {
-        (Some(c), None) => vec![c],
-        (None, Some(cs)) if !batch => cs,
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("give channel or channels, not both"))
-        }
-        _ if batch => return Err(ApiError::bad_request("each batch event needs a channel")),
-        _ => return Err(ApiError::bad_request("channel or channels is required")),
-    };
-    if channels.is_empty() {
-        return Err(ApiError::bad_request("channels is empty"));
-    }
-    if channels.len() > limits.max_channels_per_trigger {
-        return Err(ApiError::bad_request(format!(
-            "at most {} channels per event",
-            limits.max_channels_per_trigger
-        )));
-    }
-    for c in &channels {
-        channel::validate_channel_name(c, limits.max_channel_name_len)
-            .map_err(|e| ApiError::bad_request(format!("invalid channel name {c:?}: {e}")))?;
-    }
-    let data = match body.data {
-        Value::String(s) => s,
-        other => other.to_string(),
-    };
-    if data.len() > limits.max_message_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "event data is {} bytes, over the limit of {}",
-                data.len(),
-                limits.max_message_bytes
-            ),
-        ));
-    }
-    let except = match body.socket_id {
-        Some(s) => Some(
-            s.parse::<SocketId>()
-                .map_err(|_| ApiError::bad_request(format!("invalid socket_id {s:?}")))?,
-        ),
-        None => None,
-    };
-    let info = InfoWanted::parse(body.info.as_deref())?;
-    Ok(Trigger {
-        name: body.name,
-        data,
-        channels,
-        except,
-        info,
-    })
 }
 
 /// Publishes a validated event; returns the requested info per channel. A channel whose
@@ -360,8 +267,7 @@ pub async fn events(
     payload: web::Payload,
 ) -> ApiResult {
     let v = verify(&node, &req, &app_id, payload).await?;
-    let body: EventBody = v.json()?;
-    let trigger = validate_event(&v.app, body, false)?;
+    let trigger = parse_event(&v.app.limits, &v.body)?;
     let wanted = trigger.info.any();
     let mut pending = Pending::default();
     let channels = publish(&v.app, trigger, &mut pending).await?;
@@ -381,24 +287,13 @@ pub async fn batch_events(
     payload: web::Payload,
 ) -> ApiResult {
     let v = verify(&node, &req, &app_id, payload).await?;
-    let body: BatchBody = v.json()?;
-    let max = v.app.limits.max_batch_events;
-    if body.batch.len() > max {
-        return Err(ApiError::bad_request(format!(
-            "at most {max} events per batch"
-        )));
-    }
     // Every event is validated before any is published: an invalid one refuses the whole batch
     // and nothing goes out. Past that a batch is not all or nothing: events of channels without
     // history go out one by one, so a channel too far behind (429) ends the batch with the
     // events before it delivered and its history events never proposed; history events are
     // committed per channel once all were handed out, and a commit that fails (503) leaves
     // the channels already committed so.
-    let triggers = body
-        .batch
-        .into_iter()
-        .map(|e| validate_event(&v.app, e, true))
-        .collect::<Result<Vec<_>, _>>()?;
+    let triggers = parse_batch(&v.app.limits, &v.body)?;
     let wanted = triggers.iter().any(|t| t.info.any());
     let mut answers = Vec::with_capacity(triggers.len());
     let mut pending = Pending::default();

@@ -2,7 +2,12 @@
 //! [`peers`] adds the broker's questions to the cluster port.
 
 pub mod api;
+pub mod body;
+pub mod client_frames;
+pub mod client_ip;
+pub mod edge;
 pub mod peers;
+pub mod per_ip;
 pub mod sse;
 pub mod websocket;
 

@@ -28,6 +28,7 @@ use serde::Deserialize;
 use crate::actors::connection::{Accepted, Connection};
 use crate::actors::messages::Disconnect;
 use crate::apps::App;
+use crate::http::edge::Edge;
 use crate::node::Node;
 use crate::outbox::{Outbox, Transport};
 use crate::protocol::channel::{self, Access, ChannelKind};
@@ -73,6 +74,7 @@ pub async fn stream(
     req: HttpRequest,
     key: web::Path<String>,
     node: web::Data<Node>,
+    edge: web::Data<Edge>,
 ) -> HttpResponse {
     let app = node.apps.by_key(&key);
     let cors = cors_origin(&req, app.map(|a| a.as_ref()));
@@ -86,6 +88,14 @@ pub async fn stream(
         .concat();
         return event_stream_response(cors).body(body);
     }
+    let slot = match edge.admit(&req, &node.metrics) {
+        Ok(slot) => slot,
+        Err(e) => {
+            let mut response = HttpResponse::TooManyRequests();
+            add_cors(&mut response, cors);
+            return response.json(serde_json::json!({ "error": e.to_string() }));
+        }
+    };
     let opened = match open(&node, &req, &key) {
         Ok(opened) => opened,
         Err(r) => {
@@ -112,6 +122,7 @@ pub async fn stream(
         order: node.order.clone(),
         outbox,
         timeouts: node.timeouts(),
+        slot,
     };
     ctx.run(Connection::event_stream(
         accepted,

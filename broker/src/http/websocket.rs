@@ -1,20 +1,22 @@
 //! The WebSocket endpoint `/app/{key}`: admission checks, then a connection actor per socket.
+//! actix-ws makes the handshake and writes the server's frames; the client's frames are read by
+//! [`ClientFrames`], which refuses an over-long message at its header.
 
 use std::sync::Arc;
 
 use actix::{Actor, AsyncContext};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason};
 
-use crate::actors::connection::{Accepted, Connection};
+use crate::actors::connection::{message_limit, Accepted, Connection};
 use crate::apps::App;
+use crate::http::client_frames::ClientFrames;
+use crate::http::edge::Edge;
+use crate::http::per_ip::Slot;
 use crate::node::Node;
 use crate::outbox::{Outbox, Transport};
 use crate::protocol::code;
 use crate::protocol::frame;
-
-/// Frames above this size close the connection (1009); smaller over-limit frames get an error.
-const HARD_FRAME_LIMIT: usize = 256 * 1024;
 
 /// Why a connection is refused right after the handshake.
 struct Refusal {
@@ -29,8 +31,18 @@ fn refusal(code: u16, message: impl Into<String>) -> Refusal {
     }
 }
 
-/// Checks protocol version, app key, origin and connection quota.
-fn admit(node: &Node, req: &HttpRequest, key: &str) -> Result<Arc<App>, Refusal> {
+/// Checks the client address's limits, protocol version, app key, origin and connection quota.
+fn admit(
+    node: &Node,
+    edge: &Edge,
+    req: &HttpRequest,
+    key: &str,
+) -> Result<(Arc<App>, Slot), Refusal> {
+    // 4100 (over capacity): pusher-js retries after its backoff, as it should once the address
+    // is under its limits again; a 4000-4099 code would stop it for good.
+    let slot = edge
+        .admit(req, &node.metrics)
+        .map_err(|e| refusal(code::OVER_CAPACITY, e.to_string()))?;
     let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or_default();
@@ -67,7 +79,7 @@ fn admit(node: &Node, req: &HttpRequest, key: &str) -> Result<Arc<App>, Refusal>
             "app is over its connection quota",
         ));
     }
-    Ok(app.clone())
+    Ok((app.clone(), slot))
 }
 
 pub async fn connect(
@@ -75,21 +87,25 @@ pub async fn connect(
     body: web::Payload,
     key: web::Path<String>,
     node: web::Data<Node>,
+    edge: web::Data<Edge>,
 ) -> Result<HttpResponse, actix_web::Error> {
     if !node.is_serving() {
         // Shutting down: a plain refusal sends the client to another node after its backoff.
         return Ok(HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"error": "node is shutting down"})));
     }
-    let (response, mut session, stream) = match actix_ws::handle(&req, body) {
+    // actix-ws is given no payload: it would read ahead without bound. The client's frames are
+    // read from `body` by a reader of ours.
+    let no_payload = web::Payload::from_request(&req, &mut actix_web::dev::Payload::None).await?;
+    let (response, mut session, _) = match actix_ws::handle(&req, no_payload) {
         Ok(handled) => handled,
         Err(e) => {
             let message = format!("not a WebSocket upgrade: {e}");
             return Ok(HttpResponse::BadRequest().json(serde_json::json!({ "error": message })));
         }
     };
-    let app = match admit(&node, &req, &key) {
-        Ok(app) => app,
+    let (app, slot) = match admit(&node, &edge, &req, &key) {
+        Ok(admitted) => admitted,
         Err(r) => {
             actix_rt::spawn(async move {
                 let _ = session
@@ -109,19 +125,17 @@ pub async fn connect(
         node.config.max_outbound_bytes,
         app.metrics.publish_to_write.clone(),
     );
-    let stream = stream
-        .max_frame_size(HARD_FRAME_LIMIT)
-        .aggregate_continuations()
-        .max_continuation_size(HARD_FRAME_LIMIT);
+    let frames = ClientFrames::new(body.into_inner(), message_limit(&app));
     let accepted = Accepted {
         socket_id: node.socket_ids.next(),
         app,
         order: node.order.clone(),
         outbox,
         timeouts: node.timeouts(),
+        slot,
     };
     Connection::create(move |ctx| {
-        ctx.add_stream(stream);
+        ctx.add_stream(frames);
         Connection::websocket(accepted, ctx.address())
     });
     Ok(response)

@@ -4,8 +4,6 @@
 //! JSON-encoded string, except where a client sent an object (client events are relayed as they
 //! came). Outgoing frames are built once into a [`Frame`] whose bytes every subscriber shares.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -16,60 +14,7 @@ use serde_json::value::RawValue;
 use super::since::Since;
 use super::sse;
 
-/// A socket's id: two unsigned integers joined by a dot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SocketId {
-    pub node: u32,
-    pub seq: u32,
-}
-
-/// Hands out the socket ids of one node: a random prefix chosen at start, then a counter, so no
-/// two connections of a node ever share an id.
-#[derive(Debug)]
-pub struct SocketIds {
-    node: u32,
-    next: std::sync::atomic::AtomicU32,
-}
-
-impl Default for SocketIds {
-    fn default() -> Self {
-        SocketIds {
-            node: rand::random::<u32>() % 1_000_000_000,
-            next: std::sync::atomic::AtomicU32::new(rand::random::<u32>() % 1_000_000),
-        }
-    }
-}
-
-impl SocketIds {
-    pub fn next(&self) -> SocketId {
-        SocketId {
-            node: self.node,
-            seq: self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        }
-    }
-}
-
-impl fmt::Display for SocketId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.node, self.seq)
-    }
-}
-
-impl FromStr for SocketId {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let (a, b) = s.split_once('.').ok_or(())?;
-        let digits =
-            |p: &str| !p.is_empty() && p.len() <= 10 && p.bytes().all(|c| c.is_ascii_digit());
-        if !digits(a) || !digits(b) {
-            return Err(());
-        }
-        Ok(SocketId {
-            node: a.parse().map_err(|_| ())?,
-            seq: b.parse().map_err(|_| ())?,
-        })
-    }
-}
+pub use super::socket_id::{SocketId, SocketIds};
 
 /// An encoded server frame, shared by every connection it goes to.
 #[derive(Debug, Clone)]
@@ -351,36 +296,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn socket_ids() {
-        let id: SocketId = "123.456".parse().unwrap();
-        assert_eq!(id.to_string(), "123.456");
-        for bad in [
-            "",
-            "1",
-            "1.",
-            ".1",
-            "a.b",
-            "1.2.3",
-            "-1.2",
-            "99999999999.1",
-            "1.2 ",
-        ] {
-            assert!(bad.parse::<SocketId>().is_err(), "{bad}");
-        }
-        let ids = SocketIds::default();
-        let (a, b) = (ids.next(), ids.next());
-        assert_ne!(a, b);
-        assert_eq!(a.to_string().parse::<SocketId>(), Ok(a));
-    }
-
-    #[test]
     fn server_frames_carry_string_data() {
         let f = event("chat", "msg", "{\"a\":1}");
         let v: serde_json::Value = serde_json::from_str(&f.text).unwrap();
         assert_eq!(v["event"], "msg");
         assert_eq!(v["channel"], "chat");
         assert_eq!(v["data"], "{\"a\":1}");
-        let f = connection_established(SocketId { node: 1, seq: 2 }, 120);
+        let f = connection_established("1.2".parse().unwrap(), 120);
         let v: serde_json::Value = serde_json::from_str(&f.text).unwrap();
         let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
         assert_eq!(data["socket_id"], "1.2");

@@ -5,9 +5,12 @@ pub mod channel;
 pub mod confirmation;
 pub mod frame;
 pub mod presence;
+pub mod publish;
 pub mod signature;
 pub mod since;
+pub mod socket_id;
 pub mod sse;
+pub mod websocket;
 
 /// Close and error codes of the Pusher protocol used by Chorus.
 pub mod code {

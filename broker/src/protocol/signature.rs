@@ -80,6 +80,13 @@ pub enum RequestAuthError {
 }
 
 /// A request to verify: method, path and the URL-decoded query parameters, in any order.
+pub struct SignedQuery<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub params: &'a [(String, String)],
+}
+
+/// A request to verify with its body.
 pub struct SignedRequest<'a> {
     pub method: &'a str,
     pub path: &'a str,
@@ -87,13 +94,37 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
 }
 
-/// Verifies a request signed as the Pusher HTTP API requires.
-pub fn verify_request(
-    req: &SignedRequest<'_>,
+/// What a verified query's signature says of the body: its MD5, or that it has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedBody(Option<String>);
+
+impl SignedBody {
+    /// The signature covers no body: a request with one is refused without reading it.
+    pub fn must_be_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Checks the body against the MD5 the signature covers.
+    pub fn check(&self, body: &[u8]) -> Result<(), RequestAuthError> {
+        match &self.0 {
+            Some(md5) if !md5.eq_ignore_ascii_case(&body_md5(body)) => {
+                Err(RequestAuthError::BodyMd5Mismatch)
+            }
+            None if !body.is_empty() => Err(RequestAuthError::Missing("body_md5")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Verifies the query of a request signed as the Pusher HTTP API requires, before its body is
+/// read: the key, version, timestamp and signature. The body's MD5 is signed in the query; the
+/// body is checked against it once read ([`SignedBody::check`]).
+pub fn verify_query(
+    req: &SignedQuery<'_>,
     key: &str,
     secret: &str,
     now_secs: i64,
-) -> Result<(), RequestAuthError> {
+) -> Result<SignedBody, RequestAuthError> {
     let mut params: Vec<&(String, String)> = req.params.iter().collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(w) = params.windows(2).find(|w| w[0].0 == w[1].0) {
@@ -121,13 +152,6 @@ pub fn verify_request(
     if (now_secs - timestamp).abs() > TIMESTAMP_WINDOW_SECS {
         return Err(RequestAuthError::StaleTimestamp);
     }
-    match get("body_md5") {
-        Some(md5) if !md5.eq_ignore_ascii_case(&body_md5(req.body)) => {
-            return Err(RequestAuthError::BodyMd5Mismatch)
-        }
-        None if !req.body.is_empty() => return Err(RequestAuthError::Missing("body_md5")),
-        _ => {}
-    }
     let query = params
         .iter()
         .filter(|(k, _)| k != "auth_signature")
@@ -135,11 +159,25 @@ pub fn verify_request(
         .collect::<Vec<_>>()
         .join("&");
     let to_sign = format!("{}\n{}\n{}", req.method, req.path, query);
-    if verify(secret, &to_sign, signature) {
-        Ok(())
-    } else {
-        Err(RequestAuthError::BadSignature(to_sign))
+    if !verify(secret, &to_sign, signature) {
+        return Err(RequestAuthError::BadSignature(to_sign));
     }
+    Ok(SignedBody(get("body_md5").map(str::to_owned)))
+}
+
+/// Verifies a request and its body: [`verify_query`], then [`SignedBody::check`].
+pub fn verify_request(
+    req: &SignedRequest<'_>,
+    key: &str,
+    secret: &str,
+    now_secs: i64,
+) -> Result<(), RequestAuthError> {
+    let query = SignedQuery {
+        method: req.method,
+        path: req.path,
+        params: req.params,
+    };
+    verify_query(&query, key, secret, now_secs)?.check(req.body)
 }
 
 #[cfg(test)]
