@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use chorus_cluster::Cluster;
 use chorus_storage::Store;
 use parking_lot::Mutex;
 
@@ -25,6 +26,9 @@ pub struct App {
     pub metrics: AppMetrics,
     pub channels: Registry,
     pub history: Histories,
+    /// The node's cluster: what it forwards with and asks, where it declares its channels and
+    /// users.
+    pub cluster: Cluster,
     /// Open connections, for shutdown.
     connections: Mutex<HashMap<SocketId, Arc<ConnectionRecipients>>>,
     /// Signed-in users and their connections, for termination.
@@ -39,6 +43,7 @@ impl App {
         metrics: &Metrics,
         max_outbound_bytes: usize,
         store: Store,
+        cluster: &Cluster,
     ) -> App {
         let app_metrics = metrics.for_app(&config.id);
         App {
@@ -53,8 +58,10 @@ impl App {
                 config.limits.max_presence_members,
                 max_outbound_bytes,
                 store.last_events().clone(),
+                cluster.clone(),
             ),
             history: Histories::new(&config.history, store),
+            cluster: cluster.clone(),
             metrics: app_metrics,
             connections: Mutex::default(),
             users: Mutex::default(),
@@ -163,11 +170,10 @@ impl Apps {
         metrics: &Metrics,
         max_outbound_bytes: usize,
         store: &Store,
+        cluster: &Cluster,
     ) -> Apps {
-        let apps: Vec<Arc<App>> = configs
-            .iter()
-            .map(|c| Arc::new(App::new(c, metrics, max_outbound_bytes, store.clone())))
-            .collect();
+        let app = |c| App::new(c, metrics, max_outbound_bytes, store.clone(), cluster);
+        let apps: Vec<Arc<App>> = configs.iter().map(|c| Arc::new(app(c))).collect();
         Apps {
             by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),
             by_key: apps.iter().map(|a| (a.key.clone(), a.clone())).collect(),

@@ -369,20 +369,18 @@ impl Subscriptions {
     /// channel and this node has not caught up (until then its members may be of an earlier
     /// run), else it joins.
     fn start(&mut self, channel: String, request: Request) -> Step {
-        let lagging = self.app.channels.cluster().filter(|c| !c.caught_up());
-        match (request.kind.is_presence(), lagging) {
-            (true, Some(cluster)) => {
-                let until = Until::CaughtUp(cluster.clone());
-                let id = request.id;
-                let state = State::AwaitingCluster {
-                    awaited: Awaited::CaughtUp,
-                    request: Box::new(request),
-                };
-                self.map.insert(channel.clone(), state);
-                Step::Await { channel, id, until }
-            }
-            _ => self.join_now(channel, request, true),
+        let cluster = &self.app.cluster;
+        if !request.kind.is_presence() || cluster.caught_up() {
+            return self.join_now(channel, request, true);
         }
+        let until = Until::CaughtUp(cluster.clone());
+        let id = request.id;
+        let state = State::AwaitingCluster {
+            awaited: Awaited::CaughtUp,
+            request: Box::new(request),
+        };
+        self.map.insert(channel.clone(), state);
+        Step::Await { channel, id, until }
     }
 
     /// Joins the subscription to `channel` now (with what it missed, when it resumes a history
