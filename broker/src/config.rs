@@ -1,20 +1,36 @@
-//! Node configuration: the TOML file, the `CHORUS_*` environment and the command-line flags.
+//! Node configuration: the built-in defaults, the TOML file, the `CHORUS_*` environment and the
+//! command-line flags.
 //!
-//! Precedence, lowest first: built-in defaults, the TOML file (`--config` / `CHORUS_CONFIG`),
-//! environment variables, flags. With no file at all the node serves one default development app.
-//! A file that cannot be read or parsed, or a value that makes no sense, stops start-up with a
-//! message that names the key; nothing falls back to a default silently. One exception, for
-//! Kubernetes: a Service named `chorus` gives every pod of its namespace `CHORUS_PORT=tcp://...`
-//! (a service link; `chorus-metrics` and `chorus-cluster` give `CHORUS_METRICS_PORT` and
-//! `CHORUS_CLUSTER_PORT`), which is not a port: it is ignored, with a warning that names it.
+//! Each node setting is one field of [`Config`]: its doc comment is its `--help` text and its
+//! line in the README's table, and its `#[arg]` names its default, its environment variable and
+//! its flag. clap reads the defaults, the environment and the flags; the file (`--config` /
+//! `CHORUS_CONFIG`) comes in between ([`Config::load`]), so the precedence, lowest first, is:
+//! default, file, environment, flag. The apps come from the file (`[[apps]]`), the first one's
+//! credentials also from the environment ([`FirstApp`]); with none at all the node serves one
+//! development app. A file that cannot be read or parsed, an unknown key or a value that makes no
+//! sense stops start-up with a message that names the key; nothing falls back to a default
+//! silently. One exception, for Kubernetes: a Service named `chorus` gives every pod of its
+//! namespace `CHORUS_PORT=tcp://...` (a service link; `chorus-metrics` and `chorus-cluster` give
+//! `CHORUS_METRICS_PORT` and `CHORUS_CLUSTER_PORT`), which is not a port: such a variable is left
+//! unread, with a warning that names it ([`without_service_links`]).
 
+use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_cluster::{ClusterSecret, ClusterSettings, DesiredMembers, NodeId, Peers};
-use clap::Args;
-use serde::Deserialize;
+use clap::builder::TypedValueParser;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
+use serde::{Deserialize, Serialize};
+
+use crate::tls::{
+    CertificateFiles, ClusterTls, NodeTls, ServedCertificate, TlsFile, TlsFileError,
+    TrustedAuthority,
+};
 
 /// The development app served when no app is configured.
 pub const DEV_APP_ID: &str = "1";
@@ -46,6 +62,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {problem}")]
     Invalid { key: String, problem: String },
+    #[error("{0}")]
+    Arguments(#[from] clap::Error),
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -55,90 +73,140 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The whole node configuration, as read from the TOML file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Address the public and metrics listeners bind to.
-    pub host: IpAddr,
-    /// Public port: WebSocket, HTTP API, health.
-    pub port: u16,
-    /// Prometheus `/metrics`.
-    pub metrics_port: u16,
-    /// Where the node keeps its data.
-    pub data_dir: PathBuf,
-    /// Seconds of silence after which a client should ping (sent to clients) and the server pings.
-    pub activity_timeout_secs: u64,
-    /// Seconds the server waits for a pong before closing with 4201.
-    pub pong_timeout_secs: u64,
-    /// Seconds between heartbeat comments on an SSE stream (keeps proxies from closing it).
-    pub sse_heartbeat_secs: u64,
-    /// Seconds a graceful shutdown waits for connections to close.
-    pub shutdown_timeout_secs: u64,
-    /// Bytes queued towards one connection before it is cut off as a slow reader (4100).
-    pub max_outbound_bytes: usize,
-    /// Largest HTTP API request body, in bytes (413 above it).
-    pub max_request_bytes: usize,
-    /// actix-web worker threads; 0 means one per core.
-    pub workers: usize,
-    /// This node's id in the cluster. Absent: the number after the last `-` of the hostname (a
-    /// StatefulSet pod's ordinal), else 1. Filled in by [`Config::load`].
-    pub node_id: Option<NodeId>,
-    /// The cluster port (Raft RPCs, `GET /cluster`). Absent: 6002 (see [`Config::cluster_port`]).
-    pub cluster_port: Option<u16>,
-    /// The cluster's nodes: `id@host:port` comma-separated (this node among them), or one DNS
-    /// name whose address records are the nodes. Empty: a one-node cluster (unless
-    /// `members_file` is given).
-    pub peers: String,
-    /// A members file the node re-reads every 2 s: the nodes the cluster should have, by
-    /// revision (`revision = N`, `peers = "id@host:port,..."`); the leader adds and removes
-    /// voters to match. Exclusive with `peers`.
-    pub members_file: Option<PathBuf>,
-    /// The secret every request to the cluster port carries. Required with `peers` or
-    /// `members_file`; a one-node cluster without one makes a random one at start (see
-    /// [`Config::cluster_secret_generated`]).
-    pub cluster_secret: Option<String>,
-    /// The cluster secret was made at start, at random: none was configured.
-    #[serde(skip)]
-    pub cluster_secret_generated: bool,
-    /// Seconds an idle HTTP keep-alive connection of the public port stays open: longer than
-    /// the clients' own idle timeouts (Node's agent: 5 s), as load balancers do.
-    pub keep_alive_secs: u64,
-    /// Seconds a cluster member may go without answering before the leader declares it dead and
-    /// removes its presence members and channel interest (at least 2).
-    pub dead_after_secs: u64,
-    /// Raft log entries between two snapshots of the replicated state; as many are kept after
-    /// each snapshot, so a node that was down for fewer catches up from the log.
-    pub raft_snapshot_every: u64,
-    pub apps: Vec<AppConfig>,
+/// What the command line and the environment give: the file to read, the first app's
+/// credentials and every node setting. `main` flattens it into its command line.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long = "config", env = "CHORUS_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub first_app: FirstApp,
+    #[command(flatten)]
+    pub settings: Config,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            host: IpAddr::from([0, 0, 0, 0]),
-            port: 6001,
-            metrics_port: 9601,
-            data_dir: PathBuf::from("./chorus-data"),
-            activity_timeout_secs: 120,
-            pong_timeout_secs: 30,
-            sse_heartbeat_secs: 15,
-            shutdown_timeout_secs: 10,
-            max_outbound_bytes: 1024 * 1024,
-            max_request_bytes: 256 * 1024,
-            workers: 0,
-            node_id: None,
-            cluster_port: None,
-            peers: String::new(),
-            members_file: None,
-            cluster_secret: None,
-            cluster_secret_generated: false,
-            keep_alive_secs: 75,
-            dead_after_secs: chorus_cluster::DEFAULT_DEAD_AFTER.as_secs(),
-            raft_snapshot_every: chorus_cluster::DEFAULT_SNAPSHOT_EVERY,
-            apps: Vec::new(),
-        }
-    }
+/// The first app's credentials, over the file's first app (or the development app).
+#[derive(Debug, Clone, Default, Args)]
+pub struct FirstApp {
+    /// Id of the default (first) app.
+    #[arg(long, env = "CHORUS_APP_ID")]
+    pub app_id: Option<String>,
+    /// Key of the default (first) app.
+    #[arg(long, env = "CHORUS_APP_KEY")]
+    pub app_key: Option<String>,
+    /// Secret of the default (first) app.
+    #[arg(long, env = "CHORUS_APP_SECRET", hide_env_values = true)]
+    pub app_secret: Option<String>,
+}
+
+/// The whole node configuration. Every field but `apps` is a setting: a key of the file, a
+/// `CHORUS_*` variable and a flag, documented here once (the README's table is made from these
+/// comments: see the test `the_readme_lists_every_setting`).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the listeners; a specific address is also the source of the node's cluster
+    /// traffic.
+    #[arg(long, env = "CHORUS_HOST", default_value_t = IpAddr::from([0, 0, 0, 0]))]
+    pub host: IpAddr,
+    /// Public port: WebSocket, SSE, the HTTP API, health.
+    #[arg(long, env = "CHORUS_PORT", default_value_t = 6001, value_parser = PortNumber)]
+    pub port: u16,
+    /// Prometheus port (`/metrics`), always plain HTTP.
+    #[arg(long, env = "CHORUS_METRICS_PORT", default_value_t = 9601, value_parser = PortNumber)]
+    pub metrics_port: u16,
+    /// The node's data.
+    #[arg(long, env = "CHORUS_DATA_DIR", default_value = "./chorus-data")]
+    pub data_dir: PathBuf,
+    /// HTTP worker threads; 0: one per core.
+    #[arg(long, env = "CHORUS_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// This node's id in the cluster. Absent: the number after the last `-` of the hostname (a
+    /// StatefulSet pod's ordinal), else 1.
+    #[arg(long, env = "CHORUS_NODE_ID")]
+    pub node_id: Option<NodeId>,
+    /// The cluster port: Raft RPCs, `/cluster/join`, `GET /cluster` (all need the secret).
+    /// Absent: 6002, or a free port with a warning when a node alone finds 6002 taken.
+    #[arg(long, env = "CHORUS_CLUSTER_PORT", value_parser = PortNumber)]
+    pub cluster_port: Option<u16>,
+    /// `id@host:port,...` naming every node (this one too), or one DNS name (`name` or
+    /// `name:port`) whose address records are the nodes. Empty: a one-node cluster.
+    #[arg(long, env = "CHORUS_PEERS", default_value = "")]
+    pub peers: String,
+    /// A members file the node re-reads every 2 s: the nodes the cluster should have, by
+    /// revision; exclusive with `peers`; must be readable at start.
+    #[arg(long, env = "CHORUS_MEMBERS_FILE")]
+    pub members_file: Option<PathBuf>,
+    /// At least 16 characters, required with `peers` or `members_file`; sent as
+    /// `x-chorus-cluster-secret`. A node alone without one makes a random one at start and writes
+    /// it to `data_dir/cluster-secret` (mode 0600) for `chorus cluster` commands.
+    #[arg(long, env = "CHORUS_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// The cluster secret was made at start, at random: none was configured.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub cluster_secret_generated: bool,
+    /// Seconds a cluster member may go without answering before the leader declares it dead and
+    /// removes its presence members and channel interest (at least 2, above Raft's 0.6-1.2 s
+    /// election timeout).
+    #[arg(long, env = "CHORUS_DEAD_AFTER_SECS", default_value_t = chorus_cluster::DEFAULT_DEAD_AFTER.as_secs())]
+    pub dead_after_secs: u64,
+    /// Raft log entries between two snapshots of the replicated state; as many stay in the log
+    /// after each, so a node down for fewer catches up from the log.
+    #[arg(long, env = "CHORUS_RAFT_SNAPSHOT_EVERY", default_value_t = chorus_cluster::DEFAULT_SNAPSHOT_EVERY)]
+    pub raft_snapshot_every: u64,
+    /// Seconds of silence after which a client should ping (sent to clients) and the server
+    /// pings.
+    #[arg(long, env = "CHORUS_ACTIVITY_TIMEOUT_SECS", default_value_t = 120)]
+    pub activity_timeout_secs: u64,
+    /// Seconds the server waits for a pong before closing with 4201.
+    #[arg(long, env = "CHORUS_PONG_TIMEOUT_SECS", default_value_t = 30)]
+    pub pong_timeout_secs: u64,
+    /// Seconds between heartbeat comments on an SSE stream (keeps proxies from closing it).
+    #[arg(long, env = "CHORUS_SSE_HEARTBEAT_SECS", default_value_t = 15)]
+    pub sse_heartbeat_secs: u64,
+    /// Seconds a graceful shutdown waits for connections to close.
+    #[arg(long, env = "CHORUS_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+    /// Seconds an idle HTTP keep-alive connection of the public port stays open (1-3600): longer
+    /// than clients keep theirs idle (Node's agent 5 s, load balancers 60 s), so a client never
+    /// sends on a connection the server is closing.
+    #[arg(long, env = "CHORUS_KEEP_ALIVE_SECS", default_value_t = 75)]
+    pub keep_alive_secs: u64,
+    /// Bytes queued towards one connection before it is cut off as a slow reader (4100).
+    #[arg(long, env = "CHORUS_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
+    pub max_outbound_bytes: usize,
+    /// Largest HTTP API request body, in bytes (413 above it).
+    #[arg(long, env = "CHORUS_MAX_REQUEST_BYTES", default_value_t = 256 * 1024)]
+    pub max_request_bytes: usize,
+    /// The public port's certificate chain (PEM), with `tls_key_file`: the public port then
+    /// speaks only TLS (`wss://`, `https://`). Re-read when the file changes.
+    #[arg(long, env = "CHORUS_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "CHORUS_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The cluster port's certificate chain (PEM), with `cluster_tls_key_file` and
+    /// `cluster_tls_ca_file`: the cluster port then speaks only TLS, and so does this node's
+    /// traffic to the others. Re-read when the file changes.
+    #[arg(long, env = "CHORUS_CLUSTER_TLS_CERT_FILE")]
+    pub cluster_tls_cert_file: Option<PathBuf>,
+    /// The private key of `cluster_tls_cert_file` (PEM).
+    #[arg(long, env = "CHORUS_CLUSTER_TLS_KEY_FILE")]
+    pub cluster_tls_key_file: Option<PathBuf>,
+    /// The certificate authority (PEM) that issued the nodes' cluster certificates: the only one
+    /// this node trusts on the cluster port of another. Re-read when the file changes.
+    #[arg(long, env = "CHORUS_CLUSTER_TLS_CA_FILE")]
+    pub cluster_tls_ca_file: Option<PathBuf>,
+    /// The certificates and the authority the TLS settings name, loaded by [`Config::load`].
+    #[arg(skip)]
+    #[serde(skip)]
+    pub tls: NodeTls,
+    /// The apps (`[[apps]]` in the file).
+    #[arg(skip)]
+    #[serde(default, skip_serializing)]
+    pub apps: Vec<AppConfig>,
 }
 
 /// One tenant: its credentials, limits and allowed origins.
@@ -216,89 +284,73 @@ impl Default for Limits {
     }
 }
 
-/// Settings given on the command line or in the environment; each wins over the file.
-#[derive(Debug, Default, Clone, Args)]
-pub struct Overrides {
-    /// TOML configuration file.
-    #[arg(long = "config", env = "CHORUS_CONFIG")]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = "CHORUS_HOST")]
-    pub host: Option<IpAddr>,
-    #[arg(long, env = "CHORUS_PORT", value_parser = port_setting("CHORUS_PORT"))]
-    pub port: Option<PortSetting>,
-    #[arg(long, env = "CHORUS_METRICS_PORT", value_parser = port_setting("CHORUS_METRICS_PORT"))]
-    pub metrics_port: Option<PortSetting>,
-    #[arg(long, env = "CHORUS_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    #[arg(long, env = "CHORUS_WORKERS")]
-    pub workers: Option<usize>,
-    /// This node's id in the cluster.
-    #[arg(long, env = "CHORUS_NODE_ID")]
-    pub node_id: Option<NodeId>,
-    /// The cluster port (default 6002).
-    #[arg(long, env = "CHORUS_CLUSTER_PORT", value_parser = port_setting("CHORUS_CLUSTER_PORT"))]
-    pub cluster_port: Option<PortSetting>,
-    /// The cluster's nodes: `id@host:port,...` or a DNS name.
-    #[arg(long, env = "CHORUS_PEERS")]
-    pub peers: Option<String>,
-    /// A members file to follow: the nodes the cluster should have, by revision.
-    #[arg(long, env = "CHORUS_MEMBERS_FILE")]
-    pub members_file: Option<PathBuf>,
-    /// Seconds an idle HTTP keep-alive connection stays open (default 75).
-    #[arg(long, env = "CHORUS_KEEP_ALIVE_SECS")]
-    pub keep_alive_secs: Option<u64>,
-    /// The secret of the cluster port.
-    #[arg(long, env = "CHORUS_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: Option<String>,
-    /// Seconds without an answer after which a cluster member is declared dead (default 5).
-    #[arg(long, env = "CHORUS_DEAD_AFTER_SECS")]
-    pub dead_after_secs: Option<u64>,
-    /// Raft log entries between two snapshots (default 20000).
-    #[arg(long, env = "CHORUS_RAFT_SNAPSHOT_EVERY")]
-    pub raft_snapshot_every: Option<u64>,
-    /// Id of the default (first) app.
-    #[arg(long, env = "CHORUS_APP_ID")]
-    pub app_id: Option<String>,
-    /// Key of the default (first) app.
-    #[arg(long, env = "CHORUS_APP_KEY")]
-    pub app_key: Option<String>,
-    /// Secret of the default (first) app.
-    #[arg(long, env = "CHORUS_APP_SECRET", hide_env_values = true)]
-    pub app_secret: Option<String>,
-}
+/// A port number from a flag or a variable; what is not one is refused naming both.
+#[derive(Debug, Clone, Copy)]
+struct PortNumber;
 
-/// A port from the environment or the command line, or a Kubernetes service link that stands
-/// where a port was expected (`tcp://10.0.0.7:6001`), to be ignored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PortSetting {
-    Port(u16),
-    /// The variable that held it, and its value.
-    ServiceLink {
-        variable: &'static str,
-        value: String,
-    },
-}
+impl TypedValueParser for PortNumber {
+    type Value = u16;
 
-/// The parser of a port setting read from `variable` (or its flag): a port number, or a service
-/// link; anything else is refused, naming the variable.
-fn port_setting(
-    variable: &'static str,
-) -> impl Fn(&str) -> Result<PortSetting, String> + Clone + Send + Sync + 'static {
-    move |text| {
-        if let Ok(port) = text.trim().parse::<u16>() {
-            return Ok(PortSetting::Port(port));
-        }
-        if is_service_link(text) {
-            return Ok(PortSetting::ServiceLink {
-                variable,
-                value: text.to_owned(),
-            });
-        }
-        Err(format!(
-            "{variable}: {text:?} is neither a port number nor a Kubernetes service link \
-             (tcp://host:port)"
-        ))
+    fn parse_ref(&self, _: &Command, arg: Option<&Arg>, value: &OsStr) -> Result<u16, clap::Error> {
+        let text = value.to_string_lossy();
+        text.trim().parse().map_err(|_| {
+            let names = arg.map(names_of).unwrap_or_default();
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "{names}: {text:?} is not a port number (a Kubernetes service link, \
+                     tcp://host:port, in the variable is ignored)\n"
+                ),
+            )
+        })
     }
+}
+
+/// An argument's variable and flag, `CHORUS_PORT / --port`.
+fn names_of(arg: &Arg) -> String {
+    let flag = arg.get_long().map(|long| format!("--{long}"));
+    let variable = arg
+        .get_env()
+        .map(|name| name.to_string_lossy().into_owned());
+    [variable, flag]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// `command` with every port variable (`CHORUS_*_PORT`) that holds a Kubernetes service link
+/// left unread, as if it were not set, with a warning that names it. Any other value that is not
+/// a port still stops start-up, naming the variable.
+pub fn without_service_links(command: Command) -> Command {
+    ignoring_service_links(command, |name| std::env::var(name).ok())
+}
+
+/// [`without_service_links`], the variables read by `environment`.
+fn ignoring_service_links(
+    command: Command,
+    environment: impl Fn(&str) -> Option<String>,
+) -> Command {
+    command.mut_args(|arg| {
+        let link = arg
+            .get_env()
+            .and_then(OsStr::to_str)
+            .filter(|name| name.ends_with("_PORT"))
+            .and_then(|name| Some((name.to_owned(), environment(name)?)))
+            .filter(|(_, value)| is_service_link(value));
+        match link {
+            Some((variable, value)) => {
+                tracing::warn!(
+                    variable = variable.as_str(),
+                    value = %value,
+                    "ignored: a Kubernetes service link (a Service named after it), not a port; \
+                     set enableServiceLinks: false on the pod"
+                );
+                arg.env(None)
+            }
+            None => arg,
+        }
+    })
 }
 
 /// Whether `text` is a Kubernetes service link: `tcp://`, `udp://` or `sctp://`, an address,
@@ -312,23 +364,6 @@ fn is_service_link(text: &str) -> bool {
         && address.is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
-/// The port a setting gives; none for a service link, with a warning that names it.
-fn port_given(setting: &Option<PortSetting>) -> Option<u16> {
-    match setting {
-        Some(PortSetting::Port(port)) => Some(*port),
-        Some(PortSetting::ServiceLink { variable, value }) => {
-            tracing::warn!(
-                variable = *variable,
-                value = %value,
-                "ignored: a Kubernetes service link (a Service named after it), not a port; set \
-                 enableServiceLinks: false on the pod"
-            );
-            None
-        }
-        None => None,
-    }
-}
-
 /// How the configuration came to be: callers warn when the development credentials are in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppSource {
@@ -337,95 +372,56 @@ pub enum AppSource {
 }
 
 impl Config {
-    /// Reads the file named by the overrides (if any), applies the overrides and validates.
-    pub fn load(overrides: &Overrides) -> Result<(Config, AppSource), ConfigError> {
-        let mut config = match &overrides.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+    /// The configuration from what clap read (`args`, out of `matches`, which says where each
+    /// value came from) and the file it names, validated, its TLS files loaded.
+    pub fn load(
+        args: ConfigArgs,
+        matches: &ArgMatches,
+    ) -> Result<(Config, AppSource), ConfigError> {
+        let file = match &args.config {
+            Some(path) => Some((path, read_table(path)?)),
+            None => None,
         };
-        let source = config.apply(overrides);
-        config.validate()?;
-        config.make_secret_if_alone();
-        Ok((config, source))
-    }
-
-    /// A node alone (no peers, no members file) without a cluster secret gets a random one, so
-    /// that its cluster port never takes a secret anyone can know.
-    fn make_secret_if_alone(&mut self) {
-        let alone = self.peers().is_none() && self.members_file.is_none();
-        if alone && self.cluster_secret.is_none() {
-            self.cluster_secret = Some(hex::encode(rand::random::<[u8; 32]>()));
-            self.cluster_secret_generated = true;
-        }
-    }
-
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
-    }
-
-    /// Parses TOML text; the error message names the key and the line.
-    pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
-    }
-
-    fn apply(&mut self, o: &Overrides) -> AppSource {
-        if let Some(v) = o.host {
-            self.host = v;
-        }
-        if let Some(v) = port_given(&o.port) {
-            self.port = v;
-        }
-        if let Some(v) = port_given(&o.metrics_port) {
-            self.metrics_port = v;
-        }
-        if let Some(v) = &o.data_dir {
-            self.data_dir = v.clone();
-        }
-        if let Some(v) = o.workers {
-            self.workers = v;
-        }
-        if let Some(v) = o.node_id {
-            self.node_id = Some(v);
-        }
-        if self.node_id.is_none() {
-            self.node_id = Some(
+        let mut config = match file {
+            Some((path, table)) => {
+                layered(&args.settings, &given(matches), table).map_err(|message| {
+                    ConfigError::Parse {
+                        path: path.clone(),
+                        message,
+                    }
+                })?
+            }
+            None => args.settings,
+        };
+        let source = config.add_first_app(&args.first_app);
+        if config.node_id.is_none() {
+            config.node_id = Some(
                 hostname()
                     .as_deref()
                     .and_then(chorus_cluster::ordinal_of_hostname)
                     .unwrap_or(1),
             );
         }
-        if let Some(v) = port_given(&o.cluster_port) {
-            self.cluster_port = Some(v);
-        }
-        if let Some(v) = &o.peers {
-            self.peers = v.clone();
-        }
-        if let Some(v) = &o.members_file {
-            self.members_file = Some(v.clone());
-        }
-        if let Some(v) = o.keep_alive_secs {
-            self.keep_alive_secs = v;
-        }
-        if let Some(v) = &o.cluster_secret {
-            self.cluster_secret = Some(v.clone());
-        }
-        if let Some(v) = o.dead_after_secs {
-            self.dead_after_secs = v;
-        }
-        if let Some(v) = o.raft_snapshot_every {
-            self.raft_snapshot_every = v;
-        }
+        config.validate()?;
+        config.make_secret_if_alone();
+        config.tls = config.load_tls()?;
+        Ok((config, source))
+    }
+
+    /// The defaults with the settings of a TOML text over them (no environment, no flags); the
+    /// error message names the key.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let table = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        layered(&defaults(), &HashSet::new(), table)
+    }
+
+    /// Adds the development app when the file declares none, then puts the first app's
+    /// credentials given in the environment or as flags over the first app.
+    fn add_first_app(&mut self, given: &FirstApp) -> AppSource {
         let mut source = AppSource::Configured;
         if self.apps.is_empty() {
-            let all_given = o.app_id.is_some() && o.app_key.is_some() && o.app_secret.is_some();
+            let all_given =
+                given.app_id.is_some() && given.app_key.is_some() && given.app_secret.is_some();
             if !all_given {
                 source = AppSource::DevelopmentDefault;
             }
@@ -439,18 +435,86 @@ impl Config {
             });
         }
         let first = &mut self.apps[0];
-        if let Some(v) = &o.app_id {
-            first.id = v.clone();
-        }
-        if let Some(v) = &o.app_key {
-            first.key = v.clone();
-        }
-        if let Some(v) = &o.app_secret {
-            first.secret = v.clone();
+        for (field, value) in [
+            (&mut first.id, &given.app_id),
+            (&mut first.key, &given.app_key),
+            (&mut first.secret, &given.app_secret),
+        ] {
+            if let Some(value) = value {
+                value.clone_into(field);
+            }
         }
         source
     }
 
+    /// A node alone (no peers, no members file) without a cluster secret gets a random one, so
+    /// that its cluster port never takes a secret anyone can know.
+    fn make_secret_if_alone(&mut self) {
+        let alone = self.peers().is_none() && self.members_file.is_none();
+        if alone && self.cluster_secret.is_none() {
+            self.cluster_secret = Some(hex::encode(rand::random::<[u8; 32]>()));
+            self.cluster_secret_generated = true;
+        }
+    }
+}
+
+/// Every setting at its default: the command line of a node given nothing, its environment
+/// unread.
+fn defaults() -> Config {
+    let command = Config::augment_args(Command::new("chorus")).mut_args(|arg| arg.env(None));
+    let matches = command
+        .try_get_matches_from(["chorus"])
+        .expect("every setting has a default or is optional");
+    Config::from_arg_matches(&matches).expect("the defaults are settings")
+}
+
+/// The settings given in the environment or as flags: they win over the file.
+fn given(matches: &ArgMatches) -> HashSet<String> {
+    matches
+        .ids()
+        .map(|id| id.as_str())
+        .filter(|id| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::EnvVariable | ValueSource::CommandLine)
+            )
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `from_args` (the defaults, the environment, the flags) with `file` in between: a key of the
+/// file wins over a default and loses to a setting `given` in the environment or as a flag. An
+/// unknown key or a value of the wrong type is refused, naming the key.
+fn layered(
+    from_args: &Config,
+    given: &HashSet<String>,
+    file: toml::Table,
+) -> Result<Config, String> {
+    let mut merged = toml::Table::try_from(from_args).map_err(|e| e.to_string())?;
+    for (key, value) in file {
+        if !given.contains(&key) {
+            merged.insert(key, value);
+        }
+    }
+    merged
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())
+}
+
+/// The file's table; a file that cannot be read or is not TOML is refused, with the line.
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })
+}
+
+impl Config {
     /// Checks every value a node cannot run with.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.activity_timeout_secs == 0 {
@@ -475,6 +539,7 @@ impl Config {
             return Err(invalid("keep_alive_secs", "must be between 1 and 3600"));
         }
         self.validate_cluster()?;
+        self.validate_tls()?;
         let mut ids = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
         for (i, app) in self.apps.iter().enumerate() {
@@ -562,6 +627,85 @@ impl Config {
     }
 }
 
+impl Config {
+    /// TLS settings come whole: a certificate with its key, the cluster's also with its
+    /// authority.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let public = [
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        let cluster = [
+            ("cluster_tls_cert_file", &self.cluster_tls_cert_file),
+            ("cluster_tls_key_file", &self.cluster_tls_key_file),
+            ("cluster_tls_ca_file", &self.cluster_tls_ca_file),
+        ];
+        for group in [&public[..], &cluster[..]] {
+            let given: Vec<&str> = group
+                .iter()
+                .filter(|(_, file)| file.is_some())
+                .map(|(key, _)| *key)
+                .collect();
+            let missing = group.iter().find(|(_, file)| file.is_none());
+            if let (Some((key, _)), false) = (missing, given.is_empty()) {
+                return Err(invalid(
+                    *key,
+                    format!("required with {}", given.join(" and ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the certificates and the authority the TLS settings name (validated whole); a file
+    /// that does not load is refused, naming its key.
+    fn load_tls(&self) -> Result<NodeTls, ConfigError> {
+        let public = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let files = CertificateFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                let served = ServedCertificate::load("the public port's certificate", files);
+                Some(Arc::new(served.map_err(|e| tls_invalid("", e))?))
+            }
+            _ => None,
+        };
+        let cluster = match (
+            &self.cluster_tls_cert_file,
+            &self.cluster_tls_key_file,
+            &self.cluster_tls_ca_file,
+        ) {
+            (Some(cert), Some(key), Some(ca)) => {
+                let files = CertificateFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                let served = ServedCertificate::load("the cluster port's certificate", files)
+                    .map_err(|e| tls_invalid("cluster_", e))?;
+                let trusted = TrustedAuthority::load("the cluster's authority", ca.clone())
+                    .map_err(|e| tls_invalid("cluster_", e))?;
+                Some(ClusterTls {
+                    served: Arc::new(served),
+                    trusted: Arc::new(trusted),
+                })
+            }
+            _ => None,
+        };
+        Ok(NodeTls { public, cluster })
+    }
+}
+
+/// A TLS file that does not load, named by its key (`prefix` `tls_cert_file`, ...).
+fn tls_invalid(prefix: &str, e: TlsFileError) -> ConfigError {
+    let key = match e.file {
+        TlsFile::Cert => "tls_cert_file",
+        TlsFile::Key => "tls_key_file",
+        TlsFile::Ca => "tls_ca_file",
+    };
+    invalid(format!("{prefix}{key}"), e.to_string())
+}
+
 /// Checks an app id: any text a URL path segment carries as it is (RFC 3986's unreserved
 /// characters, sub-delimiters, `:` and `@`), so `/apps/{id}/events` needs no escaping.
 fn check_app_id(id: &str) -> Result<(), String> {
@@ -639,6 +783,7 @@ impl Config {
             snapshot_every: self.raft_snapshot_every,
             // A node listening on one address sends its cluster traffic from it.
             local_address: (!self.host.is_unspecified()).then_some(self.host),
+            tls: self.tls.cluster.as_ref().map(ClusterTls::client_config),
         }
     }
 
@@ -700,9 +845,34 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A scratch directory of its own for each call.
+    fn scratch(name: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("chorus-config-{}-{name}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The configuration a node would run with, given these flags (its environment unread) and,
+    /// when there is one, a file with this text.
+    fn load(flags: &[&str], file: Option<&str>) -> Result<(Config, AppSource), ConfigError> {
+        let mut words = vec!["chorus".to_owned()];
+        if let Some(text) = file {
+            let path = scratch("file").join("chorus.toml");
+            std::fs::write(&path, text).unwrap();
+            words.extend(["--config".to_owned(), path.display().to_string()]);
+        }
+        words.extend(flags.iter().map(|flag| flag.to_string()));
+        let command = ConfigArgs::augment_args(Command::new("chorus")).mut_args(|a| a.env(None));
+        let matches = command.try_get_matches_from(words)?;
+        Config::load(ConfigArgs::from_arg_matches(&matches)?, &matches)
+    }
+
     #[test]
     fn no_file_gives_the_development_app() {
-        let (config, source) = Config::load(&Overrides::default()).unwrap();
+        let (config, source) = load(&[], None).unwrap();
         assert_eq!(source, AppSource::DevelopmentDefault);
         assert_eq!(config.port, 6001);
         assert_eq!(config.metrics_port, 9601);
@@ -713,18 +883,14 @@ mod tests {
 
     #[test]
     fn overrides_win_over_the_file() {
-        let mut config = Config::from_toml(
-            "port = 7000\n[[apps]]\nid = \"5\"\nkey = \"k\"\nsecret = \"secret-secret\"\n",
-        )
-        .unwrap();
-        let overrides = Overrides {
-            port: Some(PortSetting::Port(7001)),
-            app_secret: Some("another-secret".into()),
-            ..Overrides::default()
-        };
-        assert_eq!(config.apply(&overrides), AppSource::Configured);
-        config.validate().unwrap();
-        assert_eq!(config.port, 7001);
+        let file = "port = 7000\nmetrics_port = 7009\n[[apps]]\nid = \"5\"\nkey = \"k\"\n\
+                    secret = \"secret-secret\"\n";
+        let flags = ["--port", "7001", "--app-secret", "another-secret"];
+        let (config, source) = load(&flags, Some(file)).unwrap();
+        assert_eq!(source, AppSource::Configured);
+        assert_eq!(config.port, 7001, "the flag over the file");
+        assert_eq!(config.metrics_port, 7009, "the file over the default");
+        assert_eq!(config.keep_alive_secs, 75, "the default");
         assert_eq!(config.apps[0].id, "5");
         assert_eq!(config.apps[0].secret, "another-secret");
     }
@@ -774,11 +940,7 @@ mod tests {
 
     #[test]
     fn a_node_alone_is_a_one_node_cluster_on_the_default_port() {
-        let (config, _) = Config::load(&Overrides {
-            node_id: Some(4),
-            ..Overrides::default()
-        })
-        .unwrap();
+        let (config, _) = load(&["--node-id", "4"], None).unwrap();
         assert_eq!(config.cluster_port(), 6002);
         assert!(config.cluster_secret_generated);
         let settings = config.cluster_settings();
@@ -790,11 +952,7 @@ mod tests {
 
     #[test]
     fn a_node_on_one_address_sends_its_cluster_traffic_from_it() {
-        let (config, _) = Config::load(&Overrides {
-            host: Some("127.0.1.2".parse().unwrap()),
-            ..Overrides::default()
-        })
-        .unwrap();
+        let (config, _) = load(&["--host", "127.0.1.2"], None).unwrap();
         let settings = config.cluster_settings();
         assert_eq!(settings.local_address, Some("127.0.1.2".parse().unwrap()));
         assert_eq!(settings.advertise_addr, "127.0.1.2:6002");
@@ -802,14 +960,13 @@ mod tests {
 
     #[test]
     fn peers_give_this_node_its_advertised_address() {
-        let (config, _) = Config::load(&Overrides {
-            node_id: Some(2),
-            cluster_port: Some(PortSetting::Port(7002)),
-            peers: Some("1@10.0.0.1:7002,2@10.0.0.2:7002,3@10.0.0.3:7002".into()),
-            cluster_secret: Some("a-long-cluster-secret".into()),
-            ..Overrides::default()
-        })
-        .unwrap();
+        let flags = [
+            "--node-id=2",
+            "--cluster-port=7002",
+            "--peers=1@10.0.0.1:7002,2@10.0.0.2:7002,3@10.0.0.3:7002",
+            "--cluster-secret=a-long-cluster-secret",
+        ];
+        let (config, _) = load(&flags, None).unwrap();
         let settings = config.cluster_settings();
         assert_eq!(settings.advertise_addr, "10.0.0.2:7002");
         assert_eq!(settings.dead_after, Duration::from_secs(5));
@@ -820,15 +977,11 @@ mod tests {
     #[test]
     fn bad_cluster_settings_name_the_key() {
         let load = |node_id: u64, peers: &str, secret: Option<&str>, cluster_port: Option<u16>| {
-            Config::load(&Overrides {
-                node_id: Some(node_id),
-                peers: Some(peers.into()),
-                cluster_secret: secret.map(Into::into),
-                cluster_port: cluster_port.map(PortSetting::Port),
-                ..Overrides::default()
-            })
-            .unwrap_err()
-            .to_string()
+            let mut flags = vec![format!("--node-id={node_id}"), format!("--peers={peers}")];
+            flags.extend(secret.map(|secret| format!("--cluster-secret={secret}")));
+            flags.extend(cluster_port.map(|port| format!("--cluster-port={port}")));
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            load(&flags, None).unwrap_err().to_string()
         };
         let secret = Some("a-long-cluster-secret");
         let err = load(1, "1@a:6002,2@b:6002", None, None);
@@ -858,62 +1011,72 @@ mod tests {
 
     #[test]
     fn a_node_alone_without_a_secret_gets_a_random_one() {
-        let (first, _) = Config::load(&Overrides::default()).unwrap();
-        let (second, _) = Config::load(&Overrides::default()).unwrap();
+        let (first, _) = load(&[], None).unwrap();
+        let (second, _) = load(&[], None).unwrap();
         let (a, b) = (
             first.cluster_secret.unwrap(),
             second.cluster_secret.unwrap(),
         );
         assert_eq!(a.len(), 64);
         assert_ne!(a, b, "made at random at each start");
-        let (given, _) = Config::load(&Overrides {
-            cluster_secret: Some("a-long-cluster-secret".into()),
-            ..Overrides::default()
-        })
-        .unwrap();
+        let (given, _) = load(&["--cluster-secret", "a-long-cluster-secret"], None).unwrap();
         assert!(!given.cluster_secret_generated);
     }
 
     #[test]
     fn a_kubernetes_service_link_is_no_port_and_anything_else_is_refused() {
-        let parse = port_setting("CHORUS_PORT");
-        assert_eq!(parse("6001"), Ok(PortSetting::Port(6001)));
-        assert_eq!(
-            parse("tcp://10.0.0.7:6001"),
-            Ok(PortSetting::ServiceLink {
-                variable: "CHORUS_PORT",
-                value: "tcp://10.0.0.7:6001".into()
-            })
-        );
-        assert!(parse("udp://[fd00::1]:53").is_ok());
-        for bad in ["http://10.0.0.7:6001", "tcp://10.0.0.7", "six", "70000"] {
-            let err = parse(bad).unwrap_err();
-            assert!(err.starts_with("CHORUS_PORT:"), "{bad}: {err}");
+        assert!(is_service_link("tcp://10.0.0.7:6001"));
+        assert!(is_service_link("udp://[fd00::1]:53"));
+        for other in [
+            "http://10.0.0.7:6001",
+            "tcp://10.0.0.7",
+            "six",
+            "70000",
+            "6001",
+        ] {
+            assert!(!is_service_link(other), "{other}");
         }
-        let mut config = Config::default();
-        let overrides = Overrides {
-            port: parse("tcp://10.0.0.7:6001").ok(),
-            ..Overrides::default()
+        // A port variable holding one is left unread; the others are read as before.
+        let environment = |name: &str| match name {
+            "CHORUS_PORT" => Some("tcp://10.0.0.7:6001".to_owned()),
+            "CHORUS_METRICS_PORT" => Some("9602".to_owned()),
+            _ => None,
         };
-        config.apply(&overrides);
-        assert_eq!(config.port, 6001, "the default stays");
+        let command = ignoring_service_links(Config::augment_args(Command::new("c")), environment);
+        let variable = |id: &str| {
+            let arg = command
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .unwrap();
+            arg.get_env().map(|name| name.to_owned())
+        };
+        assert_eq!(variable("port"), None);
+        assert_eq!(variable("metrics_port").unwrap(), "CHORUS_METRICS_PORT");
+        // Any other value that is not a port is refused, naming the flag (and the variable: see
+        // `tests/node_entry_points.rs`).
+        for bad in ["six", "70000", "tcp://10.0.0.7:6001"] {
+            let err = load(&["--port", bad], None).unwrap_err().to_string();
+            assert!(
+                err.contains("--port") && err.contains(&format!("{bad:?}")),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
     fn a_members_file_is_exclusive_with_peers_and_needs_a_secret() {
-        let dir =
-            std::env::temp_dir().join(format!("chorus-config-members-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("members");
         let file = dir.join("members.toml");
         std::fs::write(&file, "revision = 3\npeers = \"0@a:6002,1@b:6002\"\n").unwrap();
         let load = |peers: Option<&str>, secret: Option<&str>, path: &Path| {
-            Config::load(&Overrides {
-                node_id: Some(1),
-                peers: peers.map(Into::into),
-                members_file: Some(path.to_owned()),
-                cluster_secret: secret.map(Into::into),
-                ..Overrides::default()
-            })
+            let mut flags = vec![
+                "--node-id=1".to_owned(),
+                format!("--members-file={}", path.display()),
+            ];
+            flags.extend(peers.map(|peers| format!("--peers={peers}")));
+            flags.extend(secret.map(|secret| format!("--cluster-secret={secret}")));
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            load(&flags, None)
         };
         let secret = Some("a-long-cluster-secret");
         let (config, _) = load(None, secret, &file).unwrap();
@@ -956,6 +1119,13 @@ mod tests {
             ("activity_timeout_secs = 0", "activity_timeout_secs"),
             ("dead_after_secs = 1", "dead_after_secs"),
             ("raft_snapshot_every = 5", "raft_snapshot_every"),
+            ("tls_cert_file = \"c.pem\"", "tls_key_file"),
+            ("tls_key_file = \"k.pem\"", "tls_cert_file"),
+            (
+                "cluster_tls_cert_file = \"c.pem\"\ncluster_tls_key_file = \"k.pem\"",
+                "cluster_tls_ca_file",
+            ),
+            ("cluster_tls_ca_file = \"ca.pem\"", "cluster_tls_cert_file"),
             (
                 "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"ssssssssss\"\n[[apps.history]]\nchannels = \"a[\"",
                 "apps[0].history[0].channels",
@@ -970,5 +1140,106 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_names_the_file_and_the_key() {
+        let err = load(&[], Some("keep_alive_secs = \"long\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("chorus.toml") && err.contains("keep_alive_secs"),
+            "{err}"
+        );
+        let err = load(&[], Some("keep_alive_secs = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`keep_alive_secs`"), "{err}");
+        let err = load(&[], Some("app_id = \"1\"")).unwrap_err().to_string();
+        assert!(err.contains("app_id"), "not a key of the file: {err}");
+        // A flag's value stands even where the file has a bad one for the same key.
+        let (config, _) = load(&["--keep-alive-secs=9"], Some("keep_alive_secs = 0")).unwrap();
+        assert_eq!(config.keep_alive_secs, 9);
+    }
+
+    #[test]
+    fn tls_files_that_do_not_load_are_refused_naming_the_key() {
+        let dir = scratch("tls");
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let made = |name: &str| rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let (one, other) = (made("one.test"), made("other.test"));
+        let cert = write("cert.pem", &one.cert.pem());
+        let key = write("key.pem", &one.signing_key.serialize_pem());
+        let other_key = write("other-key.pem", &other.signing_key.serialize_pem());
+        let garbage = write("garbage.pem", "not a certificate");
+        let tls = |cert: &str, key: &str| {
+            let flags = [
+                format!("--tls-cert-file={cert}"),
+                format!("--tls-key-file={key}"),
+            ];
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            load(&flags, None)
+        };
+        let (config, _) = tls(&cert, &key).unwrap();
+        assert!(config.tls.public.is_some() && config.tls.cluster.is_none());
+        let cases = [
+            (garbage.as_str(), key.as_str(), "`tls_cert_file`"),
+            (cert.as_str(), garbage.as_str(), "`tls_key_file`"),
+            (cert.as_str(), other_key.as_str(), "`tls_key_file`"),
+            ("/nonexistent/cert.pem", key.as_str(), "`tls_cert_file`"),
+        ];
+        for (cert, key, named) in cases {
+            let err = tls(cert, key).unwrap_err().to_string();
+            assert!(err.contains(named), "{cert} {key}: {err}");
+        }
+        let flags = [
+            format!("--cluster-tls-cert-file={cert}"),
+            format!("--cluster-tls-key-file={key}"),
+            format!("--cluster-tls-ca-file={garbage}"),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let err = load(&flags, None).unwrap_err().to_string();
+        assert!(err.contains("`cluster_tls_ca_file`"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The README's table of settings, one row a field of [`Config`] from its `#[arg]` and doc
+    /// comment.
+    fn settings_table() -> String {
+        let command = Config::augment_args(Command::new("chorus"));
+        let mut table =
+            String::from("| key | env / flag | default | meaning |\n|---|---|---|---|\n");
+        for arg in command.get_arguments() {
+            let (Some(variable), Some(flag)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            let default = match arg.get_default_values() {
+                [] => "none".to_owned(),
+                [value] if value.is_empty() => "empty".to_owned(),
+                values => format!("`{}`", values[0].to_string_lossy()),
+            };
+            let meaning = arg.get_long_help().or(arg.get_help()).unwrap().to_string();
+            let meaning = meaning.split_whitespace().collect::<Vec<_>>().join(" ");
+            table.push_str(&format!(
+                "| `{}` | `{}` / `--{flag}` | {default} | {meaning} |\n",
+                arg.get_id(),
+                variable.to_string_lossy(),
+            ));
+        }
+        table
+    }
+
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let table = settings_table();
+        assert!(
+            readme.contains(&table),
+            "the README's table of settings is not the one the code documents; it should read:\n\n{table}"
+        );
     }
 }

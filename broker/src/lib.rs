@@ -10,7 +10,8 @@
 //! app's channels on this node and [`fanout`] a channel's subscribers; [`history`] says which
 //! channels keep history and what a resuming subscriber gets; [`channel_view`] is an app's
 //! channels as the REST API reports them, one node's or the cluster's; [`protocol`] is the wire
-//! format, names, signatures and confirmations.
+//! format, names, signatures and confirmations; [`config`] the settings, one field each, and
+//! [`tls`] the certificates of the public and cluster ports, re-read when their files change.
 
 pub mod actors;
 pub mod apps;
@@ -29,3 +30,4 @@ pub mod registry;
 pub mod router;
 pub mod server;
 pub mod subscriptions;
+pub mod tls;

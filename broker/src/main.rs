@@ -3,14 +3,17 @@
 //! node out of it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
-use chorus_broker::config::{AppSource, Config, Overrides, CLUSTER_SECRET_FILE};
-use chorus_broker::server;
-use chorus_cluster::{fetch_status, ClusterSecret, RemoveOutcome, RemoveRequest, SECRET_HEADER};
+use chorus_broker::config::{self, AppSource, Config, ConfigArgs, CLUSTER_SECRET_FILE};
+use chorus_broker::{server, tls};
+use chorus_cluster::{
+    fetch_status, ClusterClient, ClusterSecret, RemoveOutcome, RemoveRequest, SECRET_HEADER,
+};
 
 /// Chorus, a realtime message broker that speaks the Pusher Channels protocol.
 #[derive(Debug, Parser)]
@@ -19,7 +22,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    overrides: Overrides,
+    config: ConfigArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +69,10 @@ struct NodeAccess {
     /// The data directory of a node on this machine started without a cluster secret.
     #[arg(long, env = "CHORUS_DATA_DIR", default_value = "./chorus-data")]
     data_dir: PathBuf,
+    /// The certificate authority (PEM) of a cluster whose ports speak TLS: the command then
+    /// speaks https, trusting it alone.
+    #[arg(long, env = "CHORUS_CLUSTER_TLS_CA_FILE")]
+    cluster_tls_ca_file: Option<PathBuf>,
 }
 
 impl NodeAccess {
@@ -84,10 +91,21 @@ impl NodeAccess {
         })?;
         Ok(ClusterSecret::new(secret.trim()))
     }
+
+    /// A client of the node's cluster port: https when a certificate authority is given.
+    fn client(&self) -> anyhow::Result<ClusterClient> {
+        let tls = match &self.cluster_tls_ca_file {
+            Some(ca) => {
+                let trusted = tls::TrustedAuthority::load("the cluster's authority", ca.clone())?;
+                Some(tls::client_config(Arc::new(trusted)))
+            }
+            None => None,
+        };
+        Ok(chorus_cluster::operator_client(tls.as_ref())?)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
@@ -96,8 +114,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let matches = config::without_service_links(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
-        None => run_node(&cli.overrides),
+        None => run_node(cli.config, &matches),
         Some(Command::Cluster {
             command: ClusterCommand::Status { node, json },
         }) => print_cluster_status(&node, json),
@@ -107,8 +127,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn run_node(overrides: &Overrides) -> anyhow::Result<()> {
-    let (config, source) = Config::load(overrides).context("invalid configuration")?;
+fn run_node(args: ConfigArgs, matches: &ArgMatches) -> anyhow::Result<()> {
+    let (config, source) = Config::load(args, matches).context("invalid configuration")?;
     // Every connection is a file: take as many as the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
@@ -149,8 +169,8 @@ fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> an
 /// `chorus cluster status`: asks the node and prints its answer.
 fn print_cluster_status(node: &NodeAccess, json: bool) -> anyhow::Result<()> {
     let secret = node.secret()?;
+    let client = node.client()?;
     let status = block_on(async {
-        let client = chorus_cluster::operator_client()?;
         Ok(fetch_status(&client, &node.addr, &secret, Duration::from_secs(5)).await?)
     })?;
     if json {
@@ -168,9 +188,10 @@ const REMOVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// it.
 fn remove_node(node: &NodeAccess, id: u64) -> anyhow::Result<()> {
     let secret = node.secret()?;
+    let client = node.client()?;
     let (status, body) = block_on(async {
-        let response = chorus_cluster::operator_client()?
-            .post(format!("http://{}/cluster/remove", node.addr))
+        let response = client
+            .post(&node.addr, "/cluster/remove")
             .header(SECRET_HEADER, secret.as_str())
             .json(&RemoveRequest { id })
             .timeout(REMOVE_TIMEOUT)

@@ -100,7 +100,12 @@ pub enum Joined {
     /// It resumes from an offset this node has not stored yet; the receiver completes once the
     /// node has stored that far (or the channel's history began again). Join again then, or
     /// once tired of waiting, without waiting.
-    Ahead(oneshot::Receiver<()>),
+    Ahead {
+        stored: oneshot::Receiver<()>,
+        /// For a leader that had not applied all it committed: the last index it had committed.
+        /// Once it has applied that far it has stored all a client can have seen.
+        committed: Option<u64>,
+    },
 }
 
 /// The next part of a catch-up.
@@ -152,19 +157,26 @@ impl Order {
             app.channels.subscribe(&channel, msg);
             return Ok(Joined::Live);
         }
-        let may_wait = may_wait && keeps_history && since.is_some() && may_be_behind(app);
         let in_order = self.0.lock.lock();
+        let behind = match may_wait && keeps_history && since.is_some() {
+            true => behind(app),
+            false => Behind::No,
+        };
         if keeps_history {
             let mut recovery = app
                 .history
                 .recovery(&app.id, &channel, since.as_ref(), budget)?;
-            if !may_wait {
+            if matches!(behind, Behind::No) {
                 recovery = recovery.without_waiting();
             }
             let (position, replay, more_after) = match recovery {
                 Recovery::Ahead { epoch, offset, .. } => {
-                    let woken = self.await_stored(&app.id, &channel, epoch, offset);
-                    return Ok(Joined::Ahead(woken));
+                    let stored = self.await_stored(&app.id, &channel, epoch, offset);
+                    let committed = match behind {
+                        Behind::Through(index) => Some(index),
+                        _ => None,
+                    };
+                    return Ok(Joined::Ahead { stored, committed });
                 }
                 Recovery::Ready {
                     position,
@@ -298,20 +310,32 @@ impl Order {
     }
 }
 
-/// Whether this node may be behind its cluster, so that a client may have seen offsets it has
-/// not stored yet: a follower may be (it hears of commits after the leader, or is cut off), and
-/// so may a leader that has not applied all it committed. A leader that applied everything has
-/// stored every offset a client can have seen, and a node alone is its whole cluster. What it
-/// applied is read from the state machine (the caller holds the lock: it is applying nothing),
-/// not from Raft's metrics, which say so a moment after the state machine has let the lock go.
-fn may_be_behind(app: &App) -> bool {
+/// How far behind its cluster this node may be, for a client resuming from an offset it has not
+/// stored yet.
+enum Behind {
+    /// A leader that applied all it committed: it has stored every offset a client can have
+    /// seen (a node alone is its whole cluster).
+    No,
+    /// A follower (it hears of commits after the leader, or is cut off): no telling how far.
+    Unknown,
+    /// A leader that committed through this index and has not applied it all yet.
+    Through(u64),
+}
+
+/// How far behind this node may be. What it applied is read from the state machine: the caller
+/// holds the lock, so it is applying nothing.
+fn behind(app: &App) -> Behind {
     let status = app.cluster.status();
     let applied = app
         .cluster
         .state()
         .last_applied()
         .map(|log_id| log_id.index);
-    status.state != Role::Leader || status.commit_index > applied
+    match (status.state, status.commit_index) {
+        (Role::Leader, Some(committed)) if Some(committed) > applied => Behind::Through(committed),
+        (Role::Leader, _) => Behind::No,
+        _ => Behind::Unknown,
+    }
 }
 
 /// A presence channel's members as this node last applied them (the caller holds the lock, so

@@ -1,11 +1,12 @@
-//! Runs a node: binds its listeners (public, metrics, cluster), marks it ready, and shuts it down
-//! gracefully on SIGTERM or SIGINT: it stops being ready, tells clients 4200 so they reconnect
+//! Runs a node: binds its listeners (public and cluster, each over TLS when the node has a
+//! certificate for it; metrics, always plain), marks it ready, and shuts it down gracefully on SIGTERM or SIGINT: it stops being ready, tells clients 4200 so they reconnect
 //! elsewhere, hands its Raft leadership to another voter if it leads, lets the listeners drain,
 //! then stops Raft.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use actix_web::dev::Server;
 use actix_web::{web, App as HttpApp, HttpServer};
 use anyhow::Context as _;
 use chorus_cluster::http::Authorized;
@@ -15,6 +16,7 @@ use crate::actors::messages::Disconnect;
 use crate::config::{Config, CLUSTER_SECRET_FILE};
 use crate::http;
 use crate::node::Node;
+use crate::tls;
 
 /// Serves until a shutdown signal, then returns once connections have closed or the deadline
 /// passed.
@@ -24,11 +26,49 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let node = web::Data::new(Node::new(config)?);
     spawn_retention(node.clone().into_inner());
     let cfg = &node.config;
+    tls::watch(cfg.tls.watched());
     let workers = if cfg.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
         cfg.workers
     };
+    let public = public_server(&node, workers)?;
+    let metrics = metrics_server(&node)?;
+    let cluster_server = cluster_server(&node, cluster_listener)?;
+
+    let public_handle = public.handle();
+    let metrics_handle = metrics.handle();
+    let cluster_handle = cluster_server.handle();
+    let public_task = actix_rt::spawn(public);
+    let metrics_task = actix_rt::spawn(metrics);
+    let cluster_task = actix_rt::spawn(cluster_server);
+    node.set_ready(true);
+    tracing::info!(
+        host = %cfg.host,
+        port = cfg.port,
+        metrics_port = cfg.metrics_port,
+        cluster_port = cfg.cluster_port(),
+        tls = cfg.tls.public.is_some(),
+        cluster_tls = cfg.tls.cluster.is_some(),
+        node_id = node.cluster.node_id(),
+        workers,
+        "chorus is serving"
+    );
+
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down: telling clients to reconnect");
+    shut_down(&node, [public_handle, metrics_handle], cluster_handle).await;
+    let _ = public_task.await;
+    let _ = metrics_task.await;
+    let _ = cluster_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The public port: WebSocket, SSE, the HTTP API and health, over TLS when the node has a
+/// certificate for it.
+fn public_server(node: &web::Data<Node>, workers: usize) -> anyhow::Result<Server> {
+    let cfg = &node.config;
     let public_node = node.clone();
     let public = HttpServer::new(move || {
         HttpApp::new()
@@ -46,10 +86,20 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // never reuses one the server is closing.
     .keep_alive(Duration::from_secs(cfg.keep_alive_secs))
     .shutdown_timeout(cfg.shutdown_timeout_secs)
-    .disable_signals()
-    .bind((cfg.host, cfg.port))
-    .with_context(|| format!("binding the public port {}:{}", cfg.host, cfg.port))?
-    .run();
+    .disable_signals();
+    let addr = (cfg.host, cfg.port);
+    let public = match &cfg.tls.public {
+        Some(certificate) => public.bind_rustls_0_23(addr, tls::server_config(certificate.clone())),
+        None => public.bind(addr),
+    };
+    let public =
+        public.with_context(|| format!("binding the public port {}:{}", cfg.host, cfg.port))?;
+    Ok(public.run())
+}
+
+/// The metrics port, always plain (scraped from inside the cluster).
+fn metrics_server(node: &web::Data<Node>) -> anyhow::Result<Server> {
+    let cfg = &node.config;
     let metrics_node = node.clone();
     let metrics = HttpServer::new(move || {
         HttpApp::new()
@@ -60,13 +110,19 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     .shutdown_timeout(1)
     .disable_signals()
     .bind((cfg.host, cfg.metrics_port))
-    .with_context(|| format!("binding the metrics port {}:{}", cfg.host, cfg.metrics_port))?
-    .run();
+    .with_context(|| format!("binding the metrics port {}:{}", cfg.host, cfg.metrics_port))?;
+    Ok(metrics.run())
+}
 
-    let cluster_port = cfg.cluster_port();
+/// The cluster port on `listener`: over TLS alone when the node has a cluster certificate.
+fn cluster_server(
+    node: &web::Data<Node>,
+    listener: std::net::TcpListener,
+) -> anyhow::Result<Server> {
+    let cfg = &node.config;
     let cluster = web::Data::new(node.cluster.clone());
     let cluster_node = node.clone();
-    let cluster_server = HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         HttpApp::new()
             .app_data(cluster.clone())
             .app_data(cluster_node.clone())
@@ -76,36 +132,21 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     })
     .workers(CLUSTER_WORKERS)
     .shutdown_timeout(1)
-    .disable_signals()
-    .listen(cluster_listener)
-    .with_context(|| format!("serving the cluster port {}:{cluster_port}", cfg.host))?
-    .run();
-
-    let public_handle = public.handle();
-    let metrics_handle = metrics.handle();
-    let cluster_handle = cluster_server.handle();
-    let public_task = actix_rt::spawn(public);
-    let metrics_task = actix_rt::spawn(metrics);
-    let cluster_task = actix_rt::spawn(cluster_server);
-    node.set_ready(true);
-    tracing::info!(
-        host = %cfg.host,
-        port = cfg.port,
-        metrics_port = cfg.metrics_port,
-        cluster_port,
-        node_id = node.cluster.node_id(),
-        workers,
-        "chorus is serving"
-    );
-
-    let signal = shutdown_signal().await?;
-    tracing::info!(signal, "shutting down: telling clients to reconnect");
-    shut_down(&node, [public_handle, metrics_handle], cluster_handle).await;
-    let _ = public_task.await;
-    let _ = metrics_task.await;
-    let _ = cluster_task.await;
-    tracing::info!("stopped");
-    Ok(())
+    .disable_signals();
+    let server = match &cfg.tls.cluster {
+        Some(cluster_tls) => {
+            server.listen_rustls_0_23(listener, tls::server_config(cluster_tls.served.clone()))
+        }
+        None => server.listen(listener),
+    };
+    let server = server.with_context(|| {
+        format!(
+            "serving the cluster port {}:{}",
+            cfg.host,
+            cfg.cluster_port()
+        )
+    })?;
+    Ok(server.run())
 }
 
 /// The graceful end: not ready, clients told 4200, leadership handed over, the public and

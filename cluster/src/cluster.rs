@@ -46,8 +46,8 @@ use crate::liveness::{Liveness, MIN_DEAD_AFTER};
 use crate::log_store::LogStore;
 use crate::metrics::{ForwardSeries, QuerySeries, RaftSeries};
 use crate::network::HttpNetwork;
-use crate::outbound::cluster_client;
-use crate::peer_request::ClusterClient;
+use crate::outbound::{cluster_client, ClusterClient};
+use crate::peer_request::PeerRequests;
 use crate::peers::Peers;
 use crate::propose::{ProposeOutcome, Proposer};
 use crate::query::{Answers, Question};
@@ -82,6 +82,9 @@ pub struct ClusterSettings {
     /// The address this node's cluster traffic leaves from; `None`: the system's choice (see
     /// [`crate::outbound`]).
     pub local_address: Option<IpAddr>,
+    /// The TLS of this node's traffic to the other nodes' cluster ports, which then speak only
+    /// TLS; `None`: plain HTTP (see [`crate::outbound`]).
+    pub tls: Option<rustls::ClientConfig>,
 }
 
 /// Log entries between snapshots, by default. A follower that fell further behind installs a
@@ -134,7 +137,7 @@ struct Shared {
     writes: Arc<LeaderWrites>,
     state: StateReader,
     store: Store,
-    client: ClusterClient,
+    client: PeerRequests,
     contact: Arc<LeaderContact>,
     declarations: Arc<Declarations>,
     proposer: Proposer,
@@ -308,6 +311,29 @@ impl Cluster {
         waited.await.unwrap_or(false)
     }
 
+    /// Waits, at most `within`, until this node has applied the log through `index`; says
+    /// whether it has.
+    pub async fn await_applied(&self, index: u64, within: Duration) -> bool {
+        let state = self.shared.state.clone();
+        let applied = move || (state.last_applied()).is_some_and(|log_id| log_id.index >= index);
+        if applied() {
+            return true;
+        }
+        let mut metrics = self.shared.raft.metrics();
+        let waited = self.on_raft_runtime(async move {
+            let through = async move {
+                while !applied() {
+                    if metrics.changed().await.is_err() {
+                        return false; // Raft stopped.
+                    }
+                }
+                true
+            };
+            tokio::time::timeout(within, through).await.unwrap_or(false)
+        });
+        waited.await.unwrap_or(false)
+    }
+
     /// How many times this node was admitted into the replicated members, as it last applied
     /// them (0 until it first sees itself a member). The value changes when the node is taken
     /// back after being declared dead, which dropped everything it had declared for itself
@@ -445,9 +471,9 @@ struct Startup {
     forward_series: ForwardSeries,
     query_series: QuerySeries,
     names: Names,
-    client: reqwest::Client,
+    client: ClusterClient,
     /// A client of its own for forwarding: its connections stay open to each destination.
-    forward_client: reqwest::Client,
+    forward_client: ClusterClient,
     file_members: Option<(PathBuf, DesiredMembers)>,
     log_store: LogStore,
     state_machine: StateMachineStore,
@@ -468,7 +494,7 @@ impl Startup {
         }
         let names = Names::default();
         let client = || {
-            cluster_client(settings.local_address, &names)
+            cluster_client(settings.local_address, settings.tls.as_ref(), &names)
                 .map_err(|e| ClusterError::Config(e.to_string()))
         };
         let (client, forward_client) = (client()?, client()?);
@@ -577,7 +603,7 @@ async fn start_raft(startup: Startup) -> Result<(Arc<Shared>, TaskParts), Cluste
     raft.runtime_config().elect(false);
 
     let runtime = tokio::runtime::Handle::current();
-    let client = ClusterClient::new(client, settings.secret.clone());
+    let client = PeerRequests::new(client, settings.secret.clone());
     let writes = Arc::new(LeaderWrites::new(raft.clone()));
     let contact = Arc::new(LeaderContact::default());
     let roster = Arc::new(Roster::new(
@@ -640,7 +666,7 @@ async fn start_raft(startup: Startup) -> Result<(Arc<Shared>, TaskParts), Cluste
 /// Raft's network client, with the liveness it records answers in and the hold it obeys.
 fn network(
     settings: &ClusterSettings,
-    client: &reqwest::Client,
+    client: &ClusterClient,
     series: &RaftSeries,
 ) -> (HttpNetwork, Arc<Liveness>, Arc<Hold>) {
     let liveness = Arc::new(Liveness::new(settings.dead_after));

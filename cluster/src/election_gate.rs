@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::contact::LeaderContact;
-use crate::peer_request::ClusterClient;
+use crate::peer_request::PeerRequests;
 use crate::roster::Roster;
 use crate::status::Role;
 use crate::types::{NodeId, Raft};
@@ -46,7 +46,7 @@ pub(crate) struct Gate {
     pub(crate) raft: Raft,
     pub(crate) contact: Arc<LeaderContact>,
     pub(crate) roster: Arc<Roster>,
-    pub(crate) client: ClusterClient,
+    pub(crate) client: PeerRequests,
 }
 
 /// Turns this node's elections on and off as the module documentation says; until the runtime

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::interest_index::InterestIndex;
 use crate::metrics::ForwardSeries;
+use crate::outbound::ClusterClient;
 use crate::raft_view::node_addr;
 use crate::secret::{ClusterSecret, SECRET_HEADER};
 use crate::types::{NodeId, Raft};
@@ -75,7 +76,7 @@ struct Inner {
     interest: InterestIndex,
     streams: RwLock<HashMap<NodeId, mpsc::Sender<Arc<ForwardedFrame>>>>,
     raft: Raft,
-    client: reqwest::Client,
+    client: ClusterClient,
     secret: ClusterSecret,
     series: ForwardSeries,
     runtime: tokio::runtime::Handle,
@@ -88,7 +89,7 @@ impl Forwarder {
         me: NodeId,
         interest: InterestIndex,
         raft: Raft,
-        client: reqwest::Client,
+        client: ClusterClient,
         secret: ClusterSecret,
         series: ForwardSeries,
         runtime: tokio::runtime::Handle,
@@ -226,7 +227,7 @@ async fn send_batch(
     };
     let response = inner
         .client
-        .post(format!("http://{addr}{DELIVER_PATH}"))
+        .post(&addr, DELIVER_PATH)
         .header(SECRET_HEADER, inner.secret.as_str())
         .timeout(DELIVER_TIMEOUT)
         .json(&batch)

@@ -37,7 +37,7 @@ use crate::error::ClusterError;
 use crate::hold::Hold;
 use crate::leader_writes::LeaderWrites;
 use crate::liveness::Liveness;
-use crate::peer_request::ClusterClient;
+use crate::peer_request::PeerRequests;
 use crate::raft_view::node_addr;
 use crate::types::{NodeId, Raft};
 
@@ -131,7 +131,7 @@ pub(crate) struct Transfer {
     pub(crate) contact: Arc<LeaderContact>,
     pub(crate) hold: Arc<Hold>,
     pub(crate) liveness: Arc<Liveness>,
-    pub(crate) client: ClusterClient,
+    pub(crate) client: PeerRequests,
 }
 
 impl Transfer {

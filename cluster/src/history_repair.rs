@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ClusterError;
-use crate::peer_request::ClusterClient;
+use crate::peer_request::PeerRequests;
 use crate::raft_view::other_nodes;
 use crate::state::ChannelKey;
 use crate::types::{NodeId, Raft, LONGEST_NAME};
@@ -109,7 +109,7 @@ pub(crate) struct Repair {
     pub(crate) raft: Raft,
     pub(crate) store: Store,
     pub(crate) gaps: HistoryGaps,
-    pub(crate) client: ClusterClient,
+    pub(crate) client: PeerRequests,
 }
 
 /// Fetches the skipped history of every recorded channel from another node, until the runtime

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ClusterError;
 use crate::leader_writes::LeaderWrites;
-use crate::peer_request::ClusterClient;
+use crate::peer_request::PeerRequests;
 use crate::state_machine::StateReader;
 use crate::types::{NodeId, Request};
 
@@ -109,7 +109,7 @@ pub(crate) async fn admit(
 
 /// The joining node's side: asks the leader at `leader_addr`.
 pub(crate) async fn request_join(
-    client: &ClusterClient,
+    client: &PeerRequests,
     leader_addr: &str,
     request: &JoinRequest,
 ) -> Result<JoinOutcome, ClusterError> {

@@ -76,7 +76,7 @@ pub use handover::HandOver;
 pub use interest_index::InterestIndex;
 pub use liveness::{DEFAULT_DEAD_AFTER, MIN_DEAD_AFTER};
 pub use log_store::{LogReader, LogStore};
-pub use outbound::operator_client;
+pub use outbound::{operator_client, ClusterClient};
 pub use peers::{ordinal_of_hostname, Peers, PeersError};
 pub use query::Answers;
 pub use removal::{RemoveOutcome, RemoveRequest};

@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 use crate::join::{request_join, JoinRequest};
 use crate::leader_writes::{LeaderWrites, WriteError};
 use crate::liveness::{Liveness, ANSWERED_RECENTLY};
-use crate::peer_request::ClusterClient;
+use crate::peer_request::PeerRequests;
 use crate::peers::Peers;
 use crate::removal::{next_step, Removals, Step};
 use crate::roster::Roster;
@@ -74,7 +74,7 @@ pub(crate) struct Membership {
     pub(crate) store: Store,
     pub(crate) roster: Arc<Roster>,
     pub(crate) liveness: Arc<Liveness>,
-    pub(crate) client: ClusterClient,
+    pub(crate) client: PeerRequests,
     pub(crate) removals: Removals,
 }
 

@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::hold::Hold;
 use crate::liveness::Liveness;
+use crate::outbound::ClusterClient;
 use crate::secret::{ClusterSecret, SECRET_HEADER};
 use crate::types::{Node, NodeId, TypeConfig};
 
@@ -39,7 +40,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Makes a [`PeerClient`] per target; handed to `openraft::Raft::new`.
 pub(crate) struct HttpNetwork {
-    pub(crate) client: reqwest::Client,
+    pub(crate) client: ClusterClient,
     pub(crate) secret: ClusterSecret,
     pub(crate) rpc_errors: IntCounterVec,
     pub(crate) liveness: Arc<Liveness>,
@@ -50,7 +51,7 @@ pub(crate) struct HttpNetwork {
 pub(crate) struct PeerClient {
     target: NodeId,
     addr: String,
-    client: reqwest::Client,
+    client: ClusterClient,
     secret: ClusterSecret,
     rpc_errors: IntCounterVec,
     liveness: Arc<Liveness>,
@@ -130,7 +131,7 @@ impl PeerClient {
     ) -> Result<Answer, Failure> {
         let response = self
             .client
-            .post(format!("http://{}{path}", self.addr))
+            .post(&self.addr, path)
             .header(SECRET_HEADER, self.secret.as_str())
             .timeout(option.hard_ttl())
             .json(request)

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::ClusterError;
+use crate::outbound::ClusterClient;
 use crate::secret::{ClusterSecret, SECRET_HEADER};
 use crate::status::{fetch_status, ClusterStatus};
 
@@ -39,17 +40,17 @@ pub(crate) async fn send_to_peer<T: DeserializeOwned>(
     response.json().await.map_err(unreachable)
 }
 
-/// How this node asks the others: its HTTP client for cluster traffic and the cluster secret.
-/// Cheap to clone.
+/// How this node asks the others: its client for cluster traffic (plain HTTP or TLS, see
+/// [`crate::outbound`]) and the cluster secret. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct ClusterClient {
-    http: reqwest::Client,
+pub(crate) struct PeerRequests {
+    http: ClusterClient,
     secret: ClusterSecret,
 }
 
-impl ClusterClient {
-    pub(crate) fn new(http: reqwest::Client, secret: ClusterSecret) -> ClusterClient {
-        ClusterClient { http, secret }
+impl PeerRequests {
+    pub(crate) fn new(http: ClusterClient, secret: ClusterSecret) -> PeerRequests {
+        PeerRequests { http, secret }
     }
 
     /// POSTs `body` as JSON to `path` on the cluster port at `addr`; the JSON answer, within
@@ -61,11 +62,11 @@ impl ClusterClient {
         body: &Q,
         timeout: Duration,
     ) -> Result<A, ClusterError> {
-        let request = self.http.post(format!("http://{addr}{path}")).json(body);
+        let request = self.http.post(addr, path).json(body);
         send_to_peer(request, addr, &self.secret, timeout).await
     }
 
-    /// As [`ClusterClient::post`], with a body already encoded as JSON.
+    /// As [`PeerRequests::post`], with a body already encoded as JSON.
     pub(crate) async fn post_encoded<A: DeserializeOwned>(
         &self,
         addr: &str,
@@ -75,7 +76,7 @@ impl ClusterClient {
     ) -> Result<A, ClusterError> {
         let request = self
             .http
-            .post(format!("http://{addr}{path}"))
+            .post(addr, path)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         send_to_peer(request, addr, &self.secret, timeout).await

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ClusterError;
 use crate::leader_writes::LeaderWrites;
-use crate::peer_request::ClusterClient;
+use crate::peer_request::PeerRequests;
 use crate::raft_view::node_addr;
 use crate::types::{NodeId, Request, Response, LONGEST_NAME};
 
@@ -81,7 +81,7 @@ pub(crate) struct Proposer {
     /// This node's cluster address.
     addr: String,
     writes: Arc<LeaderWrites>,
-    client: ClusterClient,
+    client: PeerRequests,
 }
 
 impl Proposer {
@@ -89,7 +89,7 @@ impl Proposer {
         me: NodeId,
         addr: String,
         writes: Arc<LeaderWrites>,
-        client: ClusterClient,
+        client: PeerRequests,
     ) -> Proposer {
         Proposer {
             me,

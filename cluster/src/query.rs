@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::error::ClusterError;
 use crate::metrics::QuerySeries;
-use crate::peer_request::ClusterClient;
+use crate::peer_request::PeerRequests;
 use crate::types::NodeId;
 
 /// What the other members answered to one question.
@@ -49,7 +49,7 @@ pub(crate) struct Question {
 /// unanswered are counted in `series`.
 pub(crate) async fn ask<A: DeserializeOwned + Send + 'static>(
     question: Question,
-    client: ClusterClient,
+    client: PeerRequests,
     series: QuerySeries,
 ) -> Answers<A> {
     let Question {

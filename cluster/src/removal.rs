@@ -24,7 +24,7 @@ use crate::error::ClusterError;
 use crate::handover::{HandOver, Transfer};
 use crate::leader_writes::LeaderWrites;
 use crate::liveness::Liveness;
-use crate::peer_request::ClusterClient;
+use crate::peer_request::PeerRequests;
 use crate::raft_view::node_addr;
 use crate::roster::Roster;
 use crate::state_machine::StateReader;
@@ -136,7 +136,7 @@ pub(crate) struct Removals {
     pub(crate) state: StateReader,
     pub(crate) roster: Arc<Roster>,
     pub(crate) liveness: Arc<Liveness>,
-    pub(crate) client: ClusterClient,
+    pub(crate) client: PeerRequests,
     /// For a leader that removes itself: it hands over first.
     pub(crate) transfer: Transfer,
 }

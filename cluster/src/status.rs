@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredMembers;
 use crate::error::ClusterError;
+use crate::outbound::ClusterClient;
 use crate::peer_request::send_to_peer;
 use crate::secret::ClusterSecret;
 use crate::state_machine::StateReader;
@@ -245,12 +246,12 @@ pub(crate) fn commit_index(store: &Store) -> Option<u64> {
 
 /// Asks the node at `addr` (`host:port` of its cluster port) for its status.
 pub async fn fetch_status(
-    client: &reqwest::Client,
+    client: &ClusterClient,
     addr: &str,
     secret: &ClusterSecret,
     timeout: Duration,
 ) -> Result<ClusterStatus, ClusterError> {
-    let request = client.get(format!("http://{addr}/cluster"));
+    let request = client.get(addr, "/cluster");
     send_to_peer(request, addr, secret, timeout).await
 }
 

@@ -56,6 +56,7 @@ fn answers_come_from_the_members_that_answer_in_time_and_the_others_are_counted(
         dead_after: chorus_cluster::DEFAULT_DEAD_AFTER,
         snapshot_every: chorus_cluster::DEFAULT_SNAPSHOT_EVERY,
         local_address: None,
+        tls: None,
         members_file: None,
     };
     actix_web::rt::System::new().block_on(async {

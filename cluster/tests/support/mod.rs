@@ -27,6 +27,7 @@ pub fn settings(id: NodeId, peers: &[(NodeId, u16)]) -> ClusterSettings {
         dead_after: chorus_cluster::DEFAULT_DEAD_AFTER,
         snapshot_every: chorus_cluster::DEFAULT_SNAPSHOT_EVERY,
         local_address: None,
+        tls: None,
         members_file: None,
     }
 }
