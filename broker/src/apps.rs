@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chorus_cluster::Cluster;
-use chorus_storage::Store;
+use chorus_storage::{StorageError, Store};
 use parking_lot::Mutex;
 
 use crate::actors::messages::{ConnectionRecipients, Disconnect};
@@ -15,6 +15,8 @@ use crate::history::Histories;
 use crate::metrics::{AppMetrics, Metrics};
 use crate::protocol::frame::SocketId;
 use crate::registry::Registry;
+use crate::webhooks::metrics::WebhookMetrics;
+use crate::webhooks::Webhooks;
 
 /// One app and everything the node holds for it.
 pub struct App {
@@ -29,6 +31,7 @@ pub struct App {
     /// The node's cluster: what it forwards with and asks, where it declares its channels and
     /// users.
     pub cluster: Cluster,
+    pub webhooks: Webhooks,
     /// Open connections, for shutdown.
     connections: Mutex<HashMap<SocketId, Arc<ConnectionRecipients>>>,
     /// Signed-in users and their connections, for termination.
@@ -43,10 +46,12 @@ impl App {
         metrics: &Metrics,
         max_outbound_bytes: usize,
         store: Store,
+        webhook_metrics: &WebhookMetrics,
         cluster: &Cluster,
-    ) -> App {
+    ) -> Result<App, StorageError> {
         let app_metrics = metrics.for_app(&config.id);
-        App {
+        let webhooks = Webhooks::new(config, store.webhooks(), webhook_metrics)?;
+        Ok(App {
             id: config.id.clone(),
             key: config.key.clone(),
             secret: config.secret.clone(),
@@ -58,15 +63,17 @@ impl App {
                 config.limits.max_presence_members,
                 max_outbound_bytes,
                 store.last_events().clone(),
+                webhooks.clone(),
                 cluster.clone(),
             ),
             history: Histories::new(&config.history, store),
+            webhooks,
             cluster: cluster.clone(),
             metrics: app_metrics,
             connections: Mutex::default(),
             users: Mutex::default(),
             admitted: AtomicUsize::new(0),
-        }
+        })
     }
 
     /// Takes a connection slot; `false` when the app is at `max_connections`.
@@ -171,13 +178,24 @@ impl Apps {
         max_outbound_bytes: usize,
         store: &Store,
         cluster: &Cluster,
-    ) -> Apps {
-        let app = |c| App::new(c, metrics, max_outbound_bytes, store.clone(), cluster);
-        let apps: Vec<Arc<App>> = configs.iter().map(|c| Arc::new(app(c))).collect();
-        Apps {
+    ) -> Result<Apps, StorageError> {
+        let webhook_metrics = WebhookMetrics::register(metrics.registry());
+        let app = |c| {
+            let app = App::new(
+                c,
+                metrics,
+                max_outbound_bytes,
+                store.clone(),
+                &webhook_metrics,
+                cluster,
+            );
+            app.map(Arc::new)
+        };
+        let apps = configs.iter().map(app).collect::<Result<Vec<_>, _>>()?;
+        Ok(Apps {
             by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),
             by_key: apps.iter().map(|a| (a.key.clone(), a.clone())).collect(),
-        }
+        })
     }
 
     pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {

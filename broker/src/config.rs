@@ -31,11 +31,14 @@ use crate::tls::{
     CertificateFiles, ClusterTls, NodeTls, ServedCertificate, TlsFile, TlsFileError,
     TrustedAuthority,
 };
+use crate::webhooks::settings::{check_delivery, check_webhook, WebhookConfig, WebhookDelivery};
 
 /// The development app served when no app is configured.
 pub const DEV_APP_ID: &str = "1";
 pub const DEV_APP_KEY: &str = "chorus-dev-key";
-pub const DEV_APP_SECRET: &str = "chorus-dev-secret";
+/// The file in the data directory that keeps the development app's random secret (mode 0600),
+/// so that it stays the same from one start to the next.
+pub const DEV_APP_SECRET_FILE: &str = "dev-app-secret";
 
 /// The file in the data directory that holds the random cluster secret of a one-node cluster
 /// started without one (mode 0600), for `chorus cluster` commands on the same machine.
@@ -49,6 +52,9 @@ const MIN_CLUSTER_SECRET_LEN: usize = 16;
 
 /// The longest app id accepted.
 const MAX_APP_ID_LEN: usize = 128;
+
+/// Webhooks per app at most.
+const MAX_WEBHOOKS_PER_APP: usize = 100;
 
 /// Why a configuration was refused. Every variant names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +153,10 @@ pub struct Config {
     #[arg(skip)]
     #[serde(skip)]
     pub cluster_secret_generated: bool,
+    /// The first app is the development app with a random secret: none was given.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub app_secret_generated: bool,
     /// Seconds a cluster member may go without answering before the leader declares it dead and
     /// removes its presence members and channel interest (at least 2, above Raft's 0.6-1.2 s
     /// election timeout).
@@ -225,6 +235,12 @@ pub struct AppConfig {
     /// Which channels keep a durable history, by glob on the channel name.
     #[serde(default)]
     pub history: Vec<HistoryRule>,
+    /// Where the app's webhooks go, each with the events it wants (`[[apps.webhooks]]`).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// How the app's webhooks are sent (`[apps.webhook_delivery]`).
+    #[serde(default)]
+    pub webhook_delivery: WebhookDelivery,
 }
 
 /// Channels matching `channels` keep their events on disk, within the retention given.
@@ -428,12 +444,16 @@ impl Config {
             self.apps.push(AppConfig {
                 id: DEV_APP_ID.into(),
                 key: DEV_APP_KEY.into(),
-                secret: DEV_APP_SECRET.into(),
+                secret: hex::encode(rand::random::<[u8; 16]>()),
                 allowed_origins: Vec::new(),
                 limits: Limits::default(),
                 history: Vec::new(),
+                webhooks: Vec::new(),
+                webhook_delivery: WebhookDelivery::default(),
             });
         }
+        self.app_secret_generated =
+            source == AppSource::DevelopmentDefault && given.app_secret.is_none();
         let first = &mut self.apps[0];
         for (field, value) in [
             (&mut first.id, &given.app_id),
@@ -587,6 +607,7 @@ impl Config {
                 return Err(invalid(key("max_age_secs"), "must be at least 1"));
             }
         }
+        self.validate_webhooks(i, app)?;
         let l = &app.limits;
         let positive = [
             ("max_connections", l.max_connections),
@@ -621,6 +642,30 @@ impl Config {
             return Err(invalid(
                 key("limits.max_message_bytes"),
                 "a full batch would exceed max_request_bytes; raise max_request_bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks app `i`'s webhooks and how they are sent.
+    fn validate_webhooks(&self, i: usize, app: &AppConfig) -> Result<(), ConfigError> {
+        if app.webhooks.len() > MAX_WEBHOOKS_PER_APP {
+            return Err(invalid(
+                format!("apps[{i}].webhooks"),
+                format!("at most {MAX_WEBHOOKS_PER_APP} webhooks per app"),
+            ));
+        }
+        for (j, webhook) in app.webhooks.iter().enumerate() {
+            if let Err((key, problem)) = check_webhook(webhook) {
+                return Err(invalid(format!("apps[{i}].webhooks[{j}].{key}"), problem));
+            }
+        }
+        if let Err((key, problem)) = check_delivery(&app.webhook_delivery) {
+            return Err(invalid(
+                format!("apps[{i}].webhook_delivery.{key}"),
+                problem,
             ));
         }
         Ok(())

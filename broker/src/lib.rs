@@ -11,7 +11,8 @@
 //! channels keep history and what a resuming subscriber gets; [`channel_view`] is an app's
 //! channels as the REST API reports them, one node's or the cluster's; [`protocol`] is the wire
 //! format, names, signatures and confirmations; [`config`] the settings, one field each, and
-//! [`tls`] the certificates of the public and cluster ports, re-read when their files change.
+//! [`tls`] the certificates of the public and cluster ports, re-read when their files change;
+//! [`webhooks`] what the app's receivers are told, queued on disk and retried.
 
 pub mod actors;
 pub mod apps;
@@ -28,6 +29,8 @@ pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod router;
+pub mod secret_file;
 pub mod server;
 pub mod subscriptions;
 pub mod tls;
+pub mod webhooks;

@@ -128,7 +128,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_node(args: ConfigArgs, matches: &ArgMatches) -> anyhow::Result<()> {
-    let (config, source) = Config::load(args, matches).context("invalid configuration")?;
+    let (mut config, source) = Config::load(args, matches).context("invalid configuration")?;
+    if config.app_secret_generated {
+        let path = config.data_dir.join(config::DEV_APP_SECRET_FILE);
+        let kept = chorus_broker::secret_file::kept_or(&path, &config.apps[0].secret);
+        config.apps[0].secret =
+            kept.with_context(|| format!("keeping the development secret in {}", path.display()))?;
+    }
     // Every connection is a file: take as many as the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
@@ -140,8 +146,9 @@ fn run_node(args: ConfigArgs, matches: &ArgMatches) -> anyhow::Result<()> {
             app_id = %app.id,
             key = %app.key,
             secret = %app.secret,
-            "no app configured: serving the development app; its credentials are public, \
-             never use them in production"
+            file = %config.data_dir.join(config::DEV_APP_SECRET_FILE).display(),
+            "no app configured: serving the development app (its secret is random, kept in the \
+             file); configure apps for production"
         );
     }
     if config.cluster_secret_generated {

@@ -70,6 +70,13 @@ impl Node {
             &store,
             &cluster,
         );
+        let apps = apps.map_err(|source| {
+            cluster.shutdown();
+            NodeError::Store {
+                path: config.data_dir.clone(),
+                source,
+            }
+        })?;
         crate::commits::deliver_all(commits, apps.clone(), order.clone())
             .map_err(NodeError::Commits)?;
         Ok(Node {
@@ -82,6 +89,16 @@ impl Node {
             cluster,
             serving: AtomicBool::new(false),
         })
+    }
+
+    /// Starts the senders of every app's webhooks on the current runtime.
+    pub fn start_webhooks(&self) {
+        let client = crate::webhooks::post::client();
+        for app in self.apps.iter() {
+            for sender in app.webhooks.senders(&client) {
+                actix_rt::spawn(sender.run());
+            }
+        }
     }
 
     /// Trims every history channel to its app's retention, and forgets cache channels' last

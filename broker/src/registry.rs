@@ -26,6 +26,7 @@ use crate::history::now_ms;
 use crate::metrics::AppMetrics;
 use crate::protocol::channel::ChannelKind;
 use crate::protocol::frame::{Frame, SocketId};
+use crate::webhooks::Webhooks;
 
 /// How long a cache channel keeps its last event.
 pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
@@ -90,6 +91,8 @@ pub struct Registry {
     max_outbound_bytes: usize,
     /// Where cache channels' last events outlive the process.
     last_events: LastEvents,
+    /// Told of cache misses.
+    webhooks: Webhooks,
     /// The node's cluster.
     cluster: Cluster,
 }
@@ -109,6 +112,7 @@ impl Registry {
         max_presence_members: usize,
         max_outbound_bytes: usize,
         last_events: LastEvents,
+        webhooks: Webhooks,
         cluster: Cluster,
     ) -> Registry {
         Registry {
@@ -118,6 +122,7 @@ impl Registry {
             max_presence_members,
             max_outbound_bytes,
             last_events,
+            webhooks,
             cluster,
         }
     }
@@ -155,6 +160,7 @@ impl Registry {
         let kind = ChannelKind::of(channel);
         let mut table = self.table.lock();
         msg.cached = kind.cache.then(|| self.cached(&mut table, channel));
+        let missed = matches!(msg.cached, Some(None));
         let entry = table.live.entry(channel.to_owned()).or_insert_with(|| {
             self.metrics.channels.inc();
             self.cluster.declare_interest(&self.app_id, channel, true);
@@ -184,6 +190,10 @@ impl Registry {
         match &entry.addr {
             ChannelAddr::Plain(a) => a.do_send(msg),
             ChannelAddr::Presence(a) => a.do_send(msg),
+        }
+        drop(table);
+        if missed {
+            self.webhooks.cache_miss(channel);
         }
     }
 

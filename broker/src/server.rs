@@ -25,6 +25,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     keep_secret_for_commands(&config)?;
     let node = web::Data::new(Node::new(config)?);
     spawn_retention(node.clone().into_inner());
+    node.start_webhooks();
     let cfg = &node.config;
     tls::watch(cfg.tls.watched());
     let workers = if cfg.workers == 0 {
@@ -61,6 +62,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let _ = public_task.await;
     let _ = metrics_task.await;
     let _ = cluster_task.await;
+    if let Err(e) = node.store.flush_blocking() {
+        tracing::warn!(error = %e, "could not flush the store on the way out");
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -202,24 +206,8 @@ fn keep_secret_for_commands(config: &Config) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    let written = write_private(&path, secret);
+    let written = crate::secret_file::write_private(&path, secret);
     written.with_context(|| format!("writing the cluster secret to {}", path.display()))
-}
-
-/// Writes `text` to a new file at `path` that only its owner can read, replacing any.
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let staged = path.with_extension("new");
-    let _ = std::fs::remove_file(&staged);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&staged)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&staged, path)
 }
 
 /// Binds the cluster port before the node starts, so the node advertises the port it has.

@@ -133,3 +133,32 @@ fn an_unknown_key_and_a_bad_variable_stop_start_up_naming_them() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_bad_webhook_stops_start_up_naming_its_key() {
+    let dir = scratch("webhooks");
+    let file = dir.join("chorus.toml");
+    let app = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"a-secret-of-length\"\n";
+    let cases = [
+        (
+            "url = \"ftp://x.example/\"\nevent_types = [\"client_event\"]",
+            "apps[0].webhooks[0].url",
+        ),
+        (
+            "url = \"http://x.example/\"\nevent_types = [\"occupied\"]",
+            "apps[0].webhooks[0].event_types",
+        ),
+        (
+            "url = \"http://x.example/\"\nevent_types = [\"cache_miss\"]\nfilter = { channel_name_contains = \"x\" }",
+            "channel_name_contains",
+        ),
+    ];
+    for (webhook, named) in cases {
+        std::fs::write(&file, format!("{app}[[apps.webhooks]]\n{webhook}\n")).unwrap();
+        let output = chorus().arg("--config").arg(&file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{webhook}");
+        assert!(stderr.contains(named), "{named}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -7,6 +7,8 @@
 //! - a node alone with no cluster secret takes a random one, written to its data directory
 //!   (mode 0600) where `chorus cluster status` reads it; the old public development secret is
 //!   refused;
+//! - a node with no app configured serves the development app with a random secret, printed and
+//!   kept in its data directory (mode 0600) across restarts; a publicly known secret is refused;
 //! - an idle keep-alive connection of the public port is still served after 6 s (Node's agent
 //!   keeps idle sockets 5 s), and closed after `keep_alive_secs` when that is shorter;
 //! - nodes whose peer list names hosts, and a node whose peers are a DNS name's address records,
@@ -219,6 +221,56 @@ async fn service_links_are_ignored_app_ids_need_not_be_numbers_and_a_lone_node_h
         error.contains("CHORUS_PORT") && error.contains("\"six\""),
         "{error}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `GET /apps/1/channels` of the development app, signed with `secret` by the test's own HMAC.
+fn dev_app_channels_url(node: SocketAddr, secret: &str) -> String {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query = format!("auth_key=chorus-dev-key&auth_timestamp={ts}&auth_version=1.0");
+    let signature = support::hmac_hex(secret, &format!("GET\n/apps/1/channels\n{query}"));
+    format!("http://{node}/apps/1/channels?{query}&auth_signature={signature}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_app_has_a_random_secret_kept_across_restarts() {
+    let dir = test_dir("dev-app");
+    let ports = Ports::new();
+    let start = || {
+        let mut command = chorus(&dir, &ports.toml(&dir));
+        for variable in ["CHORUS_APP_ID", "CHORUS_APP_KEY", "CHORUS_APP_SECRET"] {
+            command.env_remove(variable);
+        }
+        Process::start(command)
+    };
+    let mut node = start();
+    node.await_ok(&format!("http://{}/healthz", ports.public()))
+        .await;
+    let file = dir.join("data").join("dev-app-secret");
+    let secret = std::fs::read_to_string(&file).unwrap();
+    assert!(secret.len() >= 32, "{secret:?}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(node.stderr().contains(&secret), "the secret is printed");
+    let public = ports.public();
+    let status = move |secret: String| async move {
+        let url = dev_app_channels_url(public, &secret);
+        reqwest::get(url).await.unwrap().status()
+    };
+    assert_eq!(status(secret.clone()).await, 200);
+    assert_eq!(status("chorus-dev-secret".to_owned()).await, 401);
+    drop(node);
+
+    let mut again = start();
+    again
+        .await_ok(&format!("http://{}/healthz", ports.public()))
+        .await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), secret);
+    assert_eq!(status(secret.clone()).await, 200);
+    drop(again);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

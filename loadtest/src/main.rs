@@ -2,12 +2,15 @@
 //! (Chorus, Soketi, Sockudo, Pusher). It is only a client: Pusher WebSocket connections and the
 //! signed HTTP API. Each subcommand is one scenario, bounded by `--duration-secs` and by counts.
 
+mod child_run;
 mod cluster_admin;
 mod common;
+mod compare_report;
 mod deliveries;
 mod error;
 mod fleet;
 mod html;
+mod human;
 mod limits;
 mod offsets;
 mod payload;
@@ -21,6 +24,7 @@ mod retrying_publisher;
 mod sampler;
 mod scenario;
 mod sequence;
+mod sse_subscriber;
 mod subscriber;
 
 use std::process::ExitCode;
@@ -31,7 +35,8 @@ use crate::common::CommonArgs;
 use crate::error::Result;
 use crate::report::Report;
 use crate::scenario::{
-    catch_up, cluster_history, compare, connections, fanout, history, latency, presence,
+    catch_up, cluster_history, compare, connections, cross_node, fanout, history, latency,
+    presence, sweep,
 };
 
 #[derive(Debug, Parser)]
@@ -60,8 +65,12 @@ enum Command {
     CatchUp(catch_up::CatchUpArgs),
     /// Publishes batches to a history channel over every node of a cluster (retrying on another node), optionally kills the leader; committed events/s, commit latency, time to the first acknowledged publish after the kill; checks every node replays every offset once, in order.
     ClusterHistory(cluster_history::ClusterHistoryArgs),
+    /// Fan-out with the publisher on node A and the subscribers on node B, against the same load on A alone (one channel per subscriber, and one channel for all); the extra server CPU per forwarded event.
+    CrossNode(cross_node::CrossNodeArgs),
     /// Run a scenario against two targets in turn (A B A B) and compare the medians.
     Compare(compare::CompareArgs),
+    /// Run a scenario at several sizes (`--point`), each a child process; table and plots of each figure's median against the size.
+    Sweep(sweep::SweepArgs),
     /// Internal: one worker process of `connections`.
     #[command(hide = true)]
     ConnectionsWorker(connections::WorkerArgs),
@@ -77,7 +86,10 @@ impl Command {
             Command::History(a) => Some(&a.common),
             Command::CatchUp(a) => Some(&a.common),
             Command::ClusterHistory(a) => Some(&a.common),
-            Command::Compare(_) | Command::ConnectionsWorker(_) => None,
+            Command::Compare(_)
+            | Command::CrossNode(_)
+            | Command::Sweep(_)
+            | Command::ConnectionsWorker(_) => None,
         }
     }
 }
@@ -92,6 +104,8 @@ async fn run(command: Command) -> Result<()> {
         Command::CatchUp(a) => catch_up::run(a).await?,
         Command::ClusterHistory(a) => cluster_history::run(a).await?,
         Command::Compare(a) => return compare::run(a).await,
+        Command::CrossNode(a) => return cross_node::run(a).await,
+        Command::Sweep(a) => return sweep::run(a).await,
         Command::ConnectionsWorker(a) => return connections::run_worker(a).await,
     };
     let common = command.common().expect("scenarios have common options");

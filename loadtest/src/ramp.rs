@@ -41,17 +41,39 @@ pub struct RampOutcome {
     pub elapsed: Duration,
 }
 
-type OnReady = Arc<dyn Fn(usize, Subscribed) + Send + Sync>;
+type OnReady<T> = Arc<dyn Fn(usize, T) + Send + Sync>;
+type ChannelOf = Arc<dyn Fn(usize) -> String + Send + Sync>;
 
-/// Opens `plan.count` connections; connection `i` (global index) subscribes to `channel_of(i)` and
-/// is passed to `on_ready` once subscribed.
+/// Opens `plan.count` WebSocket connections; connection `i` (global index) subscribes to
+/// `channel_of(i)` and is passed to `on_ready` once subscribed.
 pub async fn run(
     target: Arc<Target>,
     plan: RampPlan,
-    channel_of: Arc<dyn Fn(usize) -> String + Send + Sync>,
-    on_ready: OnReady,
+    channel_of: ChannelOf,
+    on_ready: OnReady<Subscribed>,
     live: Arc<RampLive>,
 ) -> RampOutcome {
+    let connect = |target: Arc<Target>, index: usize, channel: String, timeout: Duration| async move {
+        subscriber::connect_and_subscribe(&target, index, &channel, timeout).await
+    };
+    run_with(target, plan, channel_of, connect, on_ready, live).await
+}
+
+/// [`run`] with another way to connect and subscribe (`connect(target, index, channel, timeout)`),
+/// such as an SSE stream.
+pub async fn run_with<T, C, F>(
+    target: Arc<Target>,
+    plan: RampPlan,
+    channel_of: ChannelOf,
+    connect: C,
+    on_ready: OnReady<T>,
+    live: Arc<RampLive>,
+) -> RampOutcome
+where
+    T: Send + 'static,
+    C: Fn(Arc<Target>, usize, String, Duration) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+{
     struct Shared {
         failures: BTreeMap<String, u64>,
         last_error: Option<String>,
@@ -74,22 +96,24 @@ pub async fn run(
             break;
         };
         let index = plan.first_index + n;
-        let (target, channel_of, on_ready, live, shared) = (
+        let (target, channel_of, on_ready, live, shared, connect) = (
             target.clone(),
             channel_of.clone(),
             on_ready.clone(),
             live.clone(),
             shared.clone(),
+            connect.clone(),
         );
         let timeout = plan.timeout;
         tasks.push(tokio::spawn(async move {
             let channel = channel_of(index);
-            let result = subscriber::connect_and_subscribe(&target, index, &channel, timeout).await;
+            let started = Instant::now();
+            let result = connect(target, index, channel, timeout).await;
             drop(permit);
             match result {
                 Ok(sub) => {
                     live.established.fetch_add(1, Ordering::Relaxed);
-                    let us = sub.setup.as_micros() as u64;
+                    let us = started.elapsed().as_micros() as u64;
                     if let Ok(mut s) = shared.lock() {
                         s.setup_us.saturating_record(us.max(1));
                     }

@@ -2,7 +2,7 @@
 //! (loss, duplicates, order, latency) until told to stop, answering pings on the way.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
@@ -21,10 +21,9 @@ use crate::sequence::{Arrival, Tracker};
 /// How many latencies a receiver buffers before taking the shared histogram's lock.
 const LATENCY_BATCH: usize = 256;
 
-/// A connection that is subscribed, and how long getting there took.
+/// A connection that is subscribed.
 pub struct Subscribed {
     pub ws: Ws,
-    pub setup: Duration,
 }
 
 /// Connects connection `index` and subscribes it to `channel` (public, or `private-` with a
@@ -35,7 +34,6 @@ pub async fn connect_and_subscribe(
     channel: &str,
     timeout: Duration,
 ) -> Result<Subscribed> {
-    let start = Instant::now();
     let mut conn = ws::connect(target, index, timeout).await?;
     let auth = channel.starts_with("private-").then(|| {
         private_channel_auth(
@@ -46,10 +44,7 @@ pub async fn connect_and_subscribe(
         )
     });
     ws::subscribe(&mut conn.ws, channel, auth.as_deref(), None, timeout).await?;
-    Ok(Subscribed {
-        ws: conn.ws,
-        setup: start.elapsed(),
-    })
+    Ok(Subscribed { ws: conn.ws })
 }
 
 /// Running receivers by connection index.
@@ -74,6 +69,46 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The counting every receiver does with the stamps it finds: order, duplicates, deliveries and
+/// latencies (buffered, flushed into the shared histogram in batches).
+pub struct StampCounter {
+    pub tracker: Tracker,
+    latencies: Vec<u64>,
+    index: usize,
+    deliveries: Arc<Deliveries>,
+}
+
+impl StampCounter {
+    pub fn new(index: usize, deliveries: Arc<Deliveries>) -> StampCounter {
+        StampCounter {
+            tracker: Tracker::default(),
+            latencies: Vec::with_capacity(LATENCY_BATCH),
+            index,
+            deliveries,
+        }
+    }
+
+    /// Counts one received stamp (a duplicate only in the tracker).
+    pub fn count(&mut self, stamp: payload::Stamp) {
+        if self.tracker.observe(stamp.stream, stamp.seq) != Arrival::Duplicate {
+            let now = payload::now_us();
+            self.deliveries.count(self.index, now);
+            self.latencies.push(now.saturating_sub(stamp.sent_us));
+            if self.latencies.len() >= LATENCY_BATCH {
+                self.deliveries
+                    .flush_latencies(self.index, &mut self.latencies);
+            }
+        }
+    }
+
+    /// Flushes the buffered latencies and gives the tracker back.
+    pub fn finish(mut self) -> Tracker {
+        self.deliveries
+            .flush_latencies(self.index, &mut self.latencies);
+        self.tracker
+    }
+}
+
 /// Counts stamped events on `ws` into `tracker` and `deliveries` until `stop` turns true.
 pub async fn receive(
     mut ws: Ws,
@@ -81,8 +116,7 @@ pub async fn receive(
     deliveries: Arc<Deliveries>,
     stop: watch::Receiver<bool>,
 ) -> Received {
-    let mut tracker = Tracker::default();
-    let mut latencies = Vec::with_capacity(LATENCY_BATCH);
+    let mut counter = StampCounter::new(index, deliveries);
     let mut ended_early = None;
     let mut pusher_errors = 0;
     // Made once: re-creating it for every message would cost more than the message.
@@ -95,16 +129,7 @@ pub async fn receive(
                 _ = &mut stopped => break,
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Text(text))) => match frame::classify(text.as_bytes()) {
-                        Kind::Stamped(stamp) => {
-                            if tracker.observe(stamp.stream, stamp.seq) != Arrival::Duplicate {
-                                let now = payload::now_us();
-                                deliveries.count(index, now);
-                                latencies.push(now.saturating_sub(stamp.sent_us));
-                                if latencies.len() >= LATENCY_BATCH {
-                                    deliveries.flush_latencies(index, &mut latencies);
-                                }
-                            }
-                        }
+                        Kind::Stamped(stamp) => counter.count(stamp),
                         Kind::Ping => {
                             if let Err(e) = ws.send(Message::text(frame::pong())).await {
                                 ended_early = Some(e.into());
@@ -134,7 +159,7 @@ pub async fn receive(
             }
         }
     }
-    deliveries.flush_latencies(index, &mut latencies);
+    let tracker = counter.finish();
     if ended_early.is_none() {
         let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
     }
@@ -151,6 +176,7 @@ mod tests {
     use crate::common::{resolve_node, Target};
     use crate::payload::{encode, Stamp};
     use crate::pusher::signing::Credentials;
+    use std::time::Instant;
     use tokio::net::TcpListener;
 
     /// A one-connection fake Pusher server: handshake, subscription, a scripted burst of events

@@ -563,6 +563,7 @@ fn catch_up_replays_a_backlog_in_parts() {
 fn compare_a_server_with_itself() {
     let s = Server::start("compare");
     let url = s.url();
+    let report = s.dir.join("compare.html").display().to_string();
     let r = s.run(
         "compare",
         &[
@@ -579,6 +580,10 @@ fn compare_a_server_with_itself() {
             "1",
             "--pause-secs",
             "0",
+            "--also",
+            "--rate 200 --batch 1",
+            "--report",
+            &report,
             "--",
             "fanout",
             "--subscribers",
@@ -587,6 +592,29 @@ fn compare_a_server_with_itself() {
             "1",
         ],
     );
+    // The paced regime ran beside the closed loop, each event its own request.
+    let regimes = r["regimes"].as_array().expect("regimes");
+    assert_eq!(regimes.len(), 2);
+    assert_eq!(regimes[0]["name"], "base");
+    assert_eq!(regimes[1]["name"], "--rate 200 --batch 1");
+    for side in ["a_runs", "b_runs"] {
+        let paced = &regimes[1][side][0];
+        assert_exact(paced);
+        assert_eq!(
+            u(paced, "publish_requests"),
+            u(paced, "published"),
+            "{paced}"
+        );
+        let closed = &regimes[0][side][0];
+        assert!(u(closed, "published") > 0);
+    }
+    // The HTML report draws both servers on the same plots, per regime.
+    let html = std::fs::read_to_string(&report).expect("the compare report");
+    let both = svgs(&html)
+        .into_iter()
+        .filter(|svg| svg.contains("one deliveries/s") && svg.contains("two deliveries/s"))
+        .count();
+    assert_eq!(both, 2, "one deliveries plot with both servers per regime");
     assert_eq!(r["a"]["name"], "one");
     assert_eq!(r["b"]["name"], "two");
     for side in ["a", "b"] {
@@ -609,9 +637,9 @@ fn compare_a_server_with_itself() {
     assert_eq!(f(lost, "b_median"), 0.0);
 }
 
-/// Three nodes forming one cluster (ids 1, 2, 3) on free loopback ports, with the history rule.
-fn start_cluster(name: &str) -> (Vec<Server>, Vec<u16>) {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+/// `n` nodes forming one cluster (ids 1..=n) on free loopback ports, with the history rule.
+fn start_cluster(name: &str, n: usize) -> (Vec<Server>, Vec<u16>) {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
     let peers = ports
         .iter()
         .enumerate()
@@ -642,7 +670,7 @@ const CLUSTER_SECRET: &str = "smoke-cluster-secret-0123456789";
 
 #[test]
 fn cluster_history_survives_killing_the_leader() {
-    let (nodes, cluster_ports) = start_cluster("cluster-history");
+    let (nodes, cluster_ports) = start_cluster("cluster-history", 3);
     let mut args: Vec<String> = vec!["cluster-history".into(), "--no-progress".into()];
     for (i, node) in nodes.iter().enumerate() {
         let id = i + 1;
@@ -690,4 +718,201 @@ fn cluster_history_survives_killing_the_leader() {
     assert_eq!(u(&r, "lost"), 0);
     assert_eq!(u(&r, "duplicates"), 0);
     assert_eq!(u(&r, "out_of_order"), 0);
+}
+
+/// The SVG plots of an HTML report.
+fn svgs(html: &str) -> Vec<&str> {
+    html.split("<svg").skip(1).collect()
+}
+
+/// The tick labels of a plot (the `<text>` elements that are numbers or humanised numbers).
+fn tick_labels(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let text = t.split_once('>')?.1.split_once("</text>")?.0.trim();
+            text.starts_with(|c: char| c.is_ascii_digit() || c == '-')
+                .then(|| text.to_owned())
+        })
+        .collect()
+}
+
+/// Humanised: digits, at most one decimal point, an optional k / M / G; never `300000.0`.
+fn is_humanised(label: &str) -> bool {
+    let number = label.trim_end_matches(['k', 'M', 'G']);
+    let digits = number.trim_start_matches('-');
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && digits.matches('.').count() <= 1
+        && !digits.ends_with('.')
+        && !(digits.contains('.') && digits.ends_with('0'))
+        && digits
+            .split('.')
+            .next()
+            .is_some_and(|whole| whole.len() <= 3)
+}
+
+#[test]
+fn humanised_labels_are_recognised() {
+    for good in ["0", "300k", "1.5M", "12.3k", "0.25", "999", "-40k"] {
+        assert!(is_humanised(good), "{good}");
+    }
+    for bad in ["300000.0", "300000", "1.50k", "2.", "1e6"] {
+        assert!(!is_humanised(bad), "{bad}");
+    }
+}
+
+#[test]
+fn fanout_over_sse_counts_every_delivery_and_plots_humanised_axes() {
+    let s = Server::start("fanout-sse");
+    let (url, pid) = (s.url(), s.pid());
+    let report = s.dir.join("fanout-sse.html").display().to_string();
+    let r = s.run(
+        "fanout-sse",
+        &[
+            "fanout",
+            "--transport",
+            "sse",
+            "--target",
+            &url,
+            "--server-pid",
+            &pid,
+            "--no-progress",
+            "--subscribers",
+            "20",
+            "--channels",
+            "2",
+            "--window",
+            "2",
+            "--batch",
+            "5",
+            "--duration-secs",
+            "2",
+            "--report",
+            &report,
+        ],
+    );
+    assert_exact(&r);
+    assert_eq!(r["scenario"], "fanout-sse");
+    assert_eq!(u(&r, "connections"), 20);
+    assert_eq!(u(&r, "expected"), u(&r, "published") * 10);
+    assert_latency_sane(&r["latency_ms"]);
+    assert_server_sampled(&r);
+    assert!(f(&r, "server_cpu_us_per_delivery") > 0.0);
+    assert_eq!(r["errors"], serde_json::json!({}));
+    let html = std::fs::read_to_string(&report).expect("the HTML report");
+    let plots = svgs(&html);
+    let deliveries = plots
+        .iter()
+        .find(|svg| svg.contains("deliveries/s"))
+        .expect("a deliveries plot");
+    assert!(
+        plots
+            .iter()
+            .any(|svg| svg.contains("publishes/s") && !svg.contains("deliveries/s")),
+        "publishes on their own plot"
+    );
+    let labels = tick_labels(deliveries);
+    assert!(labels.len() >= 4, "{labels:?}");
+    assert!(labels.iter().all(|l| is_humanised(l)), "{labels:?}");
+    // Thousands of deliveries per second: the axis says k, not 1000.
+    assert!(labels.iter().any(|l| l.ends_with('k')), "{labels:?}");
+}
+
+#[test]
+fn cross_node_fanout_is_exact_on_both_placements() {
+    let (nodes, _) = start_cluster("cross-node", 2);
+    let mut args: Vec<String> = vec!["cross-node".into(), "--no-progress".into()];
+    for node in &nodes {
+        args.extend(["--target".into(), node.url()]);
+        args.extend(["--server-pid".into(), node.pid()]);
+    }
+    args.extend(["--subscribers", "6", "--duration-secs", "1"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = nodes[0].run("cross-node", &args);
+    assert_eq!(r["scenario"], "cross-node");
+    let shapes = r["shapes"].as_array().expect("shapes");
+    assert_eq!(shapes.len(), 2);
+    assert_eq!(u(&shapes[0], "channels"), 6, "one channel per subscriber");
+    assert_eq!(u(&shapes[1], "channels"), 1, "one channel for all");
+    for shape in shapes {
+        for placement in ["local_runs", "cross_runs"] {
+            let runs = shape[placement].as_array().expect("runs");
+            assert_eq!(runs.len(), 1);
+            assert_exact(&runs[0]);
+            assert_eq!(u(&runs[0], "connections"), 6);
+            assert!(f(&runs[0], "server_cpu_us_per_delivery") > 0.0, "{shape}");
+        }
+        // The subscribers were on node B for the cross-node runs and on A for the local ones.
+        assert_eq!(
+            shape["cross_runs"][0]["targets"][0].as_str(),
+            Some(nodes[1].url().as_str())
+        );
+        assert_eq!(
+            shape["local_runs"][0]["targets"][0].as_str(),
+            Some(nodes[0].url().as_str())
+        );
+        assert!(
+            f(shape, "extra_cpu_us_per_forwarded_event").is_finite(),
+            "{shape}"
+        );
+        assert!(f(shape, "cross_over_local_per_delivery") > 0.0, "{shape}");
+        assert_eq!(
+            u(shape, "lost") + u(shape, "duplicates") + u(shape, "out_of_order"),
+            0
+        );
+    }
+}
+
+#[test]
+fn sweep_tables_and_plots_figures_against_size() {
+    let s = Server::start("sweep");
+    let (url, pid) = (s.url(), s.pid());
+    let report = s.dir.join("sweep.html").display().to_string();
+    let r = s.run(
+        "sweep",
+        &[
+            "sweep",
+            "--pause-secs",
+            "0",
+            "--point",
+            "one channel: --subscribers 4 --channels 1",
+            "--point",
+            "one channel: --subscribers 40 --channels 1",
+            "--point",
+            "channels of 2: --subscribers 40 --channels 20",
+            "--report",
+            &report,
+            "--",
+            "fanout",
+            "--target",
+            &url,
+            "--server-pid",
+            &pid,
+            "--duration-secs",
+            "1",
+        ],
+    );
+    let points = r["points"].as_array().expect("points");
+    assert_eq!(points.len(), 3);
+    let xs: Vec<f64> = points.iter().map(|p| f(p, "x")).collect();
+    assert_eq!(xs, [4.0, 40.0, 40.0]);
+    assert_eq!(points[2]["series"], "channels of 2");
+    for p in points {
+        assert_exact(&p["runs"][0]);
+        assert!(f(&p["medians"], "server_cpu_us_per_delivery") > 0.0, "{p}");
+        // Medians are keyed by the figure's path.
+        let p99 = p["medians"]["latency_ms.p99"]
+            .as_f64()
+            .expect("a p99 median");
+        assert!(p99 > 0.0, "{p}");
+        assert_eq!(f(&p["medians"], "lost"), 0.0);
+    }
+    let html = std::fs::read_to_string(&report).expect("the sweep report");
+    let cpu = svgs(&html)
+        .into_iter()
+        .find(|svg| svg.contains("server CPU per delivery"))
+        .expect("a CPU per delivery plot");
+    assert!(cpu.contains("one channel") && cpu.contains("channels of 2"));
+    assert!(tick_labels(cpu).iter().all(|l| is_humanised(l)));
 }

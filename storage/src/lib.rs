@@ -2,7 +2,8 @@
 //!
 //! Per-channel history ([`history`]): every event of a history channel, keyed so that a range
 //! scan is a replay, with an epoch that changes whenever the history is lost or reset. The last
-//! event of each cache channel ([`last_events`]). And the cluster's Raft log, vote and snapshot
+//! event of each cache channel ([`last_events`]). Webhooks waiting for their receiver
+//! ([`webhook_queue`]). And the cluster's Raft log, vote and snapshot
 //! ([`raft_store`]). The crate knows nothing of HTTP, actors, Raft or the protocol: it stores
 //! bytes, offsets and serialised records.
 //!
@@ -16,6 +17,7 @@ mod flusher;
 pub mod history;
 pub mod last_events;
 pub mod raft_store;
+pub mod webhook_queue;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use flusher::Flusher;
 pub use history::{fresh_epoch, ChannelHistory, History, Replay, Retention, StoredEvent};
 pub use last_events::{LastEvent, LastEvents};
 pub use raft_store::{RaftMeta, RaftStore, StoredSnapshot};
+pub use webhook_queue::{Position, QueuedWebhook, WebhookQueue, WebhookQueues};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,7 @@ pub struct Store {
     history: History,
     last_events: LastEvents,
     raft: RaftStore,
+    webhooks: WebhookQueues,
     flusher: Arc<Flusher>,
 }
 
@@ -84,6 +88,7 @@ impl Store {
             history: History::open(&db)?,
             last_events: LastEvents::open(&db)?,
             raft: RaftStore::open(&db)?,
+            webhooks: WebhookQueues::open(&db)?,
             flusher: Arc::new(Flusher::start(db.clone())?),
             db,
         })
@@ -101,6 +106,11 @@ impl Store {
     /// The Raft log, vote and snapshot of this node's cluster membership.
     pub fn raft(&self) -> &RaftStore {
         &self.raft
+    }
+
+    /// The webhooks waiting for their receivers.
+    pub fn webhooks(&self) -> &WebhookQueues {
+        &self.webhooks
     }
 
     /// Makes everything written so far durable. Concurrent callers share flushes (one thread

@@ -310,8 +310,11 @@ impl Connection {
         let frame = frame::client_event(channel, event, data, user_id);
         self.app.metrics.published_client.inc();
         if let Err(e) = router::publish(&self.app, channel, frame, Some(self.id)) {
-            self.error(None, &e.to_string());
+            return self.error(None, &e.to_string());
         }
+        let presence_user = user_id.filter(|_| kind.is_presence());
+        let socket_id = self.id.to_string();
+        (self.app.webhooks).client_event(channel, event, data, &socket_id, presence_user);
     }
 
     /// Pings a silent client and closes one that did not answer.

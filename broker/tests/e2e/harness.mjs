@@ -67,12 +67,16 @@ export async function freePort() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// TOML (only what the chorus config needs: scalars, arrays of scalars, [[apps]] + [apps.limits])
+// TOML (only what the chorus config needs: scalars, arrays, inline tables, [[apps]] and its tables)
 
 function tomlValue(v) {
   if (typeof v === 'string') return JSON.stringify(v);
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
   if (Array.isArray(v)) return `[${v.map(tomlValue).join(', ')}]`;
+  if (v && typeof v === 'object') {
+    const pairs = Object.entries(v).map(([k, x]) => `${JSON.stringify(k)} = ${tomlValue(x)}`);
+    return `{ ${pairs.join(', ')} }`;
+  }
   throw new Error(`cannot write ${typeof v} as TOML`);
 }
 
@@ -81,7 +85,7 @@ export function toToml(top, apps) {
   for (const [k, v] of Object.entries(top)) lines.push(`${k} = ${tomlValue(v)}`);
   for (const app of apps) {
     lines.push('', '[[apps]]');
-    const { limits, history, ...rest } = app;
+    const { limits, history, webhooks, webhook_delivery: delivery, ...rest } = app;
     for (const [k, v] of Object.entries(rest)) lines.push(`${k} = ${tomlValue(v)}`);
     if (limits && Object.keys(limits).length) {
       lines.push('[apps.limits]');
@@ -90,6 +94,14 @@ export function toToml(top, apps) {
     for (const rule of history ?? []) {
       lines.push('[[apps.history]]');
       for (const [k, v] of Object.entries(rule)) lines.push(`${k} = ${tomlValue(v)}`);
+    }
+    for (const webhook of webhooks ?? []) {
+      lines.push('[[apps.webhooks]]');
+      for (const [k, v] of Object.entries(webhook)) lines.push(`${k} = ${tomlValue(v)}`);
+    }
+    if (delivery) {
+      lines.push('[apps.webhook_delivery]');
+      for (const [k, v] of Object.entries(delivery)) lines.push(`${k} = ${tomlValue(v)}`);
     }
   }
   return lines.join('\n') + '\n';
@@ -591,7 +603,7 @@ export async function startChorus({
   const needsFile =
     apps.length > 1 ||
     Object.keys(config).length > 0 ||
-    apps.some((a) => a.limits || a.allowed_origins || a.history);
+    apps.some((a) => a.limits || a.allowed_origins || a.history || a.webhooks);
   const args = [];
   let configPath = null;
   if (needsFile) {

@@ -1,14 +1,15 @@
 //! `compare`: runs one scenario against two targets in turn (A B A B ...), each run a child process
 //! of this binary writing its JSON report, then prints each figure's median per side and the ratio.
+//! `--also ARGS` adds regimes (the scenario again with more arguments, e.g. paced publishing beside
+//! the closed loop), run in the same rounds and reported beside the first; `--report` draws both
+//! servers on the same plots.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::process::Command;
 
 use crate::error::{Error, Result};
 use crate::report::Report;
@@ -46,9 +47,17 @@ pub struct CompareArgs {
     /// Pause between runs so the servers settle.
     #[arg(long, default_value_t = 2)]
     pub pause_secs: u64,
+    /// Another regime: the scenario again with these arguments added (split at spaces), e.g.
+    /// `--also "--rate 500 --batch 1"` for paced publishing beside the closed loop. Repeatable;
+    /// each round runs every regime on A then on B.
+    #[arg(long = "also", allow_hyphen_values = true)]
+    pub also: Vec<String>,
     /// Write the comparison as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write an HTML report: per regime, the table of medians and both servers on the same plots.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// The scenario and its options, after `--` (e.g. `-- fanout --subscribers 1000`);
     /// without --target, --server-pid or --json, which compare sets.
     #[arg(last = true, required = true)]
@@ -141,77 +150,136 @@ pub fn compare(figures: &[&str], a: &[Value], b: &[Value]) -> Vec<FigureComparis
         .collect()
 }
 
-pub async fn run(args: &CompareArgs) -> Result<()> {
-    for forbidden in ["--target", "--server-pid", "--json"] {
-        if args
-            .scenario
+/// One regime's runs and their comparison.
+#[derive(Debug, Serialize)]
+pub struct Regime {
+    /// `base`, or the extra arguments of an `--also`.
+    pub name: String,
+    pub args: Vec<String>,
+    pub a_runs: Vec<Value>,
+    pub b_runs: Vec<Value>,
+    pub figures: Vec<FigureComparison>,
+}
+
+/// The regimes: the scenario as given, then once per `--also` with its arguments added.
+fn regimes(args: &CompareArgs) -> Vec<(String, Vec<String>)> {
+    let mut out = vec![("base".to_owned(), Vec::new())];
+    for extra in &args.also {
+        out.push((
+            extra.clone(),
+            extra.split_whitespace().map(str::to_owned).collect(),
+        ));
+    }
+    out
+}
+
+fn check_scenario_args(args: &CompareArgs) -> Result<()> {
+    let also = args.also.iter().flat_map(|a| a.split_whitespace());
+    let all: Vec<&str> = args
+        .scenario
+        .iter()
+        .map(String::as_str)
+        .chain(also)
+        .collect();
+    for forbidden in ["--target", "--server-pid", "--json", "--report"] {
+        if all
             .iter()
-            .any(|a| a == forbidden || a.starts_with(&format!("{forbidden}=")))
+            .any(|a| *a == forbidden || a.starts_with(&format!("{forbidden}=")))
         {
             return Err(Error::Args(format!(
-                "{forbidden} is set by compare; use --a/--b, --a-pid/--b-pid, --json"
+                "{forbidden} is set by compare; use --a/--b, --a-pid/--b-pid, --json, --report"
             )));
         }
     }
-    let exe = std::env::current_exe()?;
+    Ok(())
+}
+
+/// One run of the scenario (with `extra` regime arguments) against one side, as a child process.
+async fn run_once(
+    args: &CompareArgs,
+    side: usize,
+    extra: &[String],
+    json: &std::path::Path,
+) -> Result<Report> {
+    let (targets, pids, side_args, name) = if side == 0 {
+        (&args.a, &args.a_pids, &args.a_args, &args.a_name)
+    } else {
+        (&args.b, &args.b_pids, &args.b_args, &args.b_name)
+    };
+    let mut run: Vec<String> = args.scenario.iter().chain(extra).cloned().collect();
+    for t in targets {
+        run.extend(["--target".into(), t.clone()]);
+    }
+    for p in pids {
+        run.extend(["--server-pid".into(), p.to_string()]);
+    }
+    run.extend(side_args.iter().cloned());
+    let timeout = Duration::from_secs(args.run_timeout_secs);
+    crate::child_run::run(&run, json, timeout, name).await
+}
+
+pub async fn run(args: &CompareArgs) -> Result<()> {
+    check_scenario_args(args)?;
     let dir = std::env::temp_dir().join(format!("chorus-loadtest-compare-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut results: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
+    let regimes = regimes(args);
+    // results[regime][side]: the reports, as JSON.
+    let mut results: Vec<[Vec<Value>; 2]> = vec![[Vec::new(), Vec::new()]; regimes.len()];
     for round in 0..args.rounds {
-        for (side, (targets, pids, extra, name)) in [
-            (&args.a, &args.a_pids, &args.a_args, &args.a_name),
-            (&args.b, &args.b_pids, &args.b_args, &args.b_name),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let json = dir.join(format!("round{round}-{side}.json"));
-            let mut cmd = Command::new(&exe);
-            cmd.args(&args.scenario).arg("--no-progress");
-            for t in targets {
-                cmd.args(["--target", t]);
+        for (r, (regime, extra)) in regimes.iter().enumerate() {
+            for (side, sided) in results[r].iter_mut().enumerate() {
+                let name = if side == 0 {
+                    &args.a_name
+                } else {
+                    &args.b_name
+                };
+                eprintln!("round {}/{}, {regime}: {name} ...", round + 1, args.rounds);
+                let json = dir.join(format!("round{round}-regime{r}-{side}.json"));
+                let report = run_once(args, side, extra, &json).await?;
+                sided.push(serde_json::to_value(&report)?);
+                tokio::time::sleep(Duration::from_secs(args.pause_secs)).await;
             }
-            for p in pids {
-                cmd.args(["--server-pid", &p.to_string()]);
-            }
-            cmd.args(extra)
-                .arg("--json")
-                .arg(&json)
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true);
-            eprintln!("round {}/{}: {name} ...", round + 1, args.rounds);
-            let mut child = cmd.spawn()?;
-            let status =
-                tokio::time::timeout(Duration::from_secs(args.run_timeout_secs), child.wait())
-                    .await
-                    .map_err(|_| Error::Timeout("a compare run"))??;
-            if !status.success() {
-                return Err(Error::Worker(format!(
-                    "{name} run {round} failed: {status}"
-                )));
-            }
-            let report = Report::read_json(&json)?;
-            eprintln!(
-                "  {name}: {:.0} deliveries/s, lost {}, p99 {:.2} ms, server {} us/delivery",
-                report.deliveries_per_sec,
-                report.lost,
-                report.latency_ms.p99,
-                report
-                    .server_cpu_us_per_delivery
-                    .map_or("-".into(), |v| format!("{v:.3}"))
-            );
-            results[side].push(serde_json::to_value(&report)?);
-            tokio::time::sleep(Duration::from_secs(args.pause_secs)).await;
         }
     }
-    let table = compare(FIGURES, &results[0], &results[1]);
+    let compared: Vec<Regime> = regimes
+        .into_iter()
+        .zip(results)
+        .map(|((name, extra), [a_runs, b_runs])| Regime {
+            figures: compare(FIGURES, &a_runs, &b_runs),
+            name,
+            args: extra,
+            a_runs,
+            b_runs,
+        })
+        .collect();
+    for regime in &compared {
+        print_table(args, regime);
+    }
+    if let Some(path) = &args.json {
+        let first = &compared[0];
+        let out = serde_json::json!({
+            "a": { "name": args.a_name, "targets": args.a, "runs": first.a_runs },
+            "b": { "name": args.b_name, "targets": args.b, "runs": first.b_runs },
+            "figures": first.figures,
+            "regimes": compared,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")?;
+    }
+    if let Some(path) = &args.report {
+        crate::html::write_page(path, &crate::compare_report::render(args, &compared)?)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn print_table(args: &CompareArgs, regime: &Regime) {
+    println!("regime: {}", regime.name);
     println!(
         "{:<30} {:>14} {:>14} {:>9}",
         "figure (median)", args.a_name, args.b_name, "B/A"
     );
     let fmt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
-    for row in &table {
+    for row in &regime.figures {
         println!(
             "{:<30} {:>14} {:>14} {:>9}",
             row.figure,
@@ -220,16 +288,7 @@ pub async fn run(args: &CompareArgs) -> Result<()> {
             fmt(row.ratio)
         );
     }
-    if let Some(path) = &args.json {
-        let out = serde_json::json!({
-            "a": { "name": args.a_name, "targets": args.a, "runs": results[0] },
-            "b": { "name": args.b_name, "targets": args.b, "runs": results[1] },
-            "figures": table,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")?;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    println!();
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `fanout`: S subscribers over C public channels, events published over the HTTP API (closed loop
 //! with a window of requests in flight, or at a fixed rate); counts delivered, lost, duplicated and
-//! out-of-order events exactly, with publish-to-receive latency and server CPU per delivery.
+//! out-of-order events exactly, with publish-to-receive latency and server CPU per delivery. The
+//! subscribers are WebSocket connections, or SSE streams with `--transport sse`.
 //!
 //! Only the steady window is measured: it opens once every subscriber is subscribed and closes when
 //! the last expected delivery arrived (or the drain time ran out).
@@ -10,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use tokio::sync::watch;
 
 use crate::common::{CommonArgs, Target};
@@ -23,6 +24,7 @@ use crate::ramp::{self, RampLive, RampPlan};
 use crate::report::{latency_distribution, LatencySummary, Report};
 use crate::sampler::{Counters, Sampler};
 use crate::scenario::{per, Window};
+use crate::sse_subscriber;
 use crate::subscriber::{self, Receivers};
 
 #[derive(Debug, Clone, Args)]
@@ -63,16 +65,35 @@ pub struct FanoutParams {
     /// Use private channels (subscriptions signed with the app secret) instead of public ones.
     #[arg(long)]
     pub private: bool,
+    /// How subscribers receive: Pusher WebSocket connections, or SSE streams (public channels).
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    pub transport: Transport,
+}
+
+/// How the subscribers of a fan-out receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Ws,
+    Sse,
 }
 
 pub async fn run(args: &FanoutArgs) -> Result<Report> {
-    run_with(&args.common, &args.fanout, "fanout").await
+    let scenario = match args.fanout.transport {
+        Transport::Ws => "fanout",
+        Transport::Sse => "fanout-sse",
+    };
+    run_with(&args.common, &args.fanout, scenario).await
 }
 
 pub async fn run_with(common: &CommonArgs, p: &FanoutParams, scenario: &str) -> Result<Report> {
     if p.subscribers == 0 || p.channels == 0 || p.window == 0 || p.batch == 0 {
         return Err(Error::Args(
             "--subscribers, --channels, --window and --batch must be at least 1".into(),
+        ));
+    }
+    if p.private && p.transport == Transport::Sse {
+        return Err(Error::Args(
+            "--transport sse takes public channels only (no --private)".into(),
         ));
     }
     crate::limits::check_fits(p.subscribers as u64, p.window as u64)?;
@@ -113,34 +134,58 @@ pub async fn run_with(common: &CommonArgs, p: &FanoutParams, scenario: &str) -> 
         .map(|s| s.rss_kib);
     let (stop_tx, stop_rx) = watch::channel(false);
     let receivers: Arc<Mutex<Receivers>> = Arc::new(Mutex::new(Vec::with_capacity(p.subscribers)));
-    let ramp_outcome = {
+    let plan = RampPlan {
+        count: p.subscribers,
+        first_index: 0,
+        rate: None,
+        concurrency: common.connect_concurrency,
+        timeout: common.setup_timeout(),
+    };
+    let channel_of: Arc<dyn Fn(usize) -> String + Send + Sync> = {
+        let channels = channels.clone();
+        Arc::new(move |i| channels[i % channels.len()].clone())
+    };
+    let on_ready = {
         let receivers = receivers.clone();
-        let deliveries = deliveries.clone();
-        let channels_for = channels.clone();
-        ramp::run(
-            target.clone(),
-            RampPlan {
-                count: p.subscribers,
-                first_index: 0,
-                rate: None,
-                concurrency: common.connect_concurrency,
-                timeout: common.setup_timeout(),
-            },
-            Arc::new(move |i| channels_for[i % channels_for.len()].clone()),
-            Arc::new(move |i, sub| {
-                let handle = tokio::spawn(subscriber::receive(
-                    sub.ws,
-                    i,
-                    deliveries.clone(),
-                    stop_rx.clone(),
-                ));
-                if let Ok(mut r) = receivers.lock() {
-                    r.push((i, handle));
-                }
-            }),
-            ramp_live.clone(),
-        )
-        .await
+        move |i: usize, handle: tokio::task::JoinHandle<subscriber::Received>| {
+            if let Ok(mut r) = receivers.lock() {
+                r.push((i, handle));
+            }
+        }
+    };
+    let ramp_outcome = match p.transport {
+        Transport::Ws => {
+            let (deliveries, stop_rx) = (deliveries.clone(), stop_rx.clone());
+            let on_ready = on_ready.clone();
+            ramp::run(
+                target.clone(),
+                plan,
+                channel_of,
+                Arc::new(move |i, sub| {
+                    let receive =
+                        subscriber::receive(sub.ws, i, deliveries.clone(), stop_rx.clone());
+                    on_ready(i, tokio::spawn(receive));
+                }),
+                ramp_live.clone(),
+            )
+            .await
+        }
+        Transport::Sse => {
+            let (deliveries, stop_rx) = (deliveries.clone(), stop_rx.clone());
+            ramp::run_with(
+                target.clone(),
+                plan,
+                channel_of,
+                sse_subscriber::connect,
+                Arc::new(move |i, stream| {
+                    let receive =
+                        sse_subscriber::receive(stream, i, deliveries.clone(), stop_rx.clone());
+                    on_ready(i, tokio::spawn(receive));
+                }),
+                ramp_live.clone(),
+            )
+            .await
+        }
     };
     let subscribed = ramp_outcome.established;
     if subscribed == 0 {

@@ -42,6 +42,7 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
         max_pending_per_subscriber: 0,
         drain_secs: args.drain_secs,
         private: false,
+        transport: fanout::Transport::Ws,
     };
     fanout::run_with(&args.common, &params, "latency").await
 }

@@ -4,10 +4,12 @@ pub mod catch_up;
 pub mod cluster_history;
 pub mod compare;
 pub mod connections;
+pub mod cross_node;
 pub mod fanout;
 pub mod history;
 pub mod latency;
 pub mod presence;
+pub mod sweep;
 
 use std::time::{Duration, Instant};
 

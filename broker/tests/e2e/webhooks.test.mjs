@@ -1,0 +1,291 @@
+// Webhooks a node sends for what happens on it (client events, cache misses): Pusher's wire
+// format checked by the real SDKs' validators (Node `pusher.webhook()`, Python
+// `validate_webhook`), filters, batching, retries, refusals, timeouts and a restart.
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { readFileSync } from 'node:fs';
+import {
+  freePort,
+  startChorus,
+  subscribeOk,
+  once,
+  eventually,
+  metric,
+  DEFAULT_APP,
+  WAIT_MS,
+} from './harness.mjs';
+import { startReceiver, startPythonReceiver } from './webhook_receiver.mjs';
+
+const clientEvents = (receiver, name) =>
+  receiver.events().filter((e) => e.name === 'client_event' && e.event === name);
+
+describe('webhooks of what happens on a node', () => {
+  let server;
+  let node;
+  let python;
+  before(async () => {
+    node = await startReceiver(DEFAULT_APP);
+    python = await startPythonReceiver(DEFAULT_APP);
+    server = await startChorus({
+      apps: [
+        {
+          ...DEFAULT_APP,
+          webhooks: [
+            { url: node.url, event_types: ['client_event', 'cache_miss'], headers: { 'X-From': 'chorus' } },
+            { url: python.url, event_types: ['client_event'], filter: { channel_name_starts_with: 'private-' } },
+          ],
+          webhook_delivery: { batch_window_ms: 200 },
+        },
+      ],
+    });
+  });
+  after(async () => {
+    await server?.cleanup();
+    await node?.close();
+    await python?.close();
+  });
+
+  test('a client event reaches both receivers, valid for the Node and the Python SDK', async () => {
+    const a = await server.connectedClient();
+    const b = await server.connectedClient();
+    const chA = await subscribeOk(a, 'private-notes');
+    const chB = await subscribeOk(b, 'private-notes');
+    const delivered = once(chB, 'client-note');
+    assert.equal(chA.trigger('client-note', { text: 'hi' }), true);
+    await delivered;
+    const [event] = await eventually(() => clientEvents(node, 'client-note').length && clientEvents(node, 'client-note'), {
+      what: 'the client_event webhook',
+    });
+    assert.equal(event.channel, 'private-notes');
+    assert.equal(event.data, JSON.stringify({ text: 'hi' }));
+    assert.equal(event.socket_id, a.connection.socket_id);
+    assert.equal(event.user_id, undefined, 'user_id only on presence channels');
+    assert.match(event.id, /^[0-9a-f]{16}$/);
+    assert.ok(node.requests.every((r) => r.valid), 'every request valid for pusher.webhook()');
+    assert.ok(node.requests.every((r) => r.headers['x-from'] === 'chorus'));
+    assert.ok(node.requests.every((r) => Math.abs(JSON.parse(r.body).time_ms - r.at) < 60_000));
+    const [fromPython] = await eventually(() => clientEvents(python, 'client-note').length && clientEvents(python, 'client-note'), {
+      what: 'the client_event at the Python receiver',
+    });
+    assert.ok(python.requests.every((r) => r.valid), 'every request valid for validate_webhook');
+    assert.equal(fromPython.id, event.id, 'the same event has the same id at every webhook');
+  });
+
+  test('a presence client event carries user_id; the filter keeps it from the private-only webhook', async () => {
+    const alice = await server.connectedClient({ user: { id: 'alice', info: {} } });
+    const bob = await server.connectedClient({ user: { id: 'bob', info: {} } });
+    const chA = await subscribeOk(alice, 'presence-room');
+    const chB = await subscribeOk(bob, 'presence-room');
+    const got = once(chB, 'client-wave');
+    chA.trigger('client-wave', 'hello');
+    await got;
+    const [event] = await eventually(() => clientEvents(node, 'client-wave').length && clientEvents(node, 'client-wave'), {
+      what: 'the presence client_event webhook',
+    });
+    assert.equal(event.user_id, 'alice');
+    assert.equal(event.data, 'hello', 'a string sent as data arrives as that string');
+    // Control: a private client event sent afterwards reaches the Python receiver.
+    const pA = await subscribeOk(alice, 'private-after');
+    await subscribeOk(bob, 'private-after');
+    pA.trigger('client-after', {});
+    await eventually(() => clientEvents(python, 'client-after').length, { what: 'the control event at Python' });
+    assert.deepEqual(clientEvents(python, 'client-wave'), []);
+  });
+
+  test('a subscription that finds nothing cached is told as cache_miss; one that finds an event is not', async () => {
+    const c = await server.connectedClient();
+    await subscribeOk(c, 'cache-scores');
+    const misses = () => node.events().filter((e) => e.name === 'cache_miss' && e.channel === 'cache-scores');
+    await eventually(() => misses().length === 1, { what: 'one cache_miss webhook' });
+    await server.sdk().trigger('cache-scores', 'score', { n: 1 });
+    const d = await server.connectedClient();
+    const ch = d.subscribe('cache-scores');
+    await once(ch, 'score');
+    // Control: a client event sent after the second subscription arrives; no second miss.
+    const x = await server.connectedClient();
+    const y = await server.connectedClient();
+    const chX = await subscribeOk(x, 'private-control');
+    await subscribeOk(y, 'private-control');
+    chX.trigger('client-control', {});
+    await eventually(() => clientEvents(node, 'client-control').length, { what: 'the control event' });
+    assert.equal(misses().length, 1);
+  });
+
+  test('events close together go in one request', async () => {
+    const a = await server.connectedClient();
+    const b = await server.connectedClient();
+    const chA = await subscribeOk(a, 'private-burst');
+    await subscribeOk(b, 'private-burst');
+    for (let i = 0; i < 4; i++) chA.trigger('client-burst', { i });
+    await eventually(() => clientEvents(node, 'client-burst').length === 4, { what: 'four burst events' });
+    const carrying = node.requests.filter((r) => r.events.some((e) => e.event === 'client-burst'));
+    assert.ok(carrying.length < 4, `4 events in ${carrying.length} requests`);
+    assert.deepEqual(clientEvents(node, 'client-burst').map((e) => JSON.parse(e.data).i), [0, 1, 2, 3]);
+  });
+});
+
+describe('webhooks whose receiver fails', () => {
+  let server;
+  let receiver;
+  // What the receiver answers, per event name: a list of statuses used up one request at a
+  // time (null: never answer), then 200.
+  const plan = new Map();
+  before(async () => {
+    receiver = await startReceiver(DEFAULT_APP, {
+      answer: (request) => {
+        const name = request.events[0]?.event;
+        const statuses = plan.get(name);
+        return statuses?.length ? statuses.shift() : 200;
+      },
+    });
+    server = await startChorus({
+      apps: [
+        {
+          ...DEFAULT_APP,
+          webhooks: [{ url: receiver.url, event_types: ['client_event'] }],
+          webhook_delivery: { batching: false, timeout_ms: 500 },
+        },
+      ],
+    });
+  });
+  after(async () => {
+    await server?.cleanup();
+    await receiver?.close();
+  });
+
+  async function clientEvent(name) {
+    const a = await server.connectedClient();
+    const b = await server.connectedClient();
+    const chA = await subscribeOk(a, `private-${name}`);
+    const chB = await subscribeOk(b, `private-${name}`);
+    const got = once(chB, name);
+    chA.trigger(name, { name });
+    await got;
+    a.disconnect();
+    b.disconnect();
+  }
+
+  const requestsFor = (name) => receiver.requests.filter((r) => r.events.some((e) => e.event === name));
+
+  test('answers 500, 503 and a timeout are retried with the same event id until a 200', async () => {
+    plan.set('client-flaky', [500, 503, null]);
+    await clientEvent('client-flaky');
+    const requests = await eventually(() => requestsFor('client-flaky').length === 4 && requestsFor('client-flaky'), {
+      timeout: WAIT_MS * 3,
+      what: 'four attempts',
+    });
+    const ids = new Set(requests.map((r) => r.events[0].id));
+    assert.equal(ids.size, 1, 'one id across retries');
+    assert.ok(requests.every((r) => r.valid));
+    const text = await server.metrics();
+    assert.ok(metric(text, 'chorus_webhook_retries_total', { app_id: DEFAULT_APP.id }) >= 3);
+    assert.equal(metric(text, 'chorus_webhook_requests_failed_total', { app_id: DEFAULT_APP.id, reason: 'timeout' }), 1);
+    assert.ok(metric(text, 'chorus_webhooks_sent_total', { app_id: DEFAULT_APP.id, type: 'client_event' }) >= 1);
+  });
+
+  test('a 404 or a redirect is not retried; the events after it still go', async () => {
+    plan.set('client-gone', [404]);
+    plan.set('client-moved', [302]);
+    await clientEvent('client-gone');
+    await clientEvent('client-moved');
+    await clientEvent('client-later');
+    await eventually(() => requestsFor('client-later').length === 1, { what: 'the event after the refusals' });
+    assert.equal(requestsFor('client-gone').length, 1);
+    assert.equal(requestsFor('client-moved').length, 1);
+    const text = await server.metrics();
+    assert.equal(
+      metric(text, 'chorus_webhooks_dropped_total', { app_id: DEFAULT_APP.id, type: 'client_event', reason: 'refused' }),
+      2,
+    );
+  });
+
+  test('webhooks waiting for a receiver that is down are sent after the node restarts', async () => {
+    plan.set('client-durable', Array(8).fill(503));
+    await clientEvent('client-durable');
+    await eventually(() => requestsFor('client-durable').length >= 1, { what: 'a first failed attempt' });
+    await server.restart({ signal: 'SIGTERM' });
+    const restarted = Date.now();
+    plan.set('client-durable', []);
+    await eventually(() => requestsFor('client-durable').some((r) => r.status === 200), {
+      timeout: WAIT_MS * 3,
+      what: 'the queued event accepted after the restart',
+    });
+    const requests = requestsFor('client-durable');
+    assert.ok(requests.find((r) => r.status === 200).at >= restarted);
+    assert.equal(new Set(requests.map((r) => r.events[0].id)).size, 1, 'one id before and after');
+  });
+});
+
+describe('hostile webhook receivers', () => {
+  let server;
+  let good;
+  let huge;
+  let clusterPort;
+  const hugeBytes = 100 * 1024 * 1024;
+  let hugeSent = 0;
+  before(async () => {
+    good = await startReceiver(DEFAULT_APP);
+    // Answers 200 with a 100 MB body, written as fast as the peer reads it.
+    huge = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-length': String(hugeBytes) });
+        const chunk = Buffer.alloc(1024 * 1024, 120);
+        const pump = () => {
+          while (hugeSent < hugeBytes && res.write(chunk)) hugeSent += chunk.length;
+          if (hugeSent >= hugeBytes) res.end();
+        };
+        res.on('drain', pump);
+        res.on('error', () => {});
+        pump();
+      });
+    });
+    await new Promise((resolve) => huge.listen(0, '127.0.0.1', resolve));
+    clusterPort = await freePort();
+    server = await startChorus({
+      config: { cluster_port: clusterPort },
+      apps: [
+        {
+          ...DEFAULT_APP,
+          webhooks: [
+            { url: `http://127.0.0.1:${huge.address().port}/`, event_types: ['client_event'] },
+            { url: `http://127.0.0.1:${clusterPort}/cluster`, event_types: ['client_event'] },
+            { url: good.url, event_types: ['client_event'] },
+          ],
+          webhook_delivery: { batching: false },
+        },
+      ],
+    });
+  });
+  after(async () => {
+    await server?.cleanup();
+    huge?.closeAllConnections?.();
+    await new Promise((resolve) => huge?.close(resolve) ?? resolve());
+    await good?.close();
+  });
+
+  const rssKiB = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${server.proc.pid}/status`, 'utf8'))[1]);
+
+  test("a 100 MB answer is not read, the node's own cluster port refuses, and neither blocks the others", async () => {
+    const before = rssKiB();
+    const a = await server.connectedClient();
+    const b = await server.connectedClient();
+    const chA = await subscribeOk(a, 'private-hostile');
+    await subscribeOk(b, 'private-hostile');
+    for (let i = 0; i < 5; i++) chA.trigger('client-hostile', { i });
+    // The control: every event reaches the well-behaved receiver, in order.
+    await eventually(() => clientEvents(good, 'client-hostile').length === 5, { what: 'five events at the good receiver' });
+    assert.deepEqual(clientEvents(good, 'client-hostile').map((e) => JSON.parse(e.data).i), [0, 1, 2, 3, 4]);
+    const text = await eventually(async () => {
+      const t = await server.metrics();
+      const sent = metric(t, 'chorus_webhooks_sent_total', { app_id: DEFAULT_APP.id, type: 'client_event' });
+      const refused = metric(t, 'chorus_webhooks_dropped_total', { app_id: DEFAULT_APP.id, reason: 'refused' });
+      return sent >= 10 && refused === 5 && t;
+    }, { timeout: WAIT_MS * 2, what: '5 sent to the 100 MB receiver and 5 refused by the cluster port' });
+    assert.equal(metric(text, 'chorus_webhook_retries_total', { app_id: DEFAULT_APP.id }), null);
+    assert.ok(hugeSent < hugeBytes, `the 100 MB body was not read to its end (${hugeSent} bytes written)`);
+    const grown = rssKiB() - before;
+    assert.ok(grown < 32 * 1024, `RSS grew ${grown} KiB`);
+  });
+});
