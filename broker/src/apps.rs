@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use chorus_cluster::Cluster;
 use chorus_storage::{StorageError, Store};
 use parking_lot::Mutex;
 
@@ -27,6 +28,9 @@ pub struct App {
     pub metrics: AppMetrics,
     pub channels: Registry,
     pub history: Histories,
+    /// The node's cluster: what it forwards with and asks, where it declares its channels and
+    /// users.
+    pub cluster: Cluster,
     pub webhooks: Webhooks,
     /// Open connections, for shutdown.
     connections: Mutex<HashMap<SocketId, Arc<ConnectionRecipients>>>,
@@ -43,6 +47,7 @@ impl App {
         max_outbound_bytes: usize,
         store: Store,
         webhook_metrics: &WebhookMetrics,
+        cluster: &Cluster,
     ) -> Result<App, StorageError> {
         let app_metrics = metrics.for_app(&config.id);
         let webhooks = Webhooks::new(config, store.webhooks(), webhook_metrics)?;
@@ -59,9 +64,11 @@ impl App {
                 max_outbound_bytes,
                 store.last_events().clone(),
                 webhooks.clone(),
+                cluster.clone(),
             ),
             history: Histories::new(&config.history, store),
             webhooks,
+            cluster: cluster.clone(),
             metrics: app_metrics,
             connections: Mutex::default(),
             users: Mutex::default(),
@@ -170,21 +177,21 @@ impl Apps {
         metrics: &Metrics,
         max_outbound_bytes: usize,
         store: &Store,
+        cluster: &Cluster,
     ) -> Result<Apps, StorageError> {
         let webhook_metrics = WebhookMetrics::register(metrics.registry());
-        let apps = configs
-            .iter()
-            .map(|c| {
-                let app = App::new(
-                    c,
-                    metrics,
-                    max_outbound_bytes,
-                    store.clone(),
-                    &webhook_metrics,
-                );
-                app.map(Arc::new)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let app = |c| {
+            let app = App::new(
+                c,
+                metrics,
+                max_outbound_bytes,
+                store.clone(),
+                &webhook_metrics,
+                cluster,
+            );
+            app.map(Arc::new)
+        };
+        let apps = configs.iter().map(app).collect::<Result<Vec<_>, _>>()?;
         Ok(Apps {
             by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),
             by_key: apps.iter().map(|a| (a.key.clone(), a.clone())).collect(),

@@ -1,29 +1,53 @@
 //! What the node does with each change its cluster commits, in log order: history events go to
 //! this node's subscribers with their offsets and epoch (they are already stored here), and wake
 //! the subscribers waiting for this node to store that far; presence changes go to the
-//! channels' presence actors, which tell their subscribers who joined or left.
+//! channels' presence actors, which tell their subscribers who joined or left. Channels occupied
+//! and vacated cluster-wide, and nodes admitted and gone, are no client's business here.
 //!
-//! [`deliver`] is the one entry: today the cluster's state machine calls it while it applies
-//! entries, with the node's order lock held (see `crate::order`); a stream of committed changes
-//! can feed it the same way.
+//! [`deliver_all`] takes the cluster's feed on a thread of its own, batch after batch. The
+//! cluster's state machine holds the node's order lock until a batch is dropped (see
+//! `crate::order`), so this thread never takes the order lock and never blocks: frames go into
+//! the subscribers' outboxes and messages into the actors' mailboxes.
 
-use chorus_cluster::{Committed, HistoryCommit, PresenceEvent};
+use chorus_cluster::{Change, CommitFeed, HistoryCommit, PresenceEvent};
 
 use crate::actors::messages::MemberChanged;
 use crate::apps::Apps;
 use crate::order::Order;
 use crate::protocol::frame::{self, SocketId};
 
-/// Hands one committed change to this node's subscribers. It must not block: frames go into the
-/// subscribers' outboxes and messages into the actors' mailboxes.
-pub fn deliver(apps: &Apps, order: &Order, committed: &Committed) {
-    match committed {
-        Committed::Presence(events) => {
-            for event in events {
-                presence_changed(apps, event);
+/// Delivers what the cluster re-applied as it started, at once (call it before the node serves
+/// anyone), then every batch of `feed`, in order, on a thread of its own, until the cluster
+/// stops.
+pub fn deliver_all(
+    mut feed: CommitFeed,
+    apps: Apps,
+    order: Order,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    for committed in feed.take_replayed() {
+        deliver(&apps, &order, &committed.change);
+    }
+    std::thread::Builder::new()
+        .name("chorus-commits".to_owned())
+        .spawn(move || {
+            while let Some(batch) = feed.blocking_next() {
+                for committed in &batch.changes {
+                    deliver(&apps, &order, &committed.change);
+                }
+                // Dropping the batch lets the state machine go on.
             }
-        }
-        Committed::History(commit) => history_stored(apps, order, commit),
+        })
+}
+
+/// Hands one committed change to this node's subscribers.
+fn deliver(apps: &Apps, order: &Order, change: &Change) {
+    match change {
+        Change::History(commit) => history_stored(apps, order, commit),
+        Change::Presence(event) => presence_changed(apps, event),
+        Change::ChannelOccupied(_)
+        | Change::ChannelVacated(_)
+        | Change::NodeAdmitted { .. }
+        | Change::NodeLeft { .. } => {}
     }
 }
 

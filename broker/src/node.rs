@@ -2,7 +2,6 @@
 //! state and cluster; and whether it is ready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_cluster::{Cluster, ClusterError};
@@ -44,10 +43,13 @@ pub enum NodeError {
     },
     #[error("cannot start the cluster: {0}")]
     Cluster(#[from] ClusterError),
+    #[error("cannot start the thread that delivers what the cluster commits: {0}")]
+    Commits(#[source] std::io::Error),
 }
 
 impl Node {
-    /// Opens the node's store in its data directory and sets up its apps.
+    /// Opens the node's store in its data directory, starts its cluster and sets up its apps,
+    /// which deliver what the cluster commits from then on.
     pub fn new(config: Config) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
             path: config.data_dir.clone(),
@@ -58,26 +60,25 @@ impl Node {
             source,
         })?;
         let metrics = Metrics::new();
-        let apps = Apps::new(&config.apps, &metrics, config.max_outbound_bytes, &store).map_err(
-            |source| NodeError::Store {
+        let (cluster, commits) =
+            Cluster::start(config.cluster_settings(), &store, metrics.registry())?;
+        let order = Order::new(commits.order_lock());
+        let apps = Apps::new(
+            &config.apps,
+            &metrics,
+            config.max_outbound_bytes,
+            &store,
+            &cluster,
+        );
+        let apps = apps.map_err(|source| {
+            cluster.shutdown();
+            NodeError::Store {
                 path: config.data_dir.clone(),
                 source,
-            },
-        )?;
-        let order = Order::default();
-        let delivery = order.delivery({
-            let (apps, order) = (apps.clone(), order.clone());
-            Arc::new(move |committed| crate::commits::deliver(&apps, &order, committed))
-        });
-        let cluster = Cluster::start(
-            config.cluster_settings(),
-            &store,
-            metrics.registry(),
-            delivery,
-        )?;
-        for app in apps.iter() {
-            app.channels.attach_cluster(cluster.clone());
-        }
+            }
+        })?;
+        crate::commits::deliver_all(commits, apps.clone(), order.clone())
+            .map_err(NodeError::Commits)?;
         Ok(Node {
             config,
             apps,

@@ -1,9 +1,13 @@
 //! The node's order lock: the one lock that puts what the cluster commits and the subscribers
 //! that join in a single order, and the operations that must run under it.
 //!
-//! - **Store and deliver** (the cluster's state machine, through [`Order::delivery`]): a
-//!   committed history batch is stored in the node's history and handed to the subscribers, and
-//!   a committed presence change to the presence actors, with the lock held.
+//! - **Store and hand over** (the cluster's state machine, `chorus_cluster::feed`): the state
+//!   machine applies committed entries (the replicated state), stores their history in the
+//!   node's history and hands what changed to this node's commit consumer (`crate::commits`),
+//!   holding the lock until the consumer has taken the batch: history events go to the
+//!   subscribers, presence changes to the presence actors, with the lock held. What Raft
+//!   re-applies as the node starts is delivered before the node serves anyone, without the
+//!   lock: no one can read yet (`chorus_cluster::CommitFeed::take_replayed`).
 //! - **Read what was missed and join** ([`Order::join`], [`Order::catch_up`]): a subscriber of
 //!   a history channel reads the events it missed and joins the channel with the lock held, so
 //!   no event is stored in between: it gets each event once, replayed or live, never both and
@@ -14,28 +18,30 @@
 //! - **Wait for history this node has not stored yet** ([`Order::join`] answers
 //!   [`Joined::Ahead`]): a client resuming from an offset this node has not stored yet (it is a
 //!   few entries behind its cluster) is registered with the lock held, and woken as the node
-//!   stores that far ([`Order::stored`], called while storing).
+//!   stores that far ([`Order::stored`], called by the commit consumer).
 //!
 //! The lock order, for the whole node (a lock is never taken while a later one is held):
 //!
-//! 1. this order lock;
+//! 1. this order lock (`chorus_cluster::OrderLock`; the cluster's feed makes it);
 //! 2. the cluster's replicated state (`chorus_cluster::StateReader`): written by the state
 //!    machine as it applies entries, read here for a presence channel's committed members, and
 //!    released before anything below is taken;
 //! 3. an app's registry table (`crate::registry`), which sends to the channels' actors, so they
-//!    see subscribers and frames in the order of this lock;
-//! 4. inside the cluster, the queue of declared interest (the registry declares a channel's
-//!    first subscriber and its last while it holds its table).
+//!    see subscribers and frames in the order of this lock; and the waiting resumes' lock;
+//! 4. inside the cluster, the queues of declared interest and presence (the registry declares a
+//!    channel's first subscriber and its last while it holds its table).
 //!
 //! Why this order: committing is the source of the order, so applying takes the order lock
 //! first and the state second; a joiner takes the order lock first too, so it never waits for
-//! the order lock while holding anything a delivery needs. The waiting resumes have a lock of
-//! their own, taken only under the order lock.
+//! the order lock while holding anything a delivery needs. The commit consumer runs on a thread
+//! of its own while the state machine holds the order lock on its behalf: it takes only locks of
+//! 3 and 4 and never the order lock itself, never blocks, and runs on no thread a joiner may
+//! block, so the state machine always gets its batch back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chorus_cluster::{Deliver, Delivery, Role};
+use chorus_cluster::{OrderLock, Role};
 use chorus_storage::StorageError;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -51,12 +57,11 @@ use crate::protocol::presence::Member;
 use crate::protocol::since::Since;
 
 /// The node's order lock; one for the node, shared by its apps. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Order(Arc<Inner>);
 
-#[derive(Default)]
 struct Inner {
-    lock: Arc<Mutex<()>>,
+    lock: OrderLock,
     /// Subscribers waiting for this node to store a history channel further: by app, then
     /// channel.
     resumes: Mutex<HashMap<String, HashMap<String, Vec<Resume>>>>,
@@ -95,7 +100,12 @@ pub enum Joined {
     /// It resumes from an offset this node has not stored yet; the receiver completes once the
     /// node has stored that far (or the channel's history began again). Join again then, or
     /// once tired of waiting, without waiting.
-    Ahead(oneshot::Receiver<()>),
+    Ahead {
+        stored: oneshot::Receiver<()>,
+        /// For a leader that had not applied all it committed: the last index it had committed.
+        /// Once it has applied that far it has stored all a client can have seen.
+        committed: Option<u64>,
+    },
 }
 
 /// The next part of a catch-up.
@@ -107,13 +117,13 @@ pub enum CatchUp {
 }
 
 impl Order {
-    /// What the cluster's state machine is given: this lock, held while it stores committed
-    /// history and hands each committed change to `deliver` (store-and-deliver).
-    pub fn delivery(&self, deliver: Deliver) -> Delivery {
-        Delivery {
-            order: self.0.lock.clone(),
-            deliver,
-        }
+    /// The order over `lock`, the one the cluster's state machine holds as it hands over what
+    /// it commits (`chorus_cluster::CommitFeed::order_lock`).
+    pub fn new(lock: OrderLock) -> Order {
+        Order(Arc::new(Inner {
+            lock,
+            resumes: Mutex::default(),
+        }))
     }
 
     /// Joins `joining` to its channel of `app`. On a history channel it reads what the
@@ -147,19 +157,26 @@ impl Order {
             app.channels.subscribe(&channel, msg);
             return Ok(Joined::Live);
         }
-        let may_wait = may_wait && keeps_history && since.is_some() && may_be_behind(app);
         let in_order = self.0.lock.lock();
+        let behind = match may_wait && keeps_history && since.is_some() {
+            true => behind(app),
+            false => Behind::No,
+        };
         if keeps_history {
             let mut recovery = app
                 .history
                 .recovery(&app.id, &channel, since.as_ref(), budget)?;
-            if !may_wait {
+            if matches!(behind, Behind::No) {
                 recovery = recovery.without_waiting();
             }
             let (position, replay, more_after) = match recovery {
                 Recovery::Ahead { epoch, offset, .. } => {
-                    let woken = self.await_stored(&app.id, &channel, epoch, offset);
-                    return Ok(Joined::Ahead(woken));
+                    let stored = self.await_stored(&app.id, &channel, epoch, offset);
+                    let committed = match behind {
+                        Behind::Through(index) => Some(index),
+                        _ => None,
+                    };
+                    return Ok(Joined::Ahead { stored, committed });
                 }
                 Recovery::Ready {
                     position,
@@ -267,7 +284,8 @@ impl Order {
 
     /// This node stored `channel` of `app` through offset `last` of `epoch`: wakes the
     /// subscribers waiting for it, and those waiting in another epoch (their history is gone:
-    /// they are to be told so). Called while storing, with the lock held.
+    /// they are to be told so). Called by the commit consumer, while the state machine holds
+    /// the lock.
     pub fn stored(&self, app: &str, channel: &str, epoch: &str, last: u64) {
         let mut resumes = self.0.resumes.lock();
         let Some(by_channel) = resumes.get_mut(app) else {
@@ -292,25 +310,38 @@ impl Order {
     }
 }
 
-/// Whether this node may be behind its cluster, so that a client may have seen offsets it has
-/// not stored yet: a follower may be (it hears of commits after the leader, or is cut off), and
-/// so may a leader that has not applied all it committed. A leader that applied everything has
-/// stored every offset a client can have seen, and a node alone is its whole cluster.
-fn may_be_behind(app: &App) -> bool {
-    let Some(cluster) = app.channels.cluster() else {
-        return false;
-    };
-    let status = cluster.status();
-    status.state != Role::Leader || status.commit_index > status.applied_index
+/// How far behind its cluster this node may be, for a client resuming from an offset it has not
+/// stored yet.
+enum Behind {
+    /// A leader that applied all it committed: it has stored every offset a client can have
+    /// seen (a node alone is its whole cluster).
+    No,
+    /// A follower (it hears of commits after the leader, or is cut off): no telling how far.
+    Unknown,
+    /// A leader that committed through this index and has not applied it all yet.
+    Through(u64),
+}
+
+/// How far behind this node may be. What it applied is read from the state machine: the caller
+/// holds the lock, so it is applying nothing.
+fn behind(app: &App) -> Behind {
+    let status = app.cluster.status();
+    let applied = app
+        .cluster
+        .state()
+        .last_applied()
+        .map(|log_id| log_id.index);
+    match (status.state, status.commit_index) {
+        (Role::Leader, Some(committed)) if Some(committed) > applied => Behind::Through(committed),
+        (Role::Leader, _) => Behind::No,
+        _ => Behind::Unknown,
+    }
 }
 
 /// A presence channel's members as this node last applied them (the caller holds the lock, so
-/// none is applied meanwhile), with their info; none on a node without a cluster.
+/// none is applied meanwhile), with their info.
 fn committed_members(app: &App, channel: &str) -> Vec<(String, Value)> {
-    let Some(cluster) = app.channels.cluster() else {
-        return Vec::new();
-    };
-    cluster.state().read(|state| {
+    app.cluster.state().read(|state| {
         state
             .presence_members(&app.id, channel)
             .into_iter()

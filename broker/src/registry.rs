@@ -6,12 +6,11 @@
 //! them: a cache channel's new subscriber gets either the cached event or the live one, never
 //! both. A channel's actor is created by its first subscriber and dropped with its last.
 //!
-//! In a cluster, the registry also tells the cluster when its first subscriber comes and its last
+//! The registry also tells the node's cluster when a channel's first subscriber comes and its last
 //! goes (the node's channel interest, recorded in the background: the lock never waits on Raft),
-//! and holds the cluster handle the router forwards with.
+//! and gives presence actors the cluster to declare their users to.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
@@ -94,8 +93,8 @@ pub struct Registry {
     last_events: LastEvents,
     /// Told of cache misses.
     webhooks: Webhooks,
-    /// The node's cluster, once the node has started it.
-    cluster: OnceLock<Cluster>,
+    /// The node's cluster.
+    cluster: Cluster,
 }
 
 /// A channel as the HTTP API reports it.
@@ -114,6 +113,7 @@ impl Registry {
         max_outbound_bytes: usize,
         last_events: LastEvents,
         webhooks: Webhooks,
+        cluster: Cluster,
     ) -> Registry {
         Registry {
             app_id: app_id.to_owned(),
@@ -123,19 +123,8 @@ impl Registry {
             max_outbound_bytes,
             last_events,
             webhooks,
-            cluster: OnceLock::new(),
+            cluster,
         }
-    }
-
-    /// Joins the registry to the node's cluster: from now on its channels' interest is recorded
-    /// there. Later calls do nothing.
-    pub fn attach_cluster(&self, cluster: Cluster) {
-        let _ = self.cluster.set(cluster);
-    }
-
-    /// The node's cluster, if the registry is attached to it.
-    pub fn cluster(&self) -> Option<&Cluster> {
-        self.cluster.get()
     }
 
     pub fn app_id(&self) -> &str {
@@ -174,9 +163,7 @@ impl Registry {
         let missed = matches!(msg.cached, Some(None));
         let entry = table.live.entry(channel.to_owned()).or_insert_with(|| {
             self.metrics.channels.inc();
-            if let Some(cluster) = self.cluster.get() {
-                cluster.declare_interest(&self.app_id, channel, true);
-            }
+            self.cluster.declare_interest(&self.app_id, channel, true);
             let in_flight = InFlight::new(self.max_outbound_bytes);
             let metrics = self.metrics.clone();
             let addr = if kind.is_presence() {
@@ -186,7 +173,7 @@ impl Registry {
                     self.max_presence_members,
                     metrics,
                     in_flight.clone(),
-                    self.cluster.get().cloned(),
+                    self.cluster.clone(),
                 );
                 ChannelAddr::Presence(actor.start())
             } else {
@@ -235,9 +222,7 @@ impl Registry {
             // Dropping the last address stops the actor once its mailbox is empty.
             table.live.remove(channel);
             self.metrics.channels.dec();
-            if let Some(cluster) = self.cluster.get() {
-                cluster.declare_interest(&self.app_id, channel, false);
-            }
+            self.cluster.declare_interest(&self.app_id, channel, false);
         }
     }
 

@@ -24,19 +24,16 @@ pub fn publish(
     frame: Frame,
     except: Option<SocketId>,
 ) -> Result<(), Overloaded> {
-    let forwarded = app.channels.cluster().map(|cluster| {
-        let text = frame.text.clone();
-        (cluster.forwarder(), text)
-    });
+    let text = frame.text.clone();
     app.channels.publish(channel, frame, except)?;
-    if let Some((forwarder, text)) = forwarded {
-        forwarder.forward(&app.id, channel, || ForwardedFrame {
+    app.cluster
+        .forwarder()
+        .forward(&app.id, channel, || ForwardedFrame {
             app: app.id.clone(),
             channel: channel.to_owned(),
             frame: text.to_string(),
             except: except.map(|socket| socket.to_string()),
         });
-    }
     Ok(())
 }
 

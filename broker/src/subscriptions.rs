@@ -121,7 +121,12 @@ pub enum Step {
 /// What a subscription waits for, bounded.
 pub enum Until {
     CaughtUp(Cluster),
-    Stored(oneshot::Receiver<()>),
+    /// History stored that far; for a leader, at the latest once it has applied what it had
+    /// committed (`through`).
+    Stored {
+        stored: oneshot::Receiver<()>,
+        through: Option<(Cluster, u64)>,
+    },
 }
 
 impl Until {
@@ -129,8 +134,17 @@ impl Until {
     pub async fn wait(self) -> bool {
         match self {
             Until::CaughtUp(cluster) => cluster.await_caught_up(PRESENCE_CATCH_UP).await,
-            Until::Stored(stored) => {
-                matches!(tokio::time::timeout(RESUME_WAIT, stored).await, Ok(Ok(())))
+            Until::Stored { stored, through } => {
+                let applied = async move {
+                    match through {
+                        Some((cluster, index)) => cluster.await_applied(index, RESUME_WAIT).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    woken = tokio::time::timeout(RESUME_WAIT, stored) => matches!(woken, Ok(Ok(()))),
+                    _ = applied => false,
+                }
             }
         }
     }
@@ -369,20 +383,18 @@ impl Subscriptions {
     /// channel and this node has not caught up (until then its members may be of an earlier
     /// run), else it joins.
     fn start(&mut self, channel: String, request: Request) -> Step {
-        let lagging = self.app.channels.cluster().filter(|c| !c.caught_up());
-        match (request.kind.is_presence(), lagging) {
-            (true, Some(cluster)) => {
-                let until = Until::CaughtUp(cluster.clone());
-                let id = request.id;
-                let state = State::AwaitingCluster {
-                    awaited: Awaited::CaughtUp,
-                    request: Box::new(request),
-                };
-                self.map.insert(channel.clone(), state);
-                Step::Await { channel, id, until }
-            }
-            _ => self.join_now(channel, request, true),
+        let cluster = &self.app.cluster;
+        if !request.kind.is_presence() || cluster.caught_up() {
+            return self.join_now(channel, request, true);
         }
+        let until = Until::CaughtUp(cluster.clone());
+        let id = request.id;
+        let state = State::AwaitingCluster {
+            awaited: Awaited::CaughtUp,
+            request: Box::new(request),
+        };
+        self.map.insert(channel.clone(), state);
+        Step::Await { channel, id, until }
     }
 
     /// Joins the subscription to `channel` now (with what it missed, when it resumes a history
@@ -420,11 +432,12 @@ impl Subscriptions {
                 };
                 (State::CatchingUp(Box::new(state)), part)
             }
-            Ok(Joined::Ahead(stored)) => {
+            Ok(Joined::Ahead { stored, committed }) => {
+                let through = committed.map(|index| (self.app.cluster.clone(), index));
                 let wait = Step::Await {
                     channel: channel.clone(),
                     id,
-                    until: Until::Stored(stored),
+                    until: Until::Stored { stored, through },
                 };
                 let state = State::AwaitingCluster {
                     awaited: Awaited::Stored,

@@ -25,7 +25,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
 /// A proposal's worth of declarations: whether it resets, and each key's value (`None`: gone).
-pub(crate) type Declarations<K, V> = (bool, Vec<(K, Option<V>)>);
+pub(crate) type Proposal<K, V> = (bool, Vec<(K, Option<V>)>);
 
 /// The node's declared values and what of them is not proposed yet.
 pub(crate) struct Declared<K, V> {
@@ -80,7 +80,7 @@ impl<K: Ord + Clone, V: Clone> Declared<K, V> {
     }
 
     /// The next proposal to make, if any: the reset, or the changes since the last one.
-    fn take(&self) -> Option<Declarations<K, V>> {
+    fn take(&self) -> Option<Proposal<K, V>> {
         let mut pending = self.pending.lock();
         if pending.reset {
             pending.reset = false;
@@ -102,7 +102,7 @@ impl<K: Ord + Clone, V: Clone> Declared<K, V> {
     }
 
     /// Puts back a proposal that failed, under any change declared since.
-    fn put_back(&self, (reset, changes): Declarations<K, V>) {
+    fn put_back(&self, (reset, changes): Proposal<K, V>) {
         let mut pending = self.pending.lock();
         if reset {
             pending.reset = true;
@@ -125,19 +125,19 @@ where
     K: Ord + Clone,
     V: Clone,
     F: Future<Output = Result<Response, ClusterError>>,
-    P: Fn(Declarations<K, V>) -> F,
+    P: Fn(Proposal<K, V>) -> F,
 {
     let mut retry = FIRST_RETRY;
     loop {
-        let Some(declarations) = declared.take() else {
+        let Some(proposal) = declared.take() else {
             declared.wake.notified().await;
             continue;
         };
-        match propose(declarations.clone()).await {
+        match propose(proposal.clone()).await {
             Ok(_) => retry = FIRST_RETRY,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot record this node's {what} yet");
-                declared.put_back(declarations);
+                declared.put_back(proposal);
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(MAX_RETRY);
             }

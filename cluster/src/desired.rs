@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::Core;
 use crate::peers::{Peers, PeersError};
-use crate::types::{NodeId, Request, LONGEST_NAME};
+use crate::propose::Proposer;
+use crate::roster::Roster;
+use crate::types::{NodeId, Raft, Request, LONGEST_NAME};
 
 /// How often the members file is read again.
 pub const REREAD_EVERY: Duration = Duration::from_secs(2);
@@ -116,20 +117,30 @@ pub fn parse_members_file(path: &Path, text: &str) -> Result<DesiredMembers, Mem
     Ok(desired)
 }
 
+/// What following the members file uses.
+pub(crate) struct FileFollower {
+    pub(crate) path: PathBuf,
+    pub(crate) roster: Arc<Roster>,
+    /// To tell whether the node belongs to a cluster with a leader.
+    pub(crate) raft: Raft,
+    pub(crate) proposer: Proposer,
+}
+
 /// Reads the members file every [`REREAD_EVERY`], keeps its last good content for this node's
 /// bootstrap, and proposes it when it is newer than the replicated one; until the runtime stops.
 /// A file that cannot be read, or an older revision than the cluster's, is reported once (until
 /// it changes) and otherwise ignored: the node keeps the desired set it has.
-pub(crate) async fn follow_members_file(core: Arc<Core>, path: PathBuf) {
+pub(crate) async fn follow_members_file(follower: FileFollower) {
+    let path = &follower.path;
     let mut reported: Option<String> = None;
     loop {
-        match read_members_file(&path) {
+        match read_members_file(path) {
             Ok(file) => {
                 if reported.take().is_some() {
                     tracing::info!(path = %path.display(), "the members file is readable again");
                 }
-                *core.file_members.lock() = Some(file.clone());
-                if let Some(problem) = propose_if_newer(&core, file).await {
+                follower.roster.file_read(file.clone());
+                if let Some(problem) = follower.propose_if_newer(file).await {
                     if reported.as_deref() != Some(problem.as_str()) {
                         tracing::warn!(path = %path.display(), "{problem}");
                         reported = Some(problem);
@@ -151,39 +162,46 @@ pub(crate) async fn follow_members_file(core: Arc<Core>, path: PathBuf) {
     }
 }
 
-/// Proposes `file` if it is newer than the replicated desired set and this node belongs to a
-/// cluster; returns a problem to report when it is not adopted for a reason an operator should
-/// know (an older revision, or the same revision with other members).
-async fn propose_if_newer(core: &Core, file: DesiredMembers) -> Option<String> {
-    let replicated = core.state.read(|state| state.desired().cloned());
-    if let Some(replicated) = &replicated {
-        if replicated.revision > file.revision {
-            return Some(format!(
-                "the members file has revision {}, older than the cluster's {}: ignored",
-                file.revision, replicated.revision
-            ));
+impl FileFollower {
+    /// Proposes `file` if it is newer than the replicated desired set and this node belongs to
+    /// a cluster; returns a problem to report when it is not adopted for a reason an operator
+    /// should know (an older revision, or the same revision with other members).
+    async fn propose_if_newer(&self, file: DesiredMembers) -> Option<String> {
+        if let Some(replicated) = self.roster.desired() {
+            if replicated.revision > file.revision {
+                return Some(format!(
+                    "the members file has revision {}, older than the cluster's {}: ignored",
+                    file.revision, replicated.revision
+                ));
+            }
+            if replicated.revision == file.revision {
+                return (replicated.members != file.members).then(|| {
+                    format!(
+                        "the members file lists other members than the cluster under the same \
+                         revision {}: ignored (raise the revision)",
+                        file.revision
+                    )
+                });
+            }
         }
-        if replicated.revision == file.revision {
-            return (replicated.members != file.members).then(|| {
-                format!(
-                    "the members file lists other members than the cluster under the same \
-                     revision {}: ignored (raise the revision)",
-                    file.revision
-                )
-            });
+        let metrics = self.raft.metrics().borrow().clone();
+        let in_cluster = metrics.membership_config.membership().voter_ids().count() > 0;
+        if !in_cluster || metrics.current_leader.is_none() {
+            return None; // Proposed by a member, or by this node once it is one.
         }
+        let revision = file.revision;
+        match self
+            .proposer
+            .propose(Request::SetDesiredMembers(file))
+            .await
+        {
+            Ok(_) => tracing::info!(revision, "desired members proposed from the members file"),
+            Err(e) => {
+                tracing::debug!(revision, error = %e, "cannot propose the desired members yet")
+            }
+        }
+        None
     }
-    let metrics = core.raft.metrics().borrow().clone();
-    let in_cluster = metrics.membership_config.membership().voter_ids().count() > 0;
-    if !in_cluster || metrics.current_leader.is_none() {
-        return None; // Proposed by a member, or by this node once it is one.
-    }
-    let revision = file.revision;
-    match crate::propose::propose(core, Request::SetDesiredMembers(file)).await {
-        Ok(_) => tracing::info!(revision, "desired members proposed from the members file"),
-        Err(e) => tracing::debug!(revision, error = %e, "cannot propose the desired members yet"),
-    }
-    None
 }
 
 #[cfg(test)]

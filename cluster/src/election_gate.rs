@@ -15,15 +15,16 @@
 //! A node that is stopping ([`crate::Cluster::hand_over_before_stopping`]) never elects again.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::cluster::Core;
-use crate::status::{fetch_status, Role};
-use crate::types::NodeId;
+use crate::contact::LeaderContact;
+use crate::peer_request::PeerRequests;
+use crate::roster::Roster;
+use crate::status::Role;
+use crate::types::{NodeId, Raft};
 
 /// How often the gate looks.
 const ROUND: Duration = Duration::from_millis(250);
@@ -39,18 +40,27 @@ const RECENT_CONTACT: Duration = Duration::from_millis(500);
 /// How long another node has to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// What the gate looks at.
+pub(crate) struct Gate {
+    pub(crate) me: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) contact: Arc<LeaderContact>,
+    pub(crate) roster: Arc<Roster>,
+    pub(crate) client: PeerRequests,
+}
+
 /// Turns this node's elections on and off as the module documentation says; until the runtime
 /// stops.
-pub(crate) async fn gate_elections(core: Arc<Core>) {
+pub(crate) async fn gate_elections(gate: Gate) {
     let mut allowed = false;
     loop {
-        let verdict = may_elect(&core).await;
+        let verdict = gate.may_elect().await;
         if verdict != allowed {
-            core.raft.runtime_config().elect(verdict);
+            gate.raft.runtime_config().elect(verdict);
             allowed = verdict;
             if verdict {
                 tracing::debug!("elections allowed");
-            } else if !core.stopping.load(Ordering::Relaxed) {
+            } else if !gate.contact.stopping() {
                 tracing::warn!(
                     "the leader does not count this node among its voters: it calls no \
                      election until it is taken back"
@@ -61,71 +71,45 @@ pub(crate) async fn gate_elections(core: Arc<Core>) {
     }
 }
 
-/// Whether this node may call elections now.
-async fn may_elect(core: &Core) -> bool {
-    if core.stopping.load(Ordering::Relaxed) {
-        return false;
-    }
-    let me = core.node_id();
-    let metrics = core.raft.metrics().borrow().clone();
-    let membership = metrics.membership_config.membership();
-    if !membership.voter_ids().any(|id| id == me) {
-        // Not a voter: openraft elects nothing; allowed, so a promotion takes effect at once.
-        return true;
-    }
-    if metrics.current_leader == Some(me) || core.leader_heard_within(RECENT_CONTACT) {
-        return true;
-    }
-    let mut addresses: BTreeSet<String> = membership
-        .nodes()
-        .filter(|(id, _)| **id != me)
-        .map(|(_, node)| node.addr.clone())
-        .collect();
-    addresses.extend(known_addresses(core, me));
-    !shut_out_by_a_leader(core, addresses).await
-}
-
-/// The other nodes this node knows of besides its membership: the desired members, the members
-/// file, a static peer list.
-fn known_addresses(core: &Core, me: NodeId) -> Vec<String> {
-    let desired = core
-        .state
-        .read(|state| state.desired().map(|d| d.members.clone()))
-        .unwrap_or_default();
-    let file = core
-        .file_members
-        .lock()
-        .as_ref()
-        .map(|d| d.members.clone())
-        .unwrap_or_default();
-    let listed = match &core.settings.peers {
-        Some(crate::peers::Peers::Static(nodes)) => nodes.clone(),
-        _ => Default::default(),
-    };
-    desired
-        .into_iter()
-        .chain(file)
-        .chain(listed)
-        .filter(|(id, _)| *id != me)
-        .map(|(_, addr)| addr)
-        .collect()
-}
-
-/// Whether a node at one of `addresses` says it leads and does not count this node among its
-/// voters.
-async fn shut_out_by_a_leader(core: &Core, addresses: BTreeSet<String>) -> bool {
-    let me = core.node_id();
-    let mut probes = JoinSet::new();
-    for addr in addresses {
-        let client = core.client.clone();
-        let secret = core.settings.secret.clone();
-        probes.spawn(async move { fetch_status(&client, &addr, &secret, PROBE_TIMEOUT).await });
-    }
-    while let Some(answer) = probes.join_next().await {
-        let Ok(Ok(status)) = answer else { continue };
-        if status.state == Role::Leader && !status.voters().any(|member| member.id == me) {
+impl Gate {
+    /// Whether this node may call elections now.
+    async fn may_elect(&self) -> bool {
+        if self.contact.stopping() {
+            return false;
+        }
+        let me = self.me;
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        if !membership.voter_ids().any(|id| id == me) {
+            // Not a voter: openraft elects nothing; allowed, so a promotion takes effect at once.
             return true;
         }
+        if metrics.current_leader == Some(me) || self.contact.heard_within(RECENT_CONTACT) {
+            return true;
+        }
+        let mut addresses: BTreeSet<String> = membership
+            .nodes()
+            .filter(|(id, _)| **id != me)
+            .map(|(_, node)| node.addr.clone())
+            .collect();
+        addresses.extend(self.roster.known_addresses(me));
+        !self.shut_out_by_a_leader(addresses).await
     }
-    false
+
+    /// Whether a node at one of `addresses` says it leads and does not count this node among
+    /// its voters.
+    async fn shut_out_by_a_leader(&self, addresses: BTreeSet<String>) -> bool {
+        let mut probes = JoinSet::new();
+        for addr in addresses {
+            let client = self.client.clone();
+            probes.spawn(async move { client.status(&addr, PROBE_TIMEOUT).await });
+        }
+        while let Some(answer) = probes.join_next().await {
+            let Ok(Ok(status)) = answer else { continue };
+            if status.state == Role::Leader && !status.voters().any(|member| member.id == self.me) {
+                return true;
+            }
+        }
+        false
+    }
 }

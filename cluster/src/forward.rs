@@ -15,12 +15,12 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::cluster::Raft;
 use crate::interest_index::InterestIndex;
 use crate::metrics::ForwardSeries;
 use crate::outbound::ClusterClient;
+use crate::raft_view::node_addr;
 use crate::secret::{ClusterSecret, SECRET_HEADER};
-use crate::types::NodeId;
+use crate::types::{NodeId, Raft};
 
 /// The path on the cluster port that takes forwarded frames.
 pub const DELIVER_PATH: &str = "/cluster/deliver";
@@ -220,15 +220,7 @@ async fn send_batch(
     node: NodeId,
     frames: &[Arc<ForwardedFrame>],
 ) -> Result<(), SendError> {
-    let addr = inner
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&node)
-        .map(|node| node.addr.clone())
-        .ok_or(SendError::NotAMember)?;
+    let addr = node_addr(&inner.raft, node).ok_or(SendError::NotAMember)?;
     let batch = OutgoingBatch {
         from: inner.me,
         frames: frames.iter().map(|frame| &**frame).collect(),

@@ -13,7 +13,7 @@
 //! 2. holds back the leader's appends to those followers ([`crate::hold`]) and waits out their
 //!    lease, [`LEADER_LEASE`] after the last append reached them, while the leader goes on
 //!    committing with the others (still a majority, the next leader among them);
-//! 3. stops the leader's own writes (they wait: [`crate::cluster::Core`]'s `leader_writes`),
+//! 3. stops the leader's own writes (they wait: [`crate::leader_writes`]),
 //!    waits until the next leader holds every entry of the leader's log, and asks it to stand
 //!    (`POST /cluster/elect`, answered by [`stand`]);
 //! 4. its vote request reaches the leader, which grants it and steps down, and the followers
@@ -26,14 +26,20 @@
 //! four voters or more, step 2 adds a lease (1.2 s) to the hand-over, with no write held up.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{Core, LEADER_LEASE};
+use crate::cluster::LEADER_LEASE;
+use crate::contact::LeaderContact;
 use crate::error::ClusterError;
-use crate::peer_request::send_to_peer;
-use crate::types::NodeId;
+use crate::hold::Hold;
+use crate::leader_writes::LeaderWrites;
+use crate::liveness::Liveness;
+use crate::peer_request::PeerRequests;
+use crate::raft_view::node_addr;
+use crate::types::{NodeId, Raft};
 
 /// The path on the cluster port where the leader asks the next one to stand.
 pub(crate) const ELECT_PATH: &str = "/cluster/elect";
@@ -117,144 +123,157 @@ pub(crate) fn plan(
     })
 }
 
-/// Hands this node's leadership over to another voter that `may_lead` allows, as the module
-/// documentation says; returns once another node leads (or at once when this one does not).
-pub(crate) async fn hand_over(
-    core: &Core,
-    may_lead: impl Fn(NodeId) -> bool,
-) -> Result<HandOver, ClusterError> {
-    let started = Instant::now();
-    let _changing = core.membership_changes.lock().await;
-    let me = core.node_id();
-    let metrics = core.raft.metrics().borrow().clone();
-    if metrics.current_leader != Some(me) {
-        return Ok(HandOver::NotLeader);
-    }
-    let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-    if voters.len() == 1 {
-        return Ok(HandOver::Alone);
-    }
-    let live = crate::removal::live_voters(core, &voters);
-    let matched: BTreeMap<NodeId, u64> = metrics
-        .replication
-        .iter()
-        .flatten()
-        .filter_map(|(id, log_id)| log_id.map(|log_id| (*id, log_id.index)))
-        .collect();
-    let plan = plan(&voters, &live, &matched, me, may_lead)
-        .map_err(|e| ClusterError::HandOver(e.to_string()))?;
-    tracing::info!(next = plan.next, let_go = ?plan.let_go, "handing leadership over");
-
-    let _holding = core.hold.hold(&plan.let_go);
-    if !plan.let_go.is_empty() {
-        wait_out_leases(core, &plan.let_go).await;
-    }
-    match core.leading_for() {
-        Some(led) if led < LEADER_LEASE + MARGIN => {
-            tokio::time::sleep(LEADER_LEASE + MARGIN - led).await;
-        }
-        Some(_) => {}
-        None => return Ok(HandOver::NotLeader),
-    }
-    // Whether or not the writes under way all ended, none starts from here on.
-    let _paused = tokio::time::timeout(PAUSE_WAIT, core.leader_writes.write()).await;
-    await_caught_up(core, plan.next).await?;
-    let term = core.raft.metrics().borrow().current_term;
-    ask_to_stand(core, plan.next, term).await?;
-    let node = await_another_leader(core).await?;
-    let took = started.elapsed();
-    tracing::info!(
-        node,
-        took_ms = took.as_millis() as u64,
-        "leadership handed over"
-    );
-    Ok(HandOver::HandedTo { node, took })
+/// What a hand-over uses. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Transfer {
+    pub(crate) me: NodeId,
+    pub(crate) writes: Arc<LeaderWrites>,
+    pub(crate) contact: Arc<LeaderContact>,
+    pub(crate) hold: Arc<Hold>,
+    pub(crate) liveness: Arc<Liveness>,
+    pub(crate) client: PeerRequests,
 }
 
-/// Waits until the appends under way to `let_go` have ended, then for their leader lease to run
-/// out.
-async fn wait_out_leases(core: &Core, let_go: &BTreeSet<NodeId>) {
-    let deadline = Instant::now() + PAUSE_WAIT;
-    while !core.hold.drained(let_go) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+impl Transfer {
+    fn raft(&self) -> &Raft {
+        self.writes.raft()
     }
-    tokio::time::sleep(LEADER_LEASE + MARGIN).await;
-}
 
-/// Waits until `next` holds every entry of this node's log.
-async fn await_caught_up(core: &Core, next: NodeId) -> Result<(), ClusterError> {
-    let mut metrics = core.raft.metrics();
-    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
-    loop {
-        let caught_up = {
-            let now = metrics.borrow_and_update();
-            let matched = now
-                .replication
-                .as_ref()
-                .and_then(|replication| replication.get(&next).copied().flatten())
-                .map(|log_id| log_id.index);
-            matched.is_some() && matched >= now.last_log_index
-        };
-        if caught_up {
-            return Ok(());
+    /// Hands this node's leadership over to another voter that `may_lead` allows, as the
+    /// module documentation says; returns once another node leads (or at once when this one
+    /// does not).
+    pub(crate) async fn hand_over(
+        &self,
+        may_lead: impl Fn(NodeId) -> bool,
+    ) -> Result<HandOver, ClusterError> {
+        let started = Instant::now();
+        let _changing = self.writes.membership_change().await;
+        let metrics = self.raft().metrics().borrow().clone();
+        if metrics.current_leader != Some(self.me) {
+            return Ok(HandOver::NotLeader);
         }
-        if tokio::time::timeout_at(deadline, metrics.changed())
-            .await
-            .is_err()
-        {
-            return Err(ClusterError::HandOver(format!(
-                "node {next} did not catch up within {CATCH_UP_WAIT:?}"
-            )));
+        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        if voters.len() == 1 {
+            return Ok(HandOver::Alone);
         }
+        let live = self.liveness.live_voters(self.me, &voters);
+        let matched: BTreeMap<NodeId, u64> = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter_map(|(id, log_id)| log_id.map(|log_id| (*id, log_id.index)))
+            .collect();
+        let plan = plan(&voters, &live, &matched, self.me, may_lead)
+            .map_err(|e| ClusterError::HandOver(e.to_string()))?;
+        tracing::info!(next = plan.next, let_go = ?plan.let_go, "handing leadership over");
+
+        let _holding = self.hold.hold(&plan.let_go);
+        if !plan.let_go.is_empty() {
+            self.wait_out_leases(&plan.let_go).await;
+        }
+        let led = self
+            .contact
+            .leading_for(self.me, &self.raft().metrics().borrow());
+        match led {
+            Some(led) if led < LEADER_LEASE + MARGIN => {
+                tokio::time::sleep(LEADER_LEASE + MARGIN - led).await;
+            }
+            Some(_) => {}
+            None => return Ok(HandOver::NotLeader),
+        }
+        // Whether or not the writes under way all ended, none starts from here on.
+        let _paused = tokio::time::timeout(PAUSE_WAIT, self.writes.pause()).await;
+        self.await_caught_up(plan.next).await?;
+        let term = self.raft().metrics().borrow().current_term;
+        self.ask_to_stand(plan.next, term).await?;
+        let node = self.await_another_leader().await?;
+        let took = started.elapsed();
+        tracing::info!(
+            node,
+            took_ms = took.as_millis() as u64,
+            "leadership handed over"
+        );
+        Ok(HandOver::HandedTo { node, took })
     }
-}
 
-/// Asks `next` to stand for election in the term after `term`.
-async fn ask_to_stand(core: &Core, next: NodeId, term: u64) -> Result<(), ClusterError> {
-    let addr = core
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&next)
-        .map(|node| node.addr.clone())
-        .ok_or_else(|| ClusterError::HandOver(format!("node {next} left the membership")))?;
-    let request = ElectRequest {
-        leader: core.node_id(),
-        term,
-    };
-    let post = core.client.post(&addr, ELECT_PATH).json(&request);
-    match send_to_peer(post, &addr, &core.settings.secret, CATCH_UP_WAIT).await? {
-        ElectOutcome::Standing => Ok(()),
-        ElectOutcome::Refused { reason } => Err(ClusterError::HandOver(format!(
-            "node {next} does not stand: {reason}"
-        ))),
-    }
-}
-
-/// Waits until another node leads; returns it.
-async fn await_another_leader(core: &Core) -> Result<NodeId, ClusterError> {
-    let me = core.node_id();
-    let mut metrics = core.raft.metrics();
-    let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
-    loop {
-        let leader = metrics.borrow_and_update().current_leader;
-        if let Some(leader) = leader.filter(|leader| *leader != me) {
-            return Ok(leader);
+    /// Waits until the appends under way to `let_go` have ended, then for their leader lease
+    /// to run out.
+    async fn wait_out_leases(&self, let_go: &BTreeSet<NodeId>) {
+        let deadline = Instant::now() + PAUSE_WAIT;
+        while !self.hold.drained(let_go) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if tokio::time::timeout_at(deadline, metrics.changed())
-            .await
-            .is_err()
-        {
-            let still = if leader == Some(me) {
-                "this node still leads"
-            } else {
-                "no leader known"
+        tokio::time::sleep(LEADER_LEASE + MARGIN).await;
+    }
+
+    /// Waits until `next` holds every entry of this node's log.
+    async fn await_caught_up(&self, next: NodeId) -> Result<(), ClusterError> {
+        let mut metrics = self.raft().metrics();
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        loop {
+            let caught_up = {
+                let now = metrics.borrow_and_update();
+                let matched = now
+                    .replication
+                    .as_ref()
+                    .and_then(|replication| replication.get(&next).copied().flatten())
+                    .map(|log_id| log_id.index);
+                matched.is_some() && matched >= now.last_log_index
             };
-            return Err(ClusterError::HandOver(format!(
-                "no other leader within {ELECTION_WAIT:?}: {still}"
-            )));
+            if caught_up {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Err(ClusterError::HandOver(format!(
+                    "node {next} did not catch up within {CATCH_UP_WAIT:?}"
+                )));
+            }
+        }
+    }
+
+    /// Asks `next` to stand for election in the term after `term`.
+    async fn ask_to_stand(&self, next: NodeId, term: u64) -> Result<(), ClusterError> {
+        let addr = node_addr(self.raft(), next)
+            .ok_or_else(|| ClusterError::HandOver(format!("node {next} left the membership")))?;
+        let request = ElectRequest {
+            leader: self.me,
+            term,
+        };
+        let asked = self.client.post(&addr, ELECT_PATH, &request, CATCH_UP_WAIT);
+        match asked.await? {
+            ElectOutcome::Standing => Ok(()),
+            ElectOutcome::Refused { reason } => Err(ClusterError::HandOver(format!(
+                "node {next} does not stand: {reason}"
+            ))),
+        }
+    }
+
+    /// Waits until another node leads; returns it.
+    async fn await_another_leader(&self) -> Result<NodeId, ClusterError> {
+        let me = self.me;
+        let mut metrics = self.raft().metrics();
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        loop {
+            let leader = metrics.borrow_and_update().current_leader;
+            if let Some(leader) = leader.filter(|leader| *leader != me) {
+                return Ok(leader);
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                let still = if leader == Some(me) {
+                    "this node still leads"
+                } else {
+                    "no leader known"
+                };
+                return Err(ClusterError::HandOver(format!(
+                    "no other leader within {ELECTION_WAIT:?}: {still}"
+                )));
+            }
         }
     }
 }
@@ -274,13 +293,14 @@ pub(crate) enum ElectOutcome {
     Refused { reason: String },
 }
 
-/// The next leader's side: stands at once if it follows the asking leader in its term and is a
-/// voter.
+/// The next leader's side (node `me`): stands at once if it follows the asking leader in its
+/// term and is a voter.
 pub(crate) async fn stand(
-    core: &Core,
+    me: NodeId,
+    raft: &Raft,
     request: ElectRequest,
 ) -> Result<ElectOutcome, ClusterError> {
-    let metrics = core.raft.metrics().borrow().clone();
+    let metrics = raft.metrics().borrow().clone();
     let refused = |reason: String| Ok(ElectOutcome::Refused { reason });
     if metrics.current_term != request.term || metrics.current_leader != Some(request.leader) {
         return refused(format!(
@@ -288,7 +308,6 @@ pub(crate) async fn stand(
             metrics.current_leader, metrics.current_term, request.leader, request.term
         ));
     }
-    let me = core.node_id();
     if !metrics
         .membership_config
         .membership()
@@ -297,8 +316,7 @@ pub(crate) async fn stand(
     {
         return refused("it is not a voter".to_owned());
     }
-    core.raft
-        .trigger()
+    raft.trigger()
         .elect()
         .await
         .map_err(|e| ClusterError::Fatal(Box::new(e)))?;

@@ -17,11 +17,11 @@ use chorus_storage::{StorageError, Store, StoredEvent};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::Core;
 use crate::error::ClusterError;
-use crate::peer_request::send_to_peer;
+use crate::peer_request::PeerRequests;
+use crate::raft_view::other_nodes;
 use crate::state::ChannelKey;
-use crate::types::LONGEST_NAME;
+use crate::types::{NodeId, Raft, LONGEST_NAME};
 
 /// The path of a history question on the cluster port.
 pub(crate) const HISTORY_PATH: &str = "/cluster/history";
@@ -102,49 +102,61 @@ pub(crate) fn answer(
     })
 }
 
+/// What the repair of skipped history uses.
+pub(crate) struct Repair {
+    pub(crate) me: NodeId,
+    /// For the other nodes of the membership.
+    pub(crate) raft: Raft,
+    pub(crate) store: Store,
+    pub(crate) gaps: HistoryGaps,
+    pub(crate) client: PeerRequests,
+}
+
 /// Fetches the skipped history of every recorded channel from another node, until the runtime
 /// stops; a channel that could not be finished is tried again at the next round.
-pub(crate) async fn repair_history(core: Arc<Core>) {
+pub(crate) async fn repair_history(repair: Repair) {
     loop {
         tokio::time::sleep(ROUND).await;
-        for key in core.history_gaps.take() {
-            match repair_channel(&core, &key).await {
+        for key in repair.gaps.take() {
+            match repair.channel(&key).await {
                 Ok(added) if added > 0 => {
                     tracing::info!(app = %key.app, channel = %key.channel, added, "history the snapshot skipped fetched from another node");
                 }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(app = %key.app, channel = %key.channel, error = %e, "cannot fetch skipped history yet");
-                    core.history_gaps.record(key);
+                    repair.gaps.record(key);
                 }
             }
         }
     }
 }
 
-/// Adds the events before this node's oldest, page by page, from the first other node that has
-/// them; returns how many it added.
-async fn repair_channel(core: &Core, key: &ChannelKey) -> Result<u64, ClusterError> {
-    let mut added = 0;
-    let mut answered = false;
-    for (peer, addr) in core.other_nodes() {
-        loop {
-            let history = core.store.history();
-            let here = history
-                .channel(&key.app, &key.channel)
-                .map_err(|e| ClusterError::History(e.to_string()))?;
-            let Some(here) = here.filter(|here| here.first_offset > 1) else {
-                return Ok(added);
-            };
-            let question = HistoryQuestion {
-                app: key.app.clone(),
-                channel: key.channel.clone(),
-                before: here.first_offset,
-                limit: PAGE,
-            };
-            let post = core.client.post(&addr, HISTORY_PATH).json(&question);
-            let page: HistoryAnswer =
-                match send_to_peer(post, &addr, &core.settings.secret, PAGE_TIMEOUT).await {
+impl Repair {
+    /// Adds the events before this node's oldest, page by page, from the first other node that
+    /// has them; returns how many it added.
+    async fn channel(&self, key: &ChannelKey) -> Result<u64, ClusterError> {
+        let mut added = 0;
+        let mut answered = false;
+        let history = self.store.history();
+        for (peer, addr) in other_nodes(&self.raft, self.me) {
+            loop {
+                let here = history
+                    .channel(&key.app, &key.channel)
+                    .map_err(|e| ClusterError::History(e.to_string()))?;
+                let Some(here) = here.filter(|here| here.first_offset > 1) else {
+                    return Ok(added);
+                };
+                let question = HistoryQuestion {
+                    app: key.app.clone(),
+                    channel: key.channel.clone(),
+                    before: here.first_offset,
+                    limit: PAGE,
+                };
+                let asked = self
+                    .client
+                    .post(&addr, HISTORY_PATH, &question, PAGE_TIMEOUT);
+                let page: HistoryAnswer = match asked.await {
                     Ok(page) => {
                         answered = true;
                         page
@@ -154,22 +166,23 @@ async fn repair_channel(core: &Core, key: &ChannelKey) -> Result<u64, ClusterErr
                         break;
                     }
                 };
-            if page.epoch.as_deref() != Some(here.epoch.as_str()) || page.events.is_empty() {
-                break; // This node has nothing older in this epoch; try another.
+                if page.epoch.as_deref() != Some(here.epoch.as_str()) || page.events.is_empty() {
+                    break; // This node has nothing older in this epoch; try another.
+                }
+                let count = page.events.len() as u64;
+                let taken = history
+                    .backfill(&key.app, &key.channel, &here.epoch, &page.events)
+                    .map_err(|e| ClusterError::History(e.to_string()))?;
+                if !taken {
+                    break;
+                }
+                added += count;
             }
-            let count = page.events.len() as u64;
-            let taken = history
-                .backfill(&key.app, &key.channel, &here.epoch, &page.events)
-                .map_err(|e| ClusterError::History(e.to_string()))?;
-            if !taken {
-                break;
-            }
-            added += count;
         }
-    }
-    if answered {
-        Ok(added)
-    } else {
-        Err(ClusterError::History("no other node answered".to_owned()))
+        if answered {
+            Ok(added)
+        } else {
+            Err(ClusterError::History("no other node answered".to_owned()))
+        }
     }
 }

@@ -15,7 +15,6 @@
 //! `web::Data<Cluster>`.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use openraft::raft::{
@@ -24,16 +23,16 @@ use openraft::raft::{
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cluster::{Cluster, Core, Raft};
+use crate::cluster::Cluster;
 use crate::error::ClusterError;
-use crate::handover::{stand, ElectRequest, ELECT_PATH};
-use crate::history_repair::{self, HistoryQuestion, HISTORY_PATH};
-use crate::join::{admit, JoinRequest, JOIN_PATH};
+use crate::handover::{ElectRequest, ELECT_PATH};
+use crate::history_repair::{HistoryQuestion, HISTORY_PATH};
+use crate::join::{JoinRequest, JOIN_PATH};
 use crate::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
-use crate::propose::{write_as_leader, PROPOSE_PATH};
+use crate::propose::PROPOSE_PATH;
 use crate::removal::{RemoveOutcome, RemoveRequest, REMOVE_PATH};
 use crate::secret::SECRET_HEADER;
-use crate::types::{NodeId, Request, TypeConfig};
+use crate::types::{NodeId, Raft, Request, TypeConfig};
 
 /// Largest RPC body: a full batch of log entries, or a snapshot chunk as JSON.
 const MAX_RPC_BYTES: usize = 64 * 1024 * 1024;
@@ -124,12 +123,12 @@ async fn append_entries(
     cluster: web::Data<Cluster>,
     rpc: web::Json<AppendEntriesRequest<TypeConfig>>,
 ) -> HttpResponse {
-    let core = cluster.core();
+    let heard = cluster.clone();
     relay(&cluster, |raft| async move {
         let answer = raft.append_entries(rpc.into_inner()).await;
         if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
         {
-            core.heard_from_leader();
+            heard.heard_from_leader();
         }
         answer
     })
@@ -159,25 +158,12 @@ async fn install_snapshot(
     .await
 }
 
-/// Runs `work` with the node's core on the Raft runtime and answers what it returned.
-async fn with_core<T, Work>(cluster: &Cluster, work: impl FnOnce(Arc<Core>) -> Work) -> HttpResponse
-where
-    T: Serialize + Send + 'static,
-    Work: Future<Output = Result<T, ClusterError>> + Send + 'static,
-{
-    let outcome = cluster.on_raft_runtime(work(cluster.core())).await;
-    answer(outcome.and_then(|done| done))
-}
-
 async fn join(
     _: Authorized,
     cluster: web::Data<Cluster>,
     request: web::Json<JoinRequest>,
 ) -> HttpResponse {
-    with_core(&cluster, |core| async move {
-        admit(&core, request.into_inner()).await
-    })
-    .await
+    answer(cluster.admit(request.into_inner()).await)
 }
 
 async fn propose(
@@ -185,10 +171,7 @@ async fn propose(
     cluster: web::Data<Cluster>,
     request: web::Json<Request>,
 ) -> HttpResponse {
-    with_core(&cluster, |core| async move {
-        write_as_leader(&core, request.into_inner()).await
-    })
-    .await
+    answer(cluster.write_as_leader(request.into_inner()).await)
 }
 
 async fn elect(
@@ -196,10 +179,7 @@ async fn elect(
     cluster: web::Data<Cluster>,
     request: web::Json<ElectRequest>,
 ) -> HttpResponse {
-    with_core(&cluster, |core| async move {
-        stand(&core, request.into_inner()).await
-    })
-    .await
+    answer(cluster.stand(request.into_inner()).await)
 }
 
 /// An operator's removal: 200 with the voters left, 409 with the reason it is refused.
@@ -208,13 +188,7 @@ async fn remove(
     cluster: web::Data<Cluster>,
     request: web::Json<RemoveRequest>,
 ) -> HttpResponse {
-    let id = request.id;
-    let core = cluster.core();
-    let outcome = cluster
-        .on_raft_runtime(async move { crate::removal::remove(&core, id).await })
-        .await
-        .and_then(|done| done);
-    match outcome {
+    match cluster.remove(request.id).await {
         Ok(RemoveOutcome::Refused { reason }) => {
             HttpResponse::Conflict().json(json!({"error": reason}))
         }
@@ -254,7 +228,7 @@ async fn history(
         return HttpResponse::BadRequest()
             .json(json!({"error": "app id or channel name too long"}));
     }
-    match history_repair::answer(&cluster.core().store, &question) {
+    match cluster.history_page(&question) {
         Ok(page) => HttpResponse::Ok().json(page),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
     }

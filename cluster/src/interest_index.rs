@@ -12,7 +12,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::state::{ChannelKey, ReplicatedState};
-use crate::types::{NodeId, Request};
+use crate::types::NodeId;
 
 /// Nodes with interest, by app, then channel.
 type Table = HashMap<String, HashMap<String, Arc<[NodeId]>>>;
@@ -23,61 +23,18 @@ pub struct InterestIndex {
     table: Arc<RwLock<Table>>,
 }
 
-/// The channels whose interest an entry may change.
-pub(crate) enum Touched {
-    None,
-    Channels(Vec<ChannelKey>),
-    All,
-}
-
-impl Touched {
-    /// What `request` may change, looked at before it is applied to `state`.
-    pub(crate) fn by(request: &Request, state: &ReplicatedState) -> Touched {
-        match request {
-            Request::SetInterest { app, channel, .. } => {
-                Touched::Channels(vec![ChannelKey::new(app, channel)])
-            }
-            Request::UpdateInterest {
-                node,
-                reset,
-                changes,
-            } => {
-                let mut keys: Vec<ChannelKey> = changes
-                    .iter()
-                    .map(|change| ChannelKey::new(&change.app, &change.channel))
-                    .collect();
-                if *reset {
-                    keys.extend(state.interest_of(*node));
-                }
-                Touched::Channels(keys)
-            }
-            Request::RemoveMember { .. } => Touched::All,
-            Request::AddMember { .. }
-            | Request::SetDesiredMembers(_)
-            | Request::SetRetired { .. }
-            | Request::UpdatePresence { .. }
-            | Request::HistoryAppend { .. } => Touched::None,
-        }
-    }
-}
-
 impl InterestIndex {
     /// The nodes with local subscribers of `channel` of `app` (this node too, if it has them).
     pub fn nodes(&self, app: &str, channel: &str) -> Option<Arc<[NodeId]>> {
         self.table.read().get(app)?.get(channel).cloned()
     }
 
-    /// Makes the index say what `state` says, for the channels `touched`.
-    pub(crate) fn refresh(&self, state: &ReplicatedState, touched: Touched) {
-        match touched {
-            Touched::None => {}
-            Touched::All => self.rebuild(state),
-            Touched::Channels(keys) => {
-                for key in keys {
-                    let nodes = state.interested_nodes(&key.app, &key.channel);
-                    self.set(key, nodes);
-                }
-            }
+    /// Makes the index say what `state` says, for the channels `touched` (see
+    /// [`ReplicatedState::interest_touched_by`]).
+    pub(crate) fn refresh(&self, state: &ReplicatedState, touched: &[ChannelKey]) {
+        for key in touched {
+            let nodes = state.interested_nodes(&key.app, &key.channel);
+            self.set(key, nodes);
         }
     }
 
@@ -93,7 +50,7 @@ impl InterestIndex {
         *self.table.write() = table;
     }
 
-    fn set(&self, key: ChannelKey, nodes: Vec<NodeId>) {
+    fn set(&self, key: &ChannelKey, nodes: Vec<NodeId>) {
         let mut table = self.table.write();
         if nodes.is_empty() {
             if let Some(channels) = table.get_mut(&key.app) {
@@ -104,9 +61,9 @@ impl InterestIndex {
             }
         } else {
             table
-                .entry(key.app)
+                .entry(key.app.clone())
                 .or_default()
-                .insert(key.channel, nodes.into());
+                .insert(key.channel.clone(), nodes.into());
         }
     }
 }
@@ -114,12 +71,12 @@ impl InterestIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::InterestChange;
+    use crate::types::{Departure, InterestChange, Request};
 
     fn apply(index: &InterestIndex, state: &mut ReplicatedState, request: Request) {
-        let touched = Touched::by(&request, state);
-        state.apply(request);
-        index.refresh(state, touched);
+        let touched = state.interest_touched_by(&request);
+        state.apply(&request);
+        index.refresh(state, &touched);
     }
 
     fn nodes(index: &InterestIndex, channel: &str) -> Vec<NodeId> {
@@ -133,11 +90,14 @@ mod tests {
     fn the_index_follows_every_kind_of_interest_change() {
         let index = InterestIndex::default();
         let mut state = ReplicatedState::default();
-        let set = |node, channel: &str, present| Request::SetInterest {
+        let set = |node, channel: &str, present| Request::UpdateInterest {
             node,
-            app: "1".into(),
-            channel: channel.into(),
-            present,
+            reset: false,
+            changes: vec![InterestChange {
+                app: "1".into(),
+                channel: channel.into(),
+                present,
+            }],
         };
         apply(&index, &mut state, set(1, "news", true));
         apply(&index, &mut state, set(2, "news", true));
@@ -164,7 +124,11 @@ mod tests {
         assert_eq!(nodes(&index, "chat"), [2]);
 
         apply(&index, &mut state, set(3, "chat", true));
-        apply(&index, &mut state, Request::RemoveMember { id: 2 });
+        let removal = Request::RemoveMember {
+            id: 2,
+            why: Departure::DeclaredDead,
+        };
+        apply(&index, &mut state, removal);
         assert_eq!(nodes(&index, "chat"), [3]);
         assert!(index.nodes("2", "chat").is_none(), "apps are apart");
 

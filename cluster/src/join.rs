@@ -7,14 +7,12 @@
 
 use std::time::Duration;
 
-use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::Core;
 use crate::error::ClusterError;
-use crate::outbound::ClusterClient;
-use crate::peer_request::send_to_peer;
-use crate::secret::ClusterSecret;
+use crate::leader_writes::LeaderWrites;
+use crate::peer_request::PeerRequests;
+use crate::state_machine::StateReader;
 use crate::types::{NodeId, Request};
 
 /// How long the leader has to answer a join request.
@@ -44,10 +42,16 @@ pub enum JoinOutcome {
     NotListed { revision: u64 },
 }
 
-/// The leader's side: adds the node as a learner unless it is known.
-pub(crate) async fn admit(core: &Core, request: JoinRequest) -> Result<JoinOutcome, ClusterError> {
-    let metrics = core.raft.metrics().borrow().clone();
-    if metrics.current_leader != Some(core.node_id()) {
+/// The leader's side: adds the node as a learner unless it is known. `me` is this node, at
+/// cluster address `addr` (for errors).
+pub(crate) async fn admit(
+    (me, addr): (NodeId, &str),
+    writes: &LeaderWrites,
+    state: &StateReader,
+    request: JoinRequest,
+) -> Result<JoinOutcome, ClusterError> {
+    let metrics = writes.raft().metrics().borrow().clone();
+    if metrics.current_leader != Some(me) {
         return Ok(JoinOutcome::NotLeader {
             leader_id: metrics.current_leader,
         });
@@ -60,7 +64,7 @@ pub(crate) async fn admit(core: &Core, request: JoinRequest) -> Result<JoinOutco
     if known {
         return Ok(JoinOutcome::AlreadyMember);
     }
-    let (desired, retired) = core.state.read(|state| {
+    let (desired, retired) = state.read(|state| {
         let desired = state.desired().cloned();
         (desired, state.retired().contains(&request.node_id))
     });
@@ -71,26 +75,26 @@ pub(crate) async fn admit(core: &Core, request: JoinRequest) -> Result<JoinOutco
             });
         }
     }
-    let _writing = core.leader_writes.read().await;
+    let refused = |body: String| ClusterError::Refused {
+        addr: addr.to_owned(),
+        status: 503,
+        body,
+    };
     if retired {
         let taken_back = Request::SetRetired {
             id: request.node_id,
             retired: false,
         };
-        if let Err(e) = core.raft.client_write(taken_back).await {
-            return Err(refused(core, e.to_string()));
+        if let Err(e) = writes.write(taken_back).await {
+            return Err(refused(e.to_string()));
         }
         tracing::info!(
             node = request.node_id,
             "a retired node asked to join: taken back"
         );
     }
-    match core
-        .raft
-        .add_learner(request.node_id, BasicNode::new(&request.addr), false)
-        .await
-    {
-        Ok(_) => {
+    match writes.add_learner(request.node_id, &request.addr).await {
+        Ok(()) => {
             tracing::info!(node = request.node_id, addr = %request.addr, "node joined as learner");
             Ok(JoinOutcome::AddedAsLearner)
         }
@@ -98,26 +102,18 @@ pub(crate) async fn admit(core: &Core, request: JoinRequest) -> Result<JoinOutco
             Some(forward) => Ok(JoinOutcome::NotLeader {
                 leader_id: forward.leader_id,
             }),
-            None => Err(refused(core, e.to_string())),
+            None => Err(refused(e.to_string())),
         },
-    }
-}
-
-fn refused(core: &Core, body: String) -> ClusterError {
-    ClusterError::Refused {
-        addr: core.settings.advertise_addr.clone(),
-        status: 503,
-        body,
     }
 }
 
 /// The joining node's side: asks the leader at `leader_addr`.
 pub(crate) async fn request_join(
-    client: &ClusterClient,
+    client: &PeerRequests,
     leader_addr: &str,
-    secret: &ClusterSecret,
     request: &JoinRequest,
 ) -> Result<JoinOutcome, ClusterError> {
-    let post = client.post(leader_addr, JOIN_PATH).json(request);
-    send_to_peer(post, leader_addr, secret, JOIN_TIMEOUT).await
+    client
+        .post(leader_addr, JOIN_PATH, request, JOIN_TIMEOUT)
+        .await
 }

@@ -12,33 +12,38 @@
 //! ([`membership`]), declaring dead the members that stop answering ([`liveness`]) and taking
 //! them back when they answer again (`readmission`).
 //!
-//! The data plane: the node declares its channel interest and its presence users (`declared`,
-//! through the leader with [`propose`]), and [`forward`] sends a published frame to every other
-//! node with interest in its channel, read from the [`InterestIndex`] kept beside the state. A
-//! history publish is a log entry: applying it stores the events in every node's history and
-//! hands them, with presence changes, to the node to deliver ([`delivery`]). [`query`] asks
-//! every other member the same question at once, for answers that cover the whole cluster.
+//! What the cluster commits reaches the node as a feed ([`feed`]) of typed changes
+//! ([`changes`]): history stored, users joining and leaving presence channels, channels occupied
+//! and vacated, nodes admitted and gone; cluster-wide, once per change, in log order, each with
+//! its log index. The data plane: the node declares its channel interest and its presence users
+//! (`declarations`, through the leader with [`propose`]), and [`forward`] sends a published
+//! frame to every other node with interest in its channel, read from the [`InterestIndex`] kept
+//! beside the state. [`query`] asks every other member the same question at once, for answers
+//! that cover the whole cluster.
 
 #![allow(
     clippy::result_large_err,
     reason = "openraft's storage traits return its large StorageError; our helpers pass it through"
 )]
 
+pub mod changes;
 pub mod cluster;
+mod contact;
+mod declarations;
 mod declared;
-pub mod delivery;
 pub mod desired;
 mod election_gate;
 pub mod error;
+pub mod feed;
 mod flusher;
 pub mod forward;
 pub mod handover;
 pub mod history_repair;
 mod hold;
 pub mod http;
-mod interest;
 pub mod interest_index;
 pub mod join;
+mod leader_writes;
 pub mod liveness;
 pub mod log_store;
 pub mod membership;
@@ -49,9 +54,11 @@ mod peer_request;
 pub mod peers;
 pub mod propose;
 pub mod query;
+mod raft_view;
 mod readmission;
 pub mod removal;
 pub mod resolve;
+mod roster;
 pub mod secret;
 pub mod snapshot;
 pub mod state;
@@ -59,10 +66,11 @@ pub mod state_machine;
 pub mod status;
 pub mod types;
 
-pub use cluster::{Cluster, ClusterSettings, Raft, DEFAULT_SNAPSHOT_EVERY};
-pub use delivery::{Committed, Deliver, Delivery, HistoryCommit};
+pub use changes::{Change, Committed, HistoryCommit};
+pub use cluster::{Cluster, ClusterSettings, DEFAULT_SNAPSHOT_EVERY};
 pub use desired::{read_members_file, DesiredMembers, MembersFileError};
 pub use error::ClusterError;
+pub use feed::{Batch, CommitFeed, OrderLock};
 pub use forward::{ForwardBatch, ForwardedFrame, Forwarder, DELIVER_PATH};
 pub use handover::HandOver;
 pub use interest_index::InterestIndex;
@@ -78,6 +86,6 @@ pub use state::{ChannelKey, HistoryPosition, PresenceMember, ReplicatedState};
 pub use state_machine::{StateMachineStore, StateReader};
 pub use status::{fetch_status, ClusterStatus, MemberStatus, Role};
 pub use types::{
-    Entry, InterestChange, LogId, Node, NodeId, PresenceChange, PresenceEvent, PresenceUserRef,
-    RaftStorageError, Request, Response, TypeConfig,
+    Departure, Entry, InterestChange, LogId, Node, NodeId, PresenceChange, PresenceEvent,
+    PresenceUserRef, Raft, RaftStorageError, Request, Response, TypeConfig,
 };

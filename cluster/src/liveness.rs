@@ -17,14 +17,16 @@
 //! answered within [`ANSWERED_RECENTLY`], and it then declares its state again
 //! ([`crate::readmission`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use prometheus::IntCounter;
 
-use crate::cluster::Core;
-use crate::types::{NodeId, Request, Response};
+use crate::leader_writes::LeaderWrites;
+use crate::state_machine::StateReader;
+use crate::types::{Departure, NodeId, Request, Response};
 
 /// The shortest `dead_after` accepted: a follower calls an election after 0.6-1.2 s without a
 /// heartbeat, and openraft retries an unreachable node after 250 ms, then 500 ms, 1 s: below
@@ -80,6 +82,15 @@ impl Liveness {
             .is_some_and(|heard| heard.elapsed() < within)
     }
 
+    /// The voters of `voters` that answer now (see [`ANSWERS_NOW`]); `me` among them.
+    pub(crate) fn live_voters(&self, me: NodeId, voters: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
+        voters
+            .iter()
+            .copied()
+            .filter(|id| *id == me || self.answered_within(*id, ANSWERS_NOW))
+            .collect()
+    }
+
     /// True when node `id` has not answered for `dead_after`, counting from `since` at the
     /// earliest (when this node started to lead).
     fn is_dead(&self, id: NodeId, since: Instant) -> bool {
@@ -89,10 +100,19 @@ impl Liveness {
     }
 }
 
+/// What the leader's search for silent members uses.
+pub(crate) struct DeathWatch {
+    pub(crate) me: NodeId,
+    pub(crate) writes: Arc<LeaderWrites>,
+    pub(crate) state: StateReader,
+    pub(crate) liveness: Arc<Liveness>,
+    pub(crate) declared_dead: IntCounter,
+}
+
 /// While this node leads, declares dead every member that stopped answering; until the
 /// runtime stops.
-pub(crate) async fn declare_the_dead(core: Arc<Core>) {
-    let me = core.node_id();
+pub(crate) async fn declare_the_dead(watch: DeathWatch) {
+    let me = watch.me;
     // The term this node leads in, and since when.
     let mut leading: Option<(u64, Instant)> = None;
     let mut last_check = Instant::now();
@@ -105,7 +125,7 @@ pub(crate) async fn declare_the_dead(core: Arc<Core>) {
         }
         last_check = Instant::now();
         let (term, leader, applied_term) = {
-            let metrics = core.raft.metrics();
+            let metrics = watch.writes.raft().metrics();
             let metrics = metrics.borrow();
             (
                 metrics.current_term,
@@ -130,48 +150,53 @@ pub(crate) async fn declare_the_dead(core: Arc<Core>) {
             // wait until this term's first entry is applied.
             continue;
         }
-        let dead: Vec<NodeId> = core.state.read(|state| {
+        let dead: Vec<NodeId> = watch.state.read(|state| {
             state
                 .members()
                 .keys()
                 .copied()
-                .filter(|id| *id != me && core.liveness.is_dead(*id, since))
+                .filter(|id| *id != me && watch.liveness.is_dead(*id, since))
                 .collect()
         });
         for id in dead {
-            if !declare_dead(&core, id).await {
+            if !watch.declare_dead(id).await {
                 break;
             }
         }
     }
 }
 
-/// Commits the removal of member `id`; false when it could not be written.
-async fn declare_dead(core: &Core, id: NodeId) -> bool {
-    let silent = core.liveness.dead_after.as_secs();
-    let _writing = core.leader_writes.read().await;
-    match core.raft.client_write(Request::RemoveMember { id }).await {
-        Ok(written) => {
-            core.series.declared_dead.inc();
-            let users_left = match written.data {
-                Response::MemberRemoved { users_left } => users_left.len(),
-                _ => 0,
-            };
-            tracing::warn!(
-                node = id,
-                silent_secs = silent,
-                users_left,
-                "node declared dead: removed from the members"
-            );
-            true
-        }
-        Err(e) => {
-            if e.forward_to_leader().is_some() {
-                tracing::debug!(node = id, error = %e, "no longer the leader: not declared dead");
-            } else {
-                tracing::warn!(node = id, error = %e, "cannot declare a node dead; retrying");
+impl DeathWatch {
+    /// Commits the removal of member `id`; false when it could not be written.
+    async fn declare_dead(&self, id: NodeId) -> bool {
+        let silent = self.liveness.dead_after.as_secs();
+        let removal = Request::RemoveMember {
+            id,
+            why: Departure::DeclaredDead,
+        };
+        match self.writes.write(removal).await {
+            Ok(written) => {
+                self.declared_dead.inc();
+                let users_left = match written.data {
+                    Response::MemberRemoved { users_left } => users_left.len(),
+                    _ => 0,
+                };
+                tracing::warn!(
+                    node = id,
+                    silent_secs = silent,
+                    users_left,
+                    "node declared dead: removed from the members"
+                );
+                true
             }
-            false
+            Err(e) => {
+                if e.forward_to_leader().is_some() {
+                    tracing::debug!(node = id, error = %e, "no longer the leader: not declared dead");
+                } else {
+                    tracing::warn!(node = id, error = %e, "cannot declare a node dead; retrying");
+                }
+                false
+            }
         }
     }
 }

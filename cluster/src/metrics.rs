@@ -1,12 +1,18 @@
 //! The cluster's series in a node's Prometheus registry: Raft's term, leadership, log positions
-//! and RPC errors, updated from openraft's metrics watch (see [`crate::cluster`]) and by the
-//! network client for failed RPCs; the members and their failures ([`crate::liveness`],
+//! and RPC errors, updated from openraft's metrics watch ([`watch_raft`]) and by the network
+//! client for failed RPCs; the members and their failures ([`crate::liveness`],
 //! [`crate::readmission`]); the forwarding of frames between nodes, by peer; and the questions
 //! to the other members that went unanswered ([`crate::query`]), by peer and reason.
 
+use std::sync::Arc;
+
+use chorus_storage::Store;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::types::NodeId;
+use crate::contact::LeaderContact;
+use crate::state_machine::StateReader;
+use crate::status::commit_index;
+use crate::types::{NodeId, Raft};
 
 /// The node's Raft metrics, registered in its registry.
 #[derive(Clone)]
@@ -165,4 +171,57 @@ impl QuerySeries {
             .with_label_values(&[&peer.to_string(), reason])
             .inc();
     }
+}
+
+/// What the watch over Raft's metrics updates, and reads besides them.
+pub(crate) struct RaftWatch {
+    pub(crate) me: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) series: RaftSeries,
+    /// Told when this node leads.
+    pub(crate) contact: Arc<LeaderContact>,
+    /// For the commit index.
+    pub(crate) store: Store,
+    /// For the members.
+    pub(crate) state: StateReader,
+}
+
+/// Keeps the Prometheus series in step with Raft's metrics, and tells `contact` since when
+/// this node leads, until Raft stops.
+pub(crate) async fn watch_raft(watch: RaftWatch) {
+    let series = &watch.series;
+    let mut metrics_watch = watch.raft.metrics();
+    let mut leader = None;
+    loop {
+        let metrics = metrics_watch.borrow_and_update().clone();
+        series.term.set(gauge_value(metrics.current_term));
+        let leads = metrics.current_leader == Some(watch.me);
+        series.is_leader.set(i64::from(leads));
+        if metrics.current_leader != leader {
+            if metrics.current_leader.is_some() {
+                series.leader_changes.inc();
+            }
+            leader = metrics.current_leader;
+        }
+        if leads {
+            watch.contact.leads(metrics.current_term);
+        }
+        let last_log_index = metrics.last_log_index.unwrap_or(0);
+        series.last_log_index.set(gauge_value(last_log_index));
+        let applied = metrics.last_applied.map_or(0, |l| l.index);
+        series.applied_index.set(gauge_value(applied));
+        let committed = commit_index(&watch.store).unwrap_or(0);
+        series.commit_index.set(gauge_value(committed));
+        let voters = metrics.membership_config.membership().voter_ids().count();
+        series.voters.set(gauge_value(voters as u64));
+        let members = watch.state.read(|state| state.members().len());
+        series.members.set(gauge_value(members as u64));
+        if metrics_watch.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn gauge_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }

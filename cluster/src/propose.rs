@@ -3,13 +3,15 @@
 //! cluster port, with the secret), which writes it and answers once it is committed. A node that
 //! is no longer the leader when asked says so, and the proposer asks the one it names.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::Core;
 use crate::error::ClusterError;
-use crate::peer_request::send_to_peer;
+use crate::leader_writes::LeaderWrites;
+use crate::peer_request::PeerRequests;
+use crate::raft_view::node_addr;
 use crate::types::{NodeId, Request, Response, LONGEST_NAME};
 
 /// The path of a proposal on the cluster port.
@@ -34,14 +36,16 @@ pub enum ProposeOutcome {
     NotLeader { leader_id: Option<NodeId> },
 }
 
-/// The leader's side: writes `request` to the log and waits until it is committed.
+/// The leader's side: writes `request` to the log and waits until it is committed. `me` is this
+/// node's cluster address, for errors.
 pub(crate) async fn write_as_leader(
-    core: &Core,
+    writes: &LeaderWrites,
+    me: &str,
     request: Request,
 ) -> Result<ProposeOutcome, ClusterError> {
     if !request.is_plausible() {
         return Err(ClusterError::Refused {
-            addr: core.settings.advertise_addr.clone(),
+            addr: me.to_owned(),
             status: 400,
             body: format!("an app id or channel name is over {LONGEST_NAME} bytes"),
         });
@@ -49,12 +53,9 @@ pub(crate) async fn write_as_leader(
     // A leader cut off from a majority stays leader until it hears of a newer term, and its
     // writes wait for a commit that cannot come. A leader handing over holds its writes back
     // (see `crate::handover`) until another leads: then this one answers where it is.
-    let written = tokio::time::timeout(COMMIT_TIMEOUT, async {
-        let _writing = core.leader_writes.read().await;
-        core.raft.client_write(request).await
-    })
-    .await
-    .map_err(|_| ClusterError::Uncommitted(COMMIT_TIMEOUT))?;
+    let written = tokio::time::timeout(COMMIT_TIMEOUT, writes.write(request))
+        .await
+        .map_err(|_| ClusterError::Uncommitted(COMMIT_TIMEOUT))?;
     match written {
         Ok(written) => Ok(ProposeOutcome::Applied {
             response: written.data,
@@ -65,7 +66,7 @@ pub(crate) async fn write_as_leader(
                 leader_id: forward.leader_id,
             }),
             None => Err(ClusterError::Refused {
-                addr: core.settings.advertise_addr.clone(),
+                addr: me.to_owned(),
                 status: 503,
                 body: e.to_string(),
             }),
@@ -73,79 +74,100 @@ pub(crate) async fn write_as_leader(
     }
 }
 
-/// Writes `request` through the current leader, this node or another; returns what applying it
-/// answered. While there is no leader (an election), or the leader cannot be connected to (it
-/// died, and the others have not noticed yet), it waits and asks again, for at most
-/// [`PROPOSE_TIMEOUT`] in all. It never sends the request twice once a leader may have taken it.
-pub(crate) async fn propose(core: &Core, request: Request) -> Result<Response, ClusterError> {
-    propose_logged(core, request)
-        .await
-        .map(|(response, _)| response)
+/// Writes requests to the replicated state through the leader, wherever it is. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Proposer {
+    me: NodeId,
+    /// This node's cluster address.
+    addr: String,
+    writes: Arc<LeaderWrites>,
+    client: PeerRequests,
 }
 
-/// As [`propose`], also returning the index of the log entry the request became.
-pub(crate) async fn propose_logged(
-    core: &Core,
-    request: Request,
-) -> Result<(Response, u64), ClusterError> {
-    let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
-    let mut named = None;
-    loop {
-        let leader = match named.take() {
-            Some(leader) => leader,
-            None => await_leader(core, deadline).await?,
-        };
-        let outcome = if leader == core.node_id() {
-            write_as_leader(core, request.clone()).await
-        } else {
-            match leader_addr(core, leader) {
-                Some(addr) => {
-                    let post = core.client.post(&addr, PROPOSE_PATH).json(&request);
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    send_to_peer(post, &addr, &core.settings.secret, left).await
-                }
-                None => Err(ClusterError::NoLeader),
+impl Proposer {
+    pub(crate) fn new(
+        me: NodeId,
+        addr: String,
+        writes: Arc<LeaderWrites>,
+        client: PeerRequests,
+    ) -> Proposer {
+        Proposer {
+            me,
+            addr,
+            writes,
+            client,
+        }
+    }
+
+    /// Writes `request` through the current leader, this node or another; returns what applying
+    /// it answered. While there is no leader (an election), or the leader cannot be connected to
+    /// (it died, and the others have not noticed yet), it waits and asks again, for at most
+    /// [`PROPOSE_TIMEOUT`] in all. It never sends the request twice once a leader may have taken
+    /// it.
+    pub(crate) async fn propose(&self, request: Request) -> Result<Response, ClusterError> {
+        self.propose_logged(request)
+            .await
+            .map(|(response, _)| response)
+    }
+
+    /// As [`Proposer::propose`], also returning the index of the log entry the request became.
+    pub(crate) async fn propose_logged(
+        &self,
+        request: Request,
+    ) -> Result<(Response, u64), ClusterError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let mut named = None;
+        loop {
+            let leader = match named.take() {
+                Some(leader) => leader,
+                None => self.await_leader(deadline).await?,
+            };
+            let outcome = if leader == self.me {
+                write_as_leader(&self.writes, &self.addr, request.clone()).await
+            } else {
+                self.ask_leader(leader, &request, deadline).await
+            };
+            match outcome {
+                Ok(ProposeOutcome::Applied {
+                    response,
+                    log_index,
+                }) => return Ok((response, log_index)),
+                Ok(ProposeOutcome::NotLeader { leader_id }) => named = leader_id,
+                Err(ClusterError::Unreachable { source, .. }) if source.is_connect() => {}
+                Err(ClusterError::NoLeader) => {}
+                Err(e) => return Err(e),
             }
-        };
-        match outcome {
-            Ok(ProposeOutcome::Applied {
-                response,
-                log_index,
-            }) => return Ok((response, log_index)),
-            Ok(ProposeOutcome::NotLeader { leader_id }) => named = leader_id,
-            Err(ClusterError::Unreachable { source, .. }) if source.is_connect() => {}
-            Err(ClusterError::NoLeader) => {}
-            Err(e) => return Err(e),
-        }
-        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
-            return Err(ClusterError::NoLeader);
-        }
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
-}
-
-/// The leader this node knows of, waiting until `deadline` for one to be elected.
-async fn await_leader(core: &Core, deadline: tokio::time::Instant) -> Result<NodeId, ClusterError> {
-    let mut metrics = core.raft.metrics();
-    loop {
-        if let Some(leader) = metrics.borrow_and_update().current_leader {
-            return Ok(leader);
-        }
-        match tokio::time::timeout_at(deadline, metrics.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ClusterError::Stopped),
-            Err(_) => return Err(ClusterError::NoLeader),
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(ClusterError::NoLeader);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
-}
 
-/// The cluster address of node `id`, as Raft's membership has it.
-fn leader_addr(core: &Core, id: NodeId) -> Option<String> {
-    core.raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&id)
-        .map(|node| node.addr.clone())
+    /// Sends `request` to node `leader`, for it to write.
+    async fn ask_leader(
+        &self,
+        leader: NodeId,
+        request: &Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<ProposeOutcome, ClusterError> {
+        let addr = node_addr(self.writes.raft(), leader).ok_or(ClusterError::NoLeader)?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.client.post(&addr, PROPOSE_PATH, request, left).await
+    }
+
+    /// The leader this node knows of, waiting until `deadline` for one to be elected.
+    async fn await_leader(&self, deadline: tokio::time::Instant) -> Result<NodeId, ClusterError> {
+        let mut metrics = self.writes.raft().metrics();
+        loop {
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
+                return Ok(leader);
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ClusterError::Stopped),
+                Err(_) => return Err(ClusterError::NoLeader),
+            }
+        }
+    }
 }

@@ -17,16 +17,14 @@
 //! HTTP API answers and the termination of a user's connections on every node).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::cluster::{Cluster, Core};
 use crate::error::ClusterError;
-use crate::peer_request::send_to_peer;
+use crate::metrics::QuerySeries;
+use crate::peer_request::PeerRequests;
 use crate::types::NodeId;
 
 /// What the other members answered to one question.
@@ -38,45 +36,33 @@ pub struct Answers<A> {
     pub unanswered: Vec<NodeId>,
 }
 
-impl Cluster {
-    /// POSTs `question` as JSON to `path` on every other member's cluster port, in parallel,
-    /// and returns what each answered within `timeout`. Callable from any runtime; fails only
-    /// when the question cannot be encoded or the Raft runtime has stopped.
-    pub async fn ask_others<Q, A>(
-        &self,
-        path: &str,
-        question: &Q,
-        timeout: Duration,
-    ) -> Result<Answers<A>, ClusterError>
-    where
-        Q: Serialize + ?Sized,
-        A: DeserializeOwned + Send + 'static,
-    {
-        let body = serde_json::to_vec(question).map_err(ClusterError::Encode)?;
-        let core = self.core();
-        let path = path.to_owned();
-        self.on_raft_runtime(async move { ask(core, path, body, timeout).await })
-            .await
-    }
+/// A question to the other members: `body` (JSON) to POST to `path` on each of `members`
+/// (with their cluster addresses), each given `timeout` to answer.
+pub(crate) struct Question {
+    pub(crate) members: Vec<(NodeId, String)>,
+    pub(crate) path: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) timeout: Duration,
 }
 
-/// The question's round trip to every other member, on the Raft runtime.
-async fn ask<A: DeserializeOwned + Send + 'static>(
-    core: Arc<Core>,
-    path: String,
-    body: Vec<u8>,
-    timeout: Duration,
+/// The question's round trip to every other member, on the Raft runtime; the members left
+/// unanswered are counted in `series`.
+pub(crate) async fn ask<A: DeserializeOwned + Send + 'static>(
+    question: Question,
+    client: PeerRequests,
+    series: QuerySeries,
 ) -> Answers<A> {
+    let Question {
+        members,
+        path,
+        body,
+        timeout,
+    } = question;
     let mut asking = JoinSet::new();
-    for (node, addr) in core.other_nodes() {
-        let request = core
-            .client
-            .post(&addr, &path)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.clone());
-        let secret = core.settings.secret.clone();
+    for (node, addr) in members {
+        let (client, path, body) = (client.clone(), path.clone(), body.clone());
         asking.spawn(async move {
-            let answer = send_to_peer::<A>(request, &addr, &secret, timeout).await;
+            let answer = client.post_encoded::<A>(&addr, &path, body, timeout).await;
             (node, answer)
         });
     }
@@ -96,7 +82,7 @@ async fn ask<A: DeserializeOwned + Send + 'static>(
             Err(e) => {
                 let reason = unanswered_reason(&e);
                 tracing::debug!(node, path = %path, reason, error = %e, "a member did not answer");
-                core.query_series.unanswered(node, reason);
+                series.unanswered(node, reason);
                 answers.unanswered.push(node);
             }
         }

@@ -12,31 +12,43 @@
 
 use std::sync::Arc;
 
+use prometheus::IntCounter;
 use tokio::sync::watch;
 
-use crate::cluster::Core;
+use crate::declarations::Declarations;
+use crate::state_machine::StateReader;
+use crate::types::{NodeId, Raft};
+
+/// What the watch over this node's admissions uses.
+pub(crate) struct AdmissionWatch {
+    pub(crate) me: NodeId,
+    /// For its applied index: the watch looks again whenever it moves.
+    pub(crate) raft: Raft,
+    pub(crate) state: StateReader,
+    pub(crate) declarations: Arc<Declarations>,
+    pub(crate) readmissions: IntCounter,
+    pub(crate) admissions: watch::Sender<u64>,
+}
 
 /// Re-declares this node's interest and presence whenever it is (re-)admitted into the members,
-/// and publishes its admission count on `admissions`; until Raft stops.
-pub(crate) async fn watch_admission(core: Arc<Core>, admissions: watch::Sender<u64>) {
-    let me = core.node_id();
-    let mut applied = core.raft.metrics();
+/// and publishes its admission count; until Raft stops.
+pub(crate) async fn watch_admission(watch: AdmissionWatch) {
+    let mut applied = watch.raft.metrics();
     loop {
         // The count as applied here; unchanged while this node is not a member.
-        let admission = core.state.read(|state| state.admission(me));
+        let admission = watch.state.read(|state| state.admission(watch.me));
         if let Some(admission) = admission {
-            let before = *admissions.borrow();
+            let before = *watch.admissions.borrow();
             if admission != before {
                 if before != 0 {
-                    core.series.readmissions.inc();
+                    watch.readmissions.inc();
                     tracing::warn!(
                         admission,
                         "this node was taken back into the members: declaring its state again"
                     );
                 }
-                core.interest.declare_all_again();
-                core.presence.declare_all_again();
-                admissions.send_replace(admission);
+                watch.declarations.declare_all_again();
+                watch.admissions.send_replace(admission);
             }
         }
         if applied.changed().await.is_err() {

@@ -14,17 +14,21 @@
 //! (`SetRetired`), so that a static peer list that still names it does not bring it back.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::Core;
 use crate::error::ClusterError;
-use crate::handover::HandOver;
-use crate::liveness::ANSWERS_NOW;
-use crate::peer_request::send_to_peer;
-use crate::types::{NodeId, Request};
+use crate::handover::{HandOver, Transfer};
+use crate::leader_writes::LeaderWrites;
+use crate::liveness::Liveness;
+use crate::peer_request::PeerRequests;
+use crate::raft_view::node_addr;
+use crate::roster::Roster;
+use crate::state_machine::StateReader;
+use crate::types::{Departure, Node, NodeId, Request};
 
 /// The path of an operator's removal on the cluster port.
 pub(crate) const REMOVE_PATH: &str = "/cluster/remove";
@@ -124,58 +128,69 @@ pub(crate) fn next_step(
     }
 }
 
-/// The voters of this node's membership that answer now (this node among them; see
-/// [`ANSWERS_NOW`]).
-pub(crate) fn live_voters(core: &Core, voters: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
-    let me = core.node_id();
-    voters
-        .iter()
-        .copied()
-        .filter(|id| *id == me || core.liveness.answered_within(*id, ANSWERS_NOW))
-        .collect()
+/// What removals use. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Removals {
+    pub(crate) me: NodeId,
+    pub(crate) writes: Arc<LeaderWrites>,
+    pub(crate) state: StateReader,
+    pub(crate) roster: Arc<Roster>,
+    pub(crate) liveness: Arc<Liveness>,
+    pub(crate) client: PeerRequests,
+    /// For a leader that removes itself: it hands over first.
+    pub(crate) transfer: Transfer,
 }
 
-/// Takes voter `id` out of the membership (the leader's side, checks done), then out of the
-/// replicated members.
-pub(crate) async fn remove_voter(core: &Core, id: NodeId) -> Result<(), ClusterError> {
-    change(core, ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
-    forget_member(core, id).await
-}
-
-/// Takes learner `id` out of the membership (the leader's side).
-pub(crate) async fn remove_learner(core: &Core, id: NodeId) -> Result<(), ClusterError> {
-    change(core, ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
-    forget_member(core, id).await
-}
-
-async fn change(
-    core: &Core,
-    change: ChangeMembers<NodeId, crate::types::Node>,
-) -> Result<(), ClusterError> {
-    let _writing = core.leader_writes.read().await;
-    core.raft
-        .change_membership(change, false)
-        .await
-        .map(|_| ())
-        .map_err(|e| ClusterError::MembershipChange(e.to_string()))
-}
-
-/// Drops `id` from the replicated members, unless it is not one (declared dead already): its
-/// presence members and channel interest leave with it.
-async fn forget_member(core: &Core, id: NodeId) -> Result<(), ClusterError> {
-    if !core.state.read(|state| state.members().contains_key(&id)) {
-        return Ok(());
+impl Removals {
+    /// Removals by the node that hands its leadership over with `transfer`.
+    pub(crate) fn new(transfer: &Transfer, state: StateReader, roster: Arc<Roster>) -> Removals {
+        Removals {
+            me: transfer.me,
+            writes: transfer.writes.clone(),
+            state,
+            roster,
+            liveness: transfer.liveness.clone(),
+            client: transfer.client.clone(),
+            transfer: transfer.clone(),
+        }
     }
-    write(core, Request::RemoveMember { id }).await
-}
 
-async fn write(core: &Core, request: Request) -> Result<(), ClusterError> {
-    let _writing = core.leader_writes.read().await;
-    core.raft
-        .client_write(request)
-        .await
-        .map(|_| ())
-        .map_err(|e| ClusterError::MembershipChange(e.to_string()))
+    /// Takes voter `id` out of the membership (the leader's side, checks done), then out of
+    /// the replicated members.
+    pub(crate) async fn remove_voter(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+            .await?;
+        self.forget_member(id).await
+    }
+
+    /// Takes learner `id` out of the membership (the leader's side).
+    pub(crate) async fn remove_learner(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+            .await?;
+        self.forget_member(id).await
+    }
+
+    async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<(), ClusterError> {
+        let changed = self.writes.change_membership(change, false).await;
+        changed.map_err(|e| ClusterError::MembershipChange(e.to_string()))
+    }
+
+    /// Drops `id` from the replicated members, unless it is not one (declared dead already):
+    /// its presence members and channel interest leave with it.
+    async fn forget_member(&self, id: NodeId) -> Result<(), ClusterError> {
+        if !self.state.read(|state| state.members().contains_key(&id)) {
+            return Ok(());
+        }
+        let why = Departure::Removed;
+        self.write(Request::RemoveMember { id, why }).await
+    }
+
+    async fn write(&self, request: Request) -> Result<(), ClusterError> {
+        let written = self.writes.write(request).await;
+        written
+            .map(|_| ())
+            .map_err(|e| ClusterError::MembershipChange(e.to_string()))
+    }
 }
 
 /// An operator's removal of node `id`.
@@ -196,110 +211,93 @@ pub enum RemoveOutcome {
     NotLeader { leader_id: Option<NodeId> },
 }
 
-/// Removes node `id` through the leader, wherever it is (following it when it changes, as a
-/// leader that removes itself hands over first); answers `Removed` or `Refused`.
-pub(crate) async fn remove(core: &Core, id: NodeId) -> Result<RemoveOutcome, ClusterError> {
-    let deadline = tokio::time::Instant::now() + REMOVE_TIMEOUT;
-    loop {
-        let leader = core.raft.metrics().borrow().current_leader;
-        let outcome = match leader {
-            Some(leader) if leader == core.node_id() => remove_as_leader(core, id).await?,
-            Some(leader) => ask_leader(core, leader, id, deadline).await?,
-            None => RemoveOutcome::NotLeader { leader_id: None },
-        };
-        if !matches!(outcome, RemoveOutcome::NotLeader { .. }) {
-            return Ok(outcome);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ClusterError::NoLeader);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn ask_leader(
-    core: &Core,
-    leader: NodeId,
-    id: NodeId,
-    deadline: tokio::time::Instant,
-) -> Result<RemoveOutcome, ClusterError> {
-    let addr = core
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&leader)
-        .map(|node| node.addr.clone());
-    let Some(addr) = addr else {
-        return Ok(RemoveOutcome::NotLeader { leader_id: None });
-    };
-    let post = core
-        .client
-        .post(&addr, REMOVE_PATH)
-        .json(&RemoveRequest { id });
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    send_to_peer(post, &addr, &core.settings.secret, left).await
-}
-
-/// The leader's side of an operator's removal.
-async fn remove_as_leader(core: &Core, id: NodeId) -> Result<RemoveOutcome, ClusterError> {
-    let refused = |reason: String| Ok(RemoveOutcome::Refused { reason });
-    let me = core.node_id();
-    if let Some(revision) = following_a_file(core) {
-        return refused(format!(
-            "this cluster follows a members file (revision {revision}): remove node {id} from \
-             the file instead"
-        ));
-    }
-    let metrics = core.raft.metrics().borrow().clone();
-    let membership = metrics.membership_config.membership();
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    if membership.get_node(&id).is_none() {
-        return refused(format!("node {id} is not in the membership"));
-    }
-    if !voters.contains(&id) {
-        let _changing = core.membership_changes.lock().await;
-        write(core, Request::SetRetired { id, retired: true }).await?;
-        remove_learner(core, id).await?;
-        return Ok(removed(core, id));
-    }
-    if let Err(unsafe_now) = check(&voters, &live_voters(core, &voters), id) {
-        return refused(unsafe_now.to_string());
-    }
-    if id == me {
-        return match crate::handover::hand_over(core, |other| other != me).await {
-            Ok(HandOver::HandedTo { node, .. }) => Ok(RemoveOutcome::NotLeader {
-                leader_id: Some(node),
-            }),
-            Ok(HandOver::NotLeader | HandOver::Alone) => {
-                Ok(RemoveOutcome::NotLeader { leader_id: None })
+impl Removals {
+    /// Removes node `id` through the leader, wherever it is (following it when it changes, as
+    /// a leader that removes itself hands over first); answers `Removed` or `Refused`.
+    pub(crate) async fn remove(&self, id: NodeId) -> Result<RemoveOutcome, ClusterError> {
+        let deadline = tokio::time::Instant::now() + REMOVE_TIMEOUT;
+        loop {
+            let leader = self.writes.raft().metrics().borrow().current_leader;
+            let outcome = match leader {
+                Some(leader) if leader == self.me => self.remove_as_leader(id).await?,
+                Some(leader) => self.ask_leader(leader, id, deadline).await?,
+                None => RemoveOutcome::NotLeader { leader_id: None },
+            };
+            if !matches!(outcome, RemoveOutcome::NotLeader { .. }) {
+                return Ok(outcome);
             }
-            Err(e) => refused(format!("node {id} leads and cannot hand over: {e}")),
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn ask_leader(
+        &self,
+        leader: NodeId,
+        id: NodeId,
+        deadline: tokio::time::Instant,
+    ) -> Result<RemoveOutcome, ClusterError> {
+        let Some(addr) = node_addr(self.writes.raft(), leader) else {
+            return Ok(RemoveOutcome::NotLeader { leader_id: None });
         };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let request = RemoveRequest { id };
+        self.client.post(&addr, REMOVE_PATH, &request, left).await
     }
-    let _changing = core.membership_changes.lock().await;
-    write(core, Request::SetRetired { id, retired: true }).await?;
-    remove_voter(core, id).await?;
-    tracing::info!(node = id, "node removed by an operator");
-    Ok(removed(core, id))
-}
 
-fn removed(core: &Core, id: NodeId) -> RemoveOutcome {
-    let metrics = core.raft.metrics().borrow().clone();
-    RemoveOutcome::Removed {
-        id,
-        voters: metrics.membership_config.membership().voter_ids().collect(),
+    /// The leader's side of an operator's removal.
+    async fn remove_as_leader(&self, id: NodeId) -> Result<RemoveOutcome, ClusterError> {
+        let refused = |reason: String| Ok(RemoveOutcome::Refused { reason });
+        let me = self.me;
+        if let Some(revision) = self.roster.file_revision() {
+            return refused(format!(
+                "this cluster follows a members file (revision {revision}): remove node {id} \
+                 from the file instead"
+            ));
+        }
+        let metrics = self.writes.raft().metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if membership.get_node(&id).is_none() {
+            return refused(format!("node {id} is not in the membership"));
+        }
+        if !voters.contains(&id) {
+            let _changing = self.writes.membership_change().await;
+            self.write(Request::SetRetired { id, retired: true })
+                .await?;
+            self.remove_learner(id).await?;
+            return Ok(self.removed(id));
+        }
+        if let Err(unsafe_now) = check(&voters, &self.liveness.live_voters(me, &voters), id) {
+            return refused(unsafe_now.to_string());
+        }
+        if id == me {
+            return match self.transfer.hand_over(|other| other != me).await {
+                Ok(HandOver::HandedTo { node, .. }) => Ok(RemoveOutcome::NotLeader {
+                    leader_id: Some(node),
+                }),
+                Ok(HandOver::NotLeader | HandOver::Alone) => {
+                    Ok(RemoveOutcome::NotLeader { leader_id: None })
+                }
+                Err(e) => refused(format!("node {id} leads and cannot hand over: {e}")),
+            };
+        }
+        let _changing = self.writes.membership_change().await;
+        self.write(Request::SetRetired { id, retired: true })
+            .await?;
+        self.remove_voter(id).await?;
+        tracing::info!(node = id, "node removed by an operator");
+        Ok(self.removed(id))
     }
-}
 
-/// The revision of the desired members, when the cluster follows a members file.
-fn following_a_file(core: &Core) -> Option<u64> {
-    let replicated = core.state.read(|state| state.desired().map(|d| d.revision));
-    match (replicated, &core.settings.members_file) {
-        (Some(revision), _) => Some(revision),
-        (None, Some(_)) => core.file_members.lock().as_ref().map(|d| d.revision),
-        (None, None) => None,
+    fn removed(&self, id: NodeId) -> RemoveOutcome {
+        let metrics = self.writes.raft().metrics().borrow().clone();
+        RemoveOutcome::Removed {
+            id,
+            voters: metrics.membership_config.membership().voter_ids().collect(),
+        }
     }
 }
 

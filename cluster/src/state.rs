@@ -4,17 +4,16 @@
 //! members (from a members file, by revision) and the nodes an operator retired, channel interest
 //! (which nodes have local subscribers of which channel), presence sets (each user with a
 //! connection count per node, so a node's death removes exactly the users that were only there),
-//! and the position (epoch, next offset) of every history channel. Applying a [`Request`] is a pure, deterministic function of the state and the
-//! request; the whole state is what a snapshot holds.
+//! and the position (epoch, next offset) of every history channel. Applying a [`Request`] is a
+//! pure, deterministic function of the state and the request; the whole state is what a snapshot
+//! holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredMembers;
-use crate::types::{
-    InterestChange, NodeId, PresenceChange, PresenceEvent, PresenceUserRef, Request, Response,
-};
+use crate::types::{NodeId, PresenceChange, PresenceEvent, PresenceUserRef, Request, Response};
 
 /// A channel of an app.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -100,16 +99,16 @@ pub struct ReplicatedState {
 
 impl ReplicatedState {
     /// Applies one request and says what it did.
-    pub fn apply(&mut self, request: Request) -> Response {
+    pub fn apply(&mut self, request: &Request) -> Response {
         match request {
             Request::AddMember { id, addr } => {
-                if self.members.insert(id, addr).is_none() {
-                    *self.admissions.entry(id).or_default() += 1;
+                if self.members.insert(*id, addr.clone()).is_none() {
+                    *self.admissions.entry(*id).or_default() += 1;
                 }
                 Response::Applied
             }
-            Request::RemoveMember { id } => Response::MemberRemoved {
-                users_left: self.remove_member(id),
+            Request::RemoveMember { id, .. } => Response::MemberRemoved {
+                users_left: self.remove_member(*id),
             },
             Request::SetDesiredMembers(desired) => {
                 let newer = self
@@ -117,25 +116,16 @@ impl ReplicatedState {
                     .as_ref()
                     .is_none_or(|held| desired.revision > held.revision);
                 if newer {
-                    self.desired = Some(desired);
+                    self.desired = Some(desired.clone());
                 }
                 Response::Applied
             }
             Request::SetRetired { id, retired } => {
-                if retired {
-                    self.retired.insert(id);
+                if *retired {
+                    self.retired.insert(*id);
                 } else {
-                    self.retired.remove(&id);
+                    self.retired.remove(id);
                 }
-                Response::Applied
-            }
-            Request::SetInterest {
-                node,
-                app,
-                channel,
-                present,
-            } => {
-                self.set_interest(node, ChannelKey { app, channel }, present);
                 Response::Applied
             }
             Request::UpdateInterest {
@@ -143,16 +133,12 @@ impl ReplicatedState {
                 reset,
                 changes,
             } => {
-                if reset {
-                    self.clear_interest(node);
+                if *reset {
+                    self.clear_interest(*node);
                 }
-                for InterestChange {
-                    app,
-                    channel,
-                    present,
-                } in changes
-                {
-                    self.set_interest(node, ChannelKey { app, channel }, present);
+                for change in changes {
+                    let key = ChannelKey::new(&change.app, &change.channel);
+                    self.set_interest(*node, key, change.present);
                 }
                 Response::Applied
             }
@@ -161,7 +147,7 @@ impl ReplicatedState {
                 reset,
                 changes,
             } => Response::Presence {
-                events: self.update_presence(node, reset, changes),
+                events: self.update_presence(*node, *reset, changes),
             },
             Request::HistoryAppend {
                 app,
@@ -170,8 +156,8 @@ impl ReplicatedState {
                 events,
                 except: _,
             } => {
-                let (epoch, first_offset) =
-                    self.place_history(ChannelKey { app, channel }, fresh_epoch, events.len());
+                let key = ChannelKey::new(app, channel);
+                let (epoch, first_offset) = self.place_history(key, fresh_epoch, events.len());
                 Response::HistoryAppended {
                     epoch,
                     first_offset,
@@ -180,16 +166,40 @@ impl ReplicatedState {
         }
     }
 
+    /// The channels whose interest `request` may change, looked at before it is applied: those
+    /// it names, and with a reset or a member's removal those the node has now.
+    pub fn interest_touched_by(&self, request: &Request) -> Vec<ChannelKey> {
+        match request {
+            Request::UpdateInterest {
+                node,
+                reset,
+                changes,
+            } => {
+                let mut keys: Vec<ChannelKey> = changes
+                    .iter()
+                    .map(|change| ChannelKey::new(&change.app, &change.channel))
+                    .collect();
+                if *reset {
+                    keys.extend(self.interest_of(*node));
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                keys
+            }
+            Request::RemoveMember { id, .. } => self.interest_of(*id),
+            Request::AddMember { .. }
+            | Request::SetDesiredMembers(_)
+            | Request::SetRetired { .. }
+            | Request::UpdatePresence { .. }
+            | Request::HistoryAppend { .. } => Vec::new(),
+        }
+    }
+
     /// Gives `count` events of a history channel their offsets: returns the channel's epoch
     /// (`fresh_epoch` if it had no history yet) and the first event's offset.
-    pub fn place_history(
-        &mut self,
-        key: ChannelKey,
-        fresh_epoch: String,
-        count: usize,
-    ) -> (String, u64) {
-        let position = self.history.entry(key).or_insert(HistoryPosition {
-            epoch: fresh_epoch,
+    fn place_history(&mut self, key: ChannelKey, fresh_epoch: &str, count: usize) -> (String, u64) {
+        let position = self.history.entry(key).or_insert_with(|| HistoryPosition {
+            epoch: fresh_epoch.to_owned(),
             next_offset: 1,
         });
         let first_offset = position.next_offset;
@@ -221,7 +231,7 @@ impl ReplicatedState {
         &mut self,
         node: NodeId,
         reset: bool,
-        changes: Vec<PresenceChange>,
+        changes: &[PresenceChange],
     ) -> Vec<PresenceEvent> {
         let mut touched: BTreeSet<ChannelKey> = changes
             .iter()
@@ -236,13 +246,16 @@ impl ReplicatedState {
         }
         for change in changes {
             let key = ChannelKey::new(&change.app, &change.channel);
-            match change.user_info {
+            match &change.user_info {
                 Some(user_info) => {
                     let users = self.presence.entry(key).or_default();
-                    let member = users.entry(change.user_id).or_insert(PresenceMember {
-                        user_info,
-                        connections: BTreeMap::new(),
-                    });
+                    let member =
+                        users
+                            .entry(change.user_id.clone())
+                            .or_insert_with(|| PresenceMember {
+                                user_info: user_info.clone(),
+                                connections: BTreeMap::new(),
+                            });
                     member.connections.insert(node, 1);
                 }
                 None => {
@@ -371,6 +384,11 @@ impl ReplicatedState {
             .unwrap_or_default()
     }
 
+    /// Whether some node has local subscribers of a channel: it is occupied, cluster-wide.
+    pub fn is_occupied(&self, key: &ChannelKey) -> bool {
+        self.interest.contains_key(key)
+    }
+
     /// Every channel some node has local subscribers of, with those nodes.
     pub fn interest(&self) -> impl Iterator<Item = (&ChannelKey, &BTreeSet<NodeId>)> {
         self.interest.iter()
@@ -432,14 +450,18 @@ fn user_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{Departure, InterestChange};
     use chorus_storage::StoredEvent;
 
     fn interest(node: NodeId, channel: &str, present: bool) -> Request {
-        Request::SetInterest {
+        Request::UpdateInterest {
             node,
-            app: "1".into(),
-            channel: channel.into(),
-            present,
+            reset: false,
+            changes: vec![InterestChange {
+                app: "1".into(),
+                channel: channel.into(),
+                present,
+            }],
         }
     }
 
@@ -483,7 +505,7 @@ mod tests {
 
     /// What the request made happen: `+user` joined, `-user` left.
     fn events(state: &mut ReplicatedState, request: Request) -> Vec<String> {
-        match state.apply(request) {
+        match state.apply(&request) {
             Response::Presence { events } => described(events),
             other => panic!("presence request answered {other:?}"),
         }
@@ -519,16 +541,16 @@ mod tests {
     #[test]
     fn interest_is_added_per_node_and_removed_when_the_last_node_goes() {
         let mut state = ReplicatedState::default();
-        state.apply(interest(1, "news", true));
-        state.apply(interest(2, "news", true));
-        state.apply(interest(2, "news", true));
-        state.apply(interest(3, "sport", true));
+        state.apply(&interest(1, "news", true));
+        state.apply(&interest(2, "news", true));
+        state.apply(&interest(2, "news", true));
+        state.apply(&interest(3, "sport", true));
         assert_eq!(state.interested_nodes("1", "news"), vec![1, 2]);
         assert_eq!(state.interested_nodes("2", "news"), Vec::<NodeId>::new());
-        state.apply(interest(1, "news", false));
+        state.apply(&interest(1, "news", false));
         assert_eq!(state.interested_nodes("1", "news"), vec![2]);
-        state.apply(interest(2, "news", false));
-        state.apply(interest(2, "never", false));
+        state.apply(&interest(2, "news", false));
+        state.apply(&interest(2, "never", false));
         assert_eq!(state.interested_nodes("1", "news"), Vec::<NodeId>::new());
         assert_eq!(
             state.interest.len(),
@@ -545,9 +567,9 @@ mod tests {
             present,
         };
         let mut state = ReplicatedState::default();
-        state.apply(interest(1, "stale", true));
-        state.apply(interest(2, "stale", true));
-        state.apply(Request::UpdateInterest {
+        state.apply(&interest(1, "stale", true));
+        state.apply(&interest(2, "stale", true));
+        state.apply(&Request::UpdateInterest {
             node: 1,
             reset: false,
             changes: vec![
@@ -563,7 +585,7 @@ mod tests {
             vec![ChannelKey::new("1", "news"), ChannelKey::new("1", "stale")]
         );
 
-        state.apply(Request::UpdateInterest {
+        state.apply(&Request::UpdateInterest {
             node: 1,
             reset: true,
             changes: vec![change("sport", true)],
@@ -607,12 +629,12 @@ mod tests {
     #[test]
     fn skipping_from_one_state_to_another_tells_who_joined_and_left() {
         let mut before = ReplicatedState::default();
-        before.apply(join("ann", 1));
-        before.apply(join("bob", 2));
+        before.apply(&join("ann", 1));
+        before.apply(&join("bob", 2));
         let mut after = before.clone();
-        after.apply(leave("bob", 2));
-        after.apply(join("carol", 3));
-        after.apply(join("ann", 3));
+        after.apply(&leave("bob", 2));
+        after.apply(&join("carol", 3));
+        after.apply(&join("ann", 3));
         let changes = described(before.presence_changes_to(&after));
         assert_eq!(changes, ["-bob", "+carol"]);
         assert!(after.presence_changes_to(&after).is_empty());
@@ -621,23 +643,26 @@ mod tests {
     #[test]
     fn removing_a_member_drops_its_interest_and_the_users_only_it_had() {
         let mut state = ReplicatedState::default();
-        state.apply(Request::AddMember {
+        state.apply(&Request::AddMember {
             id: 1,
             addr: "10.0.0.1:6002".into(),
         });
-        state.apply(Request::AddMember {
+        state.apply(&Request::AddMember {
             id: 2,
             addr: "10.0.0.2:6002".into(),
         });
-        state.apply(interest(1, "news", true));
-        state.apply(interest(2, "news", true));
-        state.apply(interest(2, "sport", true));
-        state.apply(join("ann", 1));
-        state.apply(join("ann", 2));
-        state.apply(join("bob", 2));
-        state.apply(join("bob", 2));
+        state.apply(&interest(1, "news", true));
+        state.apply(&interest(2, "news", true));
+        state.apply(&interest(2, "sport", true));
+        state.apply(&join("ann", 1));
+        state.apply(&join("ann", 2));
+        state.apply(&join("bob", 2));
+        state.apply(&join("bob", 2));
 
-        let response = state.apply(Request::RemoveMember { id: 2 });
+        let response = state.apply(&Request::RemoveMember {
+            id: 2,
+            why: Departure::DeclaredDead,
+        });
         assert_eq!(
             response,
             Response::MemberRemoved {
@@ -665,17 +690,20 @@ mod tests {
             addr: addr.into(),
         };
         assert_eq!(state.admission(2), None);
-        state.apply(add("10.0.0.2:6002"));
+        state.apply(&add("10.0.0.2:6002"));
         assert_eq!(state.admission(2), Some(1));
-        state.apply(add("10.0.0.9:6002"));
+        state.apply(&add("10.0.0.9:6002"));
         assert_eq!(
             state.admission(2),
             Some(1),
             "a new address is no new admission"
         );
-        state.apply(Request::RemoveMember { id: 2 });
+        state.apply(&Request::RemoveMember {
+            id: 2,
+            why: Departure::DeclaredDead,
+        });
         assert_eq!(state.admission(2), None);
-        state.apply(add("10.0.0.9:6002"));
+        state.apply(&add("10.0.0.9:6002"));
         assert_eq!(state.admission(2), Some(2));
     }
 
@@ -694,18 +722,18 @@ mod tests {
         };
         let mut state = ReplicatedState::default();
         assert_eq!(state.desired(), None);
-        state.apply(desired(3, &[0, 1, 2]));
+        state.apply(&desired(3, &[0, 1, 2]));
         assert_eq!(ids(&state), (3, vec![0, 1, 2]));
-        state.apply(desired(4, &[0, 1, 2, 3, 4]));
+        state.apply(&desired(4, &[0, 1, 2, 3, 4]));
         assert_eq!(ids(&state), (4, vec![0, 1, 2, 3, 4]));
-        state.apply(desired(3, &[0, 1, 2]));
+        state.apply(&desired(3, &[0, 1, 2]));
         assert_eq!(ids(&state), (4, vec![0, 1, 2, 3, 4]), "an older revision");
-        state.apply(desired(4, &[0]));
+        state.apply(&desired(4, &[0]));
         assert_eq!(ids(&state), (4, vec![0, 1, 2, 3, 4]), "the same revision");
-        state.apply(desired(9, &[0, 1, 2]));
+        state.apply(&desired(9, &[0, 1, 2]));
         assert_eq!(ids(&state), (9, vec![0, 1, 2]));
 
-        state.apply(Request::SetRetired {
+        state.apply(&Request::SetRetired {
             id: 4,
             retired: true,
         });
@@ -715,7 +743,7 @@ mod tests {
             serde_json::from_slice::<ReplicatedState>(&json).unwrap(),
             state
         );
-        state.apply(Request::SetRetired {
+        state.apply(&Request::SetRetired {
             id: 4,
             retired: false,
         });
@@ -726,21 +754,21 @@ mod tests {
     fn history_offsets_are_dense_and_the_first_epoch_stays() {
         let mut state = ReplicatedState::default();
         assert_eq!(
-            state.apply(history("chat", "e1", 3)),
+            state.apply(&history("chat", "e1", 3)),
             Response::HistoryAppended {
                 epoch: "e1".into(),
                 first_offset: 1
             }
         );
         assert_eq!(
-            state.apply(history("chat", "other", 2)),
+            state.apply(&history("chat", "other", 2)),
             Response::HistoryAppended {
                 epoch: "e1".into(),
                 first_offset: 4
             }
         );
         assert_eq!(
-            state.apply(history("log", "e2", 1)),
+            state.apply(&history("log", "e2", 1)),
             Response::HistoryAppended {
                 epoch: "e2".into(),
                 first_offset: 1
@@ -758,13 +786,13 @@ mod tests {
     #[test]
     fn the_state_round_trips_through_json() {
         let mut state = ReplicatedState::default();
-        state.apply(Request::AddMember {
+        state.apply(&Request::AddMember {
             id: 7,
             addr: "node-7:6002".into(),
         });
-        state.apply(interest(7, "news", true));
-        state.apply(join("ann", 7));
-        state.apply(history("chat", "e1", 2));
+        state.apply(&interest(7, "news", true));
+        state.apply(&join("ann", 7));
+        state.apply(&history("chat", "e1", 2));
         let json = serde_json::to_vec(&state).unwrap();
         let back: ReplicatedState = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, state);

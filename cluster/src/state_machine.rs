@@ -1,7 +1,8 @@
 //! Raft's state machine: applies committed entries to the [`ReplicatedState`] in memory, stores
-//! committed history events in the node's sled history and hands them to the node to deliver
-//! ([`crate::delivery`]), hands out snapshot builders, installs snapshots received from the
-//! leader, and lets the rest of the node read the state through a [`StateReader`].
+//! committed history events in the node's sled history and hands what each entry changed to the
+//! node through the feed ([`crate::feed`], [`crate::changes`]), hands out snapshot builders,
+//! installs snapshots received from the leader, and lets the rest of the node read the state
+//! through a [`StateReader`].
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -11,14 +12,13 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, Snapshot, StorageIOError, StoredMembership};
 use parking_lot::RwLock;
 
-use crate::delivery::{Committed, Delivery, HistoryCommit};
+use crate::changes::{Change, Committed};
+use crate::feed::{CommitFeed, FeedSender};
 use crate::history_repair::HistoryGaps;
-use crate::interest_index::{InterestIndex, Touched};
+use crate::interest_index::InterestIndex;
 use crate::snapshot::{self, SnapshotBuilder, SnapshotMeta};
-use crate::state::{ChannelKey, ReplicatedState};
-use crate::types::{
-    Entry, LogId, Node, NodeId, PresenceEvent, RaftStorageError, Request, Response, TypeConfig,
-};
+use crate::state::ReplicatedState;
+use crate::types::{Entry, LogId, Node, NodeId, RaftStorageError, Response, TypeConfig};
 
 /// The replicated state with where it stands in the log.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +33,7 @@ pub struct StateMachineStore {
     store: Store,
     applied: Arc<RwLock<AppliedState>>,
     interest: InterestIndex,
-    delivery: Delivery,
+    feed: FeedSender,
     history_gaps: HistoryGaps,
 }
 
@@ -57,17 +57,15 @@ impl StateReader {
 
 impl StateMachineStore {
     /// The state machine of the node whose database is `store`, starting from its last snapshot
-    /// (Raft then re-applies the committed entries after it), storing history but delivering
-    /// nothing.
+    /// (Raft then re-applies the committed entries after it), storing history but handing
+    /// nothing over.
     pub fn new(store: &Store) -> Result<StateMachineStore, RaftStorageError> {
-        StateMachineStore::delivering(store, Delivery::store_only())
+        StateMachineStore::with_feed(store).map(|(state_machine, _)| state_machine)
     }
 
-    /// As [`StateMachineStore::new`], handing each commit to `delivery`.
-    pub fn delivering(
-        store: &Store,
-        delivery: Delivery,
-    ) -> Result<StateMachineStore, RaftStorageError> {
+    /// As [`StateMachineStore::new`], handing what each entry changed over the feed returned
+    /// beside it.
+    pub fn with_feed(store: &Store) -> Result<(StateMachineStore, CommitFeed), RaftStorageError> {
         let applied = match snapshot::load(store)? {
             Some(snapshot) => AppliedState {
                 last_applied: snapshot.meta.last_log_id,
@@ -78,33 +76,20 @@ impl StateMachineStore {
         };
         let interest = InterestIndex::default();
         interest.rebuild(&applied.state);
-        Ok(StateMachineStore {
+        let (sender, feed) = crate::feed::feed();
+        let state_machine = StateMachineStore {
             store: store.clone(),
             applied: Arc::new(RwLock::new(applied)),
             interest,
-            delivery,
+            feed: sender,
             history_gaps: HistoryGaps::default(),
-        })
+        };
+        Ok((state_machine, feed))
     }
 
     /// The channels whose history this state machine skipped by installing a snapshot.
     pub fn history_gaps(&self) -> HistoryGaps {
         self.history_gaps.clone()
-    }
-
-    /// Stores each commit's history in the node's history and hands it to the node, in log
-    /// order. The caller holds the delivery order lock.
-    fn store_and_deliver(&self, commits: Vec<Committed>) -> Result<(), RaftStorageError> {
-        for committed in commits {
-            if let Committed::History(c) = &committed {
-                self.store
-                    .history()
-                    .place(&c.app, &c.channel, &c.epoch, c.first_offset, &c.events)
-                    .map_err(|e| StorageIOError::write_state_machine(&e))?;
-            }
-            (self.delivery.deliver)(&committed);
-        }
-        Ok(())
     }
 
     /// The interest index this state machine keeps up to date as it applies entries.
@@ -118,26 +103,76 @@ impl StateMachineStore {
             applied: self.applied.clone(),
         }
     }
-}
 
-/// The presence changes an applied request made, if any.
-fn presence_events(response: &Response) -> Option<Vec<PresenceEvent>> {
-    let events = match response {
-        Response::Presence { events } => events.clone(),
-        Response::MemberRemoved { users_left } => users_left
-            .iter()
-            .map(|user| PresenceEvent {
-                app: user.app.clone(),
-                channel: user.channel.clone(),
-                user_id: user.user_id.clone(),
-                joined: None,
+    /// Applies `entries` to the state in memory; returns the responses and what changed.
+    fn apply_to_state(
+        &self,
+        entries: impl Iterator<Item = Entry>,
+    ) -> (Vec<Response>, Vec<Committed>) {
+        let mut committed = Vec::new();
+        let mut applied = self.applied.write();
+        let responses = entries
+            .map(|entry| {
+                applied.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => Response::Applied,
+                    EntryPayload::Normal(request) => {
+                        let done = crate::changes::apply(&mut applied.state, request);
+                        self.interest
+                            .refresh(&applied.state, &done.interest_touched);
+                        let index = entry.log_id.index;
+                        committed.extend(
+                            (done.changes.into_iter()).map(|change| Committed { index, change }),
+                        );
+                        done.response
+                    }
+                    EntryPayload::Membership(membership) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Response::Applied
+                    }
+                }
             })
-            .collect(),
-        _ => return None,
-    };
-    (!events.is_empty()).then_some(events)
+            .collect();
+        (responses, committed)
+    }
+
+    /// Makes `state`, which a snapshot described by `meta` holds, the state applied; returns
+    /// what changed, as of the snapshot's last entry.
+    fn replace_state(&self, meta: &SnapshotMeta, state: ReplicatedState) -> Vec<Committed> {
+        let mut applied = self.applied.write();
+        self.interest.rebuild(&state);
+        let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+        let committed = crate::changes::between(&applied.state, &state)
+            .into_iter()
+            .map(|change| Committed { index, change })
+            .collect();
+        *applied = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            state,
+        };
+        committed
+    }
+
+    /// Stores the committed history events in the node's history, in log order.
+    fn store_history(&self, committed: &[Committed]) -> Result<(), RaftStorageError> {
+        for c in committed {
+            if let Change::History(c) = &c.change {
+                self.store
+                    .history()
+                    .place(&c.app, &c.channel, &c.epoch, c.first_offset, &c.events)
+                    .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
+#[allow(
+    clippy::await_holding_lock,
+    reason = "the order lock is held until the node has taken the batch (see `crate::feed`); its \
+              guard is Send, and nothing on the Raft runtime waits for it"
+)]
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -153,61 +188,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Held from changing the state to handing over what changed: a reader holding it sees a
-        // state whose every change the node was told of.
-        let delivery = self.delivery.clone();
-        let _in_order = delivery.order.lock();
-        let mut commits = Vec::new();
-        let mut applied = self.applied.write();
-        let responses = entries
-            .into_iter()
-            .map(|entry| {
-                applied.last_applied = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => Response::Applied,
-                    EntryPayload::Normal(Request::HistoryAppend {
-                        app,
-                        channel,
-                        fresh_epoch,
-                        events,
-                        except,
-                    }) => {
-                        let key = ChannelKey { app, channel };
-                        let (epoch, first_offset) =
-                            applied
-                                .state
-                                .place_history(key.clone(), fresh_epoch, events.len());
-                        commits.push(Committed::History(HistoryCommit {
-                            app: key.app,
-                            channel: key.channel,
-                            epoch: epoch.clone(),
-                            first_offset,
-                            events,
-                            except,
-                        }));
-                        Response::HistoryAppended {
-                            epoch,
-                            first_offset,
-                        }
-                    }
-                    EntryPayload::Normal(request) => {
-                        let touched = Touched::by(&request, &applied.state);
-                        let response = applied.state.apply(request);
-                        self.interest.refresh(&applied.state, touched);
-                        if let Some(events) = presence_events(&response) {
-                            commits.push(Committed::Presence(events));
-                        }
-                        response
-                    }
-                    EntryPayload::Membership(membership) => {
-                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                        Response::Applied
-                    }
-                }
-            })
-            .collect();
-        drop(applied);
-        self.store_and_deliver(commits)?;
+        // Held from changing the state to the node having taken what changed: a reader holding
+        // it sees a state whose every change the node has taken (see `crate::feed`).
+        let feed = self.feed.clone();
+        let _in_order = feed.order_lock().lock();
+        let (responses, committed) = self.apply_to_state(entries.into_iter());
+        self.store_history(&committed)?;
+        feed.hand_over(committed).await;
         Ok(responses)
     }
 
@@ -232,7 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         {
             // This node skipped the entries the snapshot covers: its history of each channel
             // starts again where the cluster's stands, unless it already holds all of it.
-            let _in_order = self.delivery.order.lock();
+            let _in_order = self.feed.order_lock().lock();
             for (key, position) in state.history_positions() {
                 let started_again = self
                     .store
@@ -250,21 +237,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         snapshot::save(&self.store, meta, &data).await?;
-        let delivery = self.delivery.clone();
-        let _in_order = delivery.order.lock();
-        let mut applied = self.applied.write();
-        self.interest.rebuild(&state);
-        // The presence changes the skipped entries made, as the node's subscribers see them.
-        let presence = applied.state.presence_changes_to(&state);
-        *applied = AppliedState {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-            state,
-        };
-        drop(applied);
-        if !presence.is_empty() {
-            (delivery.deliver)(&Committed::Presence(presence));
-        }
+        let feed = self.feed.clone();
+        let _in_order = feed.order_lock().lock();
+        let committed = self.replace_state(meta, state);
+        feed.hand_over(committed).await;
         Ok(())
     }
 

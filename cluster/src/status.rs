@@ -1,9 +1,11 @@
 //! What `GET /cluster` answers, and the client that asks it (used by `chorus cluster status`
 //! and by nodes probing each other at bootstrap).
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
+use chorus_storage::{RaftMeta, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredMembers;
@@ -11,7 +13,8 @@ use crate::error::ClusterError;
 use crate::outbound::ClusterClient;
 use crate::peer_request::send_to_peer;
 use crate::secret::ClusterSecret;
-use crate::types::NodeId;
+use crate::state_machine::StateReader;
+use crate::types::{LogId, NodeId, Raft};
 
 /// A node's Raft role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +187,61 @@ impl ClusterStatus {
 
 fn ids<'a>(ids: impl Iterator<Item = &'a NodeId>) -> String {
     ids.map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Node `me`'s view of the cluster: its Raft, the commit index its store saved, and the
+/// replicated state it applied.
+pub(crate) fn status_of(
+    me: NodeId,
+    raft: &Raft,
+    store: &Store,
+    state: &StateReader,
+) -> ClusterStatus {
+    let metrics = raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let recorded = state.read(|state| state.members().clone());
+    let members = membership
+        .nodes()
+        .map(|(id, node)| MemberStatus {
+            id: *id,
+            addr: node.addr.clone(),
+            voter: voters.contains(id),
+            matched_index: metrics
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(id).copied().flatten())
+                .map(|log_id| log_id.index),
+            recorded: recorded.get(id) == Some(&node.addr),
+        })
+        .collect();
+    let (desired, retired) = state.read(|state| {
+        let retired = state.retired().iter().copied().collect();
+        (state.desired().cloned(), retired)
+    });
+    ClusterStatus {
+        node_id: me,
+        state: metrics.state.into(),
+        leader_id: metrics.current_leader,
+        term: metrics.current_term,
+        commit_index: commit_index(store),
+        applied_index: metrics.last_applied.map(|log_id| log_id.index),
+        last_log_index: metrics.last_log_index,
+        members,
+        desired,
+        retired,
+    }
+}
+
+/// The last log index this node knows committed, as Raft last saved it.
+pub(crate) fn commit_index(store: &Store) -> Option<u64> {
+    match store.raft().meta::<Option<LogId>>(RaftMeta::Committed) {
+        Ok(committed) => committed.flatten().map(|log_id| log_id.index),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the committed log id");
+            None
+        }
+    }
 }
 
 /// Asks the node at `addr` (`host:port` of its cluster port) for its status.

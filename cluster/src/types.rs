@@ -31,6 +31,9 @@ pub type Entry = openraft::Entry<TypeConfig>;
 /// A log id of this cluster.
 pub type LogId = openraft::LogId<NodeId>;
 
+/// The Raft instance of this cluster.
+pub type Raft = openraft::Raft<TypeConfig>;
+
 /// The error every storage method returns.
 pub type RaftStorageError = openraft::StorageError<NodeId>;
 
@@ -39,15 +42,13 @@ pub type RaftStorageError = openraft::StorageError<NodeId>;
 pub enum Request {
     /// A node joined the cluster and serves forwarding on `addr` (its cluster port).
     AddMember { id: NodeId, addr: String },
-    /// A node left or was declared dead: it is dropped from the members, and its interest and
-    /// presence members with it.
-    RemoveMember { id: NodeId },
-    /// `node` has (`present`) or no longer has local subscribers of `channel`.
-    SetInterest {
-        node: NodeId,
-        app: String,
-        channel: String,
-        present: bool,
+    /// A node was declared dead or removed from the cluster (`why`): it is dropped from the
+    /// members, and its interest and presence members with it.
+    RemoveMember {
+        id: NodeId,
+        /// Entries written before the cause was recorded read as a declared death.
+        #[serde(default)]
+        why: Departure,
     },
     /// Several interest changes of one node at once, in order. With `reset`, the node's interest
     /// is first cleared: a node that starts declares all it has, so nothing stale of an earlier
@@ -102,8 +103,7 @@ impl Request {
             Request::AddMember { addr, .. } => addr.len() <= LONGEST_NAME,
             Request::RemoveMember { .. } | Request::SetRetired { .. } => true,
             Request::SetDesiredMembers(desired) => desired.is_plausible(),
-            Request::SetInterest { app, channel, .. }
-            | Request::HistoryAppend { app, channel, .. } => fits(app, channel),
+            Request::HistoryAppend { app, channel, .. } => fits(app, channel),
             Request::UpdateInterest { changes, .. } => {
                 changes.iter().all(|c| fits(&c.app, &c.channel))
             }
@@ -112,6 +112,18 @@ impl Request {
             }
         }
     }
+}
+
+/// Why a node left the members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Departure {
+    /// The leader heard nothing from it for `dead_after` ([`crate::liveness`]); it is taken back
+    /// once it answers again.
+    #[default]
+    DeclaredDead,
+    /// It was taken out of the Raft membership: by an operator, or because the members file no
+    /// longer lists it ([`crate::removal`]).
+    Removed,
 }
 
 /// A channel of an app that a node now has (`present`) or no longer has local subscribers of.
@@ -193,6 +205,22 @@ mod tests {
             }],
         };
         assert!(!presence.is_plausible());
-        assert!(Request::RemoveMember { id: 3 }.is_plausible());
+        let removal = Request::RemoveMember {
+            id: 3,
+            why: Departure::Removed,
+        };
+        assert!(removal.is_plausible());
+    }
+
+    #[test]
+    fn a_removal_logged_before_its_cause_was_recorded_reads_as_a_declared_death() {
+        let logged: Request = serde_json::from_str(r#"{"RemoveMember":{"id":3}}"#).unwrap();
+        assert_eq!(
+            logged,
+            Request::RemoveMember {
+                id: 3,
+                why: Departure::DeclaredDead
+            }
+        );
     }
 }

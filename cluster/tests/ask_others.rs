@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse};
 use chorus_cluster::http::Authorized;
-use chorus_cluster::{Cluster, ClusterSecret, ClusterSettings, Delivery, Node, Peers, Role};
+use chorus_cluster::{Cluster, ClusterSecret, ClusterSettings, Node, Peers, Role};
 use chorus_storage::Store;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{json, Value};
@@ -60,7 +60,8 @@ fn answers_come_from_the_members_that_answer_in_time_and_the_others_are_counted(
         members_file: None,
     };
     actix_web::rt::System::new().block_on(async {
-        let cluster = Cluster::start(settings, &store, &registry, Delivery::store_only()).unwrap();
+        // No one takes what it commits: the feed is dropped.
+        let (cluster, _) = Cluster::start(settings, &store, &registry).unwrap();
         serve_cluster_port(&cluster, port);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

@@ -3,8 +3,8 @@
 //! a follower that installs the leader's snapshot holds the same state.
 
 use chorus_cluster::{
-    Entry, LogId, LogStore, NodeId, PresenceChange, PresenceUserRef, Request, Response,
-    StateMachineStore, TypeConfig,
+    Departure, Entry, InterestChange, LogId, LogStore, NodeId, PresenceChange, PresenceUserRef,
+    Request, Response, StateMachineStore, TypeConfig,
 };
 use chorus_storage::{Store, StoredEvent};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
@@ -37,11 +37,14 @@ fn entries() -> Vec<Entry> {
             id: 2,
             addr: "10.0.0.2:6002".into(),
         },
-        Request::SetInterest {
+        Request::UpdateInterest {
             node: 2,
-            app: "1".into(),
-            channel: "news".into(),
-            present: true,
+            reset: false,
+            changes: vec![InterestChange {
+                app: "1".into(),
+                channel: "news".into(),
+                present: true,
+            }],
         },
         Request::UpdatePresence {
             node: 2,
@@ -124,7 +127,10 @@ async fn a_reopened_node_has_its_log_vote_and_state() {
         state_machine
             .apply([entry(
                 7,
-                EntryPayload::Normal(Request::RemoveMember { id: 2 }),
+                EntryPayload::Normal(Request::RemoveMember {
+                    id: 2,
+                    why: Departure::DeclaredDead,
+                }),
             )])
             .await
             .unwrap();
@@ -198,7 +204,10 @@ async fn a_follower_installing_the_leaders_snapshot_holds_the_same_state() {
     // Both go on from the same state to the same answers.
     let next = [entry(
         7,
-        EntryPayload::Normal(Request::RemoveMember { id: 2 }),
+        EntryPayload::Normal(Request::RemoveMember {
+            id: 2,
+            why: Departure::DeclaredDead,
+        }),
     )];
     let expected = vec![Response::MemberRemoved {
         users_left: vec![PresenceUserRef {

@@ -7,44 +7,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
 
-use chorus_cluster::{
-    Cluster, ClusterSecret, ClusterSettings, Delivery, NodeId, Peers, Request, Role,
-};
+use chorus_cluster::{Cluster, InterestChange, Request, Role};
 use chorus_storage::Store;
 use prometheus::Registry;
 
-use support::{serve_cluster_port, unused_port};
-
-const SECRET: &str = "in-process-cluster-secret";
-
-fn settings(id: NodeId, peers: &[(NodeId, u16)]) -> ClusterSettings {
-    let peers: BTreeMap<NodeId, String> = peers
-        .iter()
-        .map(|(id, port)| (*id, format!("127.0.0.1:{port}")))
-        .collect();
-    ClusterSettings {
-        node_id: id,
-        advertise_addr: peers[&id].clone(),
-        peers: Some(Peers::Static(peers)),
-        secret: ClusterSecret::new(SECRET),
-        dead_after: chorus_cluster::DEFAULT_DEAD_AFTER,
-        snapshot_every: chorus_cluster::DEFAULT_SNAPSHOT_EVERY,
-        local_address: None,
-        tls: None,
-        members_file: None,
-    }
-}
-
-/// Waits (at most 15 s) until `done` holds.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done() {
-        assert!(Instant::now() < deadline, "not within 15 s: {what}");
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::{eventually, serve_cluster_port, settings, unused_port};
 
 /// Runs a Raft call on the cluster's runtime.
 async fn on_raft<T: Send + 'static, F: Future<Output = T> + Send + 'static>(
@@ -66,13 +34,8 @@ fn a_node_joining_after_compaction_catches_up_from_a_snapshot() {
     );
     let (port_a, port_b) = (unused_port(), unused_port());
     actix_web::rt::System::new().block_on(async {
-        let a = Cluster::start(
-            settings(1, &[(1, port_a)]),
-            &store_a,
-            &Registry::new(),
-            Delivery::store_only(),
-        )
-        .unwrap();
+        let (a, _) =
+            Cluster::start(settings(1, &[(1, port_a)]), &store_a, &Registry::new()).unwrap();
         serve_cluster_port(&a, port_a);
         eventually("node 1 leads a one-node cluster it recorded", || {
             let status = a.status();
@@ -81,11 +44,14 @@ fn a_node_joining_after_compaction_catches_up_from_a_snapshot() {
         .await;
 
         for n in 0..30 {
-            let interest = Request::SetInterest {
+            let interest = Request::UpdateInterest {
                 node: 1,
-                app: "1".into(),
-                channel: format!("channel-{n}"),
-                present: true,
+                reset: false,
+                changes: vec![InterestChange {
+                    app: "1".into(),
+                    channel: format!("channel-{n}"),
+                    present: true,
+                }],
             };
             on_raft(&a, |raft| async move { raft.client_write(interest).await })
                 .await
@@ -109,11 +75,10 @@ fn a_node_joining_after_compaction_catches_up_from_a_snapshot() {
         })
         .await;
 
-        let b = Cluster::start(
+        let (b, _) = Cluster::start(
             settings(2, &[(1, port_a), (2, port_b)]),
             &store_b,
             &Registry::new(),
-            Delivery::store_only(),
         )
         .unwrap();
         serve_cluster_port(&b, port_b);

@@ -44,8 +44,8 @@ pub struct PresenceActor {
     /// For each user here that the cluster has not committed yet, the subscribers whose
     /// confirmation listed it anyway: they are not told again when it commits.
     told: HashMap<String, HashSet<SocketId>>,
-    /// Where this node declares its users; `None` only for a registry without a cluster.
-    cluster: Option<Cluster>,
+    /// Where this node declares its users.
+    cluster: Cluster,
 }
 
 impl PresenceActor {
@@ -55,7 +55,7 @@ impl PresenceActor {
         max_members: usize,
         metrics: AppMetrics,
         in_flight: InFlight,
-        cluster: Option<Cluster>,
+        cluster: Cluster,
     ) -> PresenceActor {
         PresenceActor {
             app_id: app_id.to_owned(),
@@ -85,10 +85,8 @@ impl PresenceActor {
     }
 
     fn declare(&self, user_id: &str, user_info: Option<&Value>) {
-        if let Some(cluster) = &self.cluster {
-            let info = user_info.map(Value::to_string);
-            cluster.declare_presence(&self.app_id, &self.name, user_id, info);
-        }
+        let info = user_info.map(Value::to_string);
+        (self.cluster).declare_presence(&self.app_id, &self.name, user_id, info);
     }
 
     /// The sockets subscribed here of one user.

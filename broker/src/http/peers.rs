@@ -99,16 +99,13 @@ pub async fn terminate_everywhere(app: &App, user: &str) -> usize {
 }
 
 /// What the other nodes answered to `question` on `path` in time, in node order; nothing when
-/// the node has no cluster (or its runtime has stopped).
+/// the cluster's runtime has stopped.
 async fn ask_others<Q: Serialize, A: DeserializeOwned + Send + 'static>(
     app: &App,
     path: &str,
     question: &Q,
 ) -> Vec<A> {
-    let Some(cluster) = app.channels.cluster() else {
-        return Vec::new();
-    };
-    match cluster.ask_others(path, question, PEER_TIMEOUT).await {
+    match app.cluster.ask_others(path, question, PEER_TIMEOUT).await {
         Ok(Answers { answered, .. }) => answered.into_values().collect(),
         Err(e) => {
             tracing::warn!(path, error = %e, "cannot ask the other nodes");
