@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 
 use chorus_broker::config::Config;
 use chorus_cluster::{
-    Entry, ForwardBatch, LogId, NodeId, PresenceChange, Request, StateMachineStore, TypeConfig,
+    Departure, Entry, ForwardBatch, InterestChange, LogId, NodeId, PresenceChange, Request,
+    StateMachineStore, TypeConfig,
 };
 use chorus_storage::{StorageError, Store, StoredEvent};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -48,15 +49,31 @@ fn request() -> impl Strategy<Value = Request> {
     });
     prop_oneof![
         (any::<NodeId>(), name()).prop_map(|(id, addr)| Request::AddMember { id, addr }),
-        any::<NodeId>().prop_map(|id| Request::RemoveMember { id }),
-        (any::<NodeId>(), name(), name(), any::<bool>()).prop_map(
-            |(node, app, channel, present)| Request::SetInterest {
+        (any::<NodeId>(), any::<bool>()).prop_map(|(id, removed)| Request::RemoveMember {
+            id,
+            why: if removed {
+                Departure::Removed
+            } else {
+                Departure::DeclaredDead
+            },
+        }),
+        (
+            any::<NodeId>(),
+            any::<bool>(),
+            prop::collection::vec((name(), name(), any::<bool>()), 0..4)
+        )
+            .prop_map(|(node, reset, changes)| Request::UpdateInterest {
                 node,
-                app,
-                channel,
-                present
-            }
-        ),
+                reset,
+                changes: changes
+                    .into_iter()
+                    .map(|(app, channel, present)| InterestChange {
+                        app,
+                        channel,
+                        present
+                    })
+                    .collect(),
+            }),
         (
             any::<NodeId>(),
             any::<bool>(),
@@ -170,11 +187,14 @@ fn real_snapshot() -> &'static (Value, Vec<u8>) {
                     id: 1,
                     addr: "10.0.0.1:6002".into(),
                 },
-                Request::SetInterest {
+                Request::UpdateInterest {
                     node: 1,
-                    app: "1".into(),
-                    channel: "news".into(),
-                    present: true,
+                    reset: false,
+                    changes: vec![InterestChange {
+                        app: "1".into(),
+                        channel: "news".into(),
+                        present: true,
+                    }],
                 },
                 Request::UpdatePresence {
                     node: 1,
