@@ -3,11 +3,15 @@
 //! default) says, and nowhere else; a file with an unknown key, and a variable that is no number,
 //! stop start-up naming the key.
 
+mod support;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::node::unused_port;
 
 /// The longest the node may take to serve.
 const WAIT: Duration = Duration::from_secs(20);
@@ -17,14 +21,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `chorus` with a clean environment for its settings.
@@ -64,7 +60,7 @@ fn get(port: u16, path: &str) -> Option<u16> {
 fn a_setting_comes_from_the_flag_else_the_environment_else_the_file_else_its_default() {
     let dir = scratch("layers");
     let [public, file_metrics, env_metrics, file_cluster, env_cluster, flag_cluster] =
-        [(); 6].map(|_| free_port());
+        [(); 6].map(|_| unused_port());
     let file = dir.join("chorus.toml");
     let text = format!(
         "host = \"127.0.0.1\"\nport = {public}\nmetrics_port = {file_metrics}\n\

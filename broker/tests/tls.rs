@@ -5,8 +5,10 @@
 //! operator's command. The certificates come from an authority the test makes (rcgen); the client
 //! side is plain rustls, trusting that authority alone.
 
+mod support;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,6 +20,8 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use sha2::Digest as _;
+
+use support::node::unused_port;
 
 /// The longest any awaited condition may take.
 const WAIT: Duration = Duration::from_secs(20);
@@ -136,14 +140,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -285,14 +281,14 @@ fn the_public_port_speaks_tls_only_and_serves_a_replaced_certificate_from_the_ne
     let volume = SecretVolume::new(dir.join("tls"));
     let (cert_a, key_a) = authority.issue();
     volume.publish("v1", &cert_a, &key_a);
-    let (port, metrics_port) = (free_port(), free_port());
+    let (port, metrics_port) = (unused_port(), unused_port());
     let node = Node::start(
         &dir,
         "node",
         &[
             ("CHORUS_PORT", port.to_string()),
             ("CHORUS_METRICS_PORT", metrics_port.to_string()),
-            ("CHORUS_CLUSTER_PORT", free_port().to_string()),
+            ("CHORUS_CLUSTER_PORT", unused_port().to_string()),
             ("CHORUS_TLS_CERT_FILE", volume.file("tls.crt")),
             ("CHORUS_TLS_KEY_FILE", volume.file("tls.key")),
         ],
@@ -375,9 +371,9 @@ fn a_cluster_whose_cluster_port_speaks_tls_only_forms_commits_history_and_answer
     .unwrap();
     let ports: Vec<Ports> = (0..3)
         .map(|_| Ports {
-            public: free_port(),
-            metrics: free_port(),
-            cluster: free_port(),
+            public: unused_port(),
+            metrics: unused_port(),
+            cluster: unused_port(),
         })
         .collect();
     let peers: Vec<String> = (1..)
