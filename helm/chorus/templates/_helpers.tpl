@@ -80,7 +80,7 @@ The desired members: every ordinal of the StatefulSet as `id@pod.headless.namesp
 {{- if kindIs "slice" . -}}
 [{{ range $i, $v := . }}{{ if $i }}, {{ end }}{{ include "chorus.tomlValue" $v }}{{ end }}]
 {{- else if kindIs "map" . -}}
-{{- fail "chorus.toml: nested tables are not settings of Chorus" -}}
+{ {{ range $i, $k := keys . | sortAlpha }}{{ if $i }}, {{ end }}{{ toJson $k }} = {{ include "chorus.tomlValue" (get $ $k) }}{{ end }} }
 {{- else -}}
 {{- toJson . -}}
 {{- end -}}

@@ -1,15 +1,20 @@
 // What the rendered chart promises without running it: the alerts and the dashboard use only
 // metrics Chorus exports; no secret reaches a ConfigMap or a plain env value; a config change
 // rolls the pods and a scale does not (the members file is outside the checksum); the members
-// file lists every ordinal under the headless Service.
+// file lists every ordinal under the headless Service; the app's webhooks are rendered as a
+// config the binary takes (and one it refuses, naming the key).
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 
 import { CHART, helmTemplate } from './render.mjs';
 
 const REPO = path.resolve(CHART, '../..');
+const BINARY = process.env.CHORUS_BIN && path.resolve(process.env.CHORUS_BIN);
 const SECRETS = { app: 'app-secret-for-the-leak-check', cluster: 'cluster-secret-for-the-leak-check' };
 const EVERYTHING_ON = {
   replicas: 5,
@@ -100,4 +105,68 @@ describe('the rendered chart', () => {
     assert.equal(env.find((e) => e.name === 'CHORUS_PEERS'), undefined, 'the members file is the only peer list');
     assert.equal(rendered.find('StatefulSet').spec.template.spec.enableServiceLinks, false);
   });
+
+  test("the app's webhooks are rendered as a config the binary takes", { skip: !BINARY && 'CHORUS_BIN is not set' }, async () => {
+    const webhook = {
+      url: 'https://app.example.com/pusher/webhook',
+      event_types: ['client_event', 'cache_miss'],
+      filter: { channel_name_starts_with: 'private-' },
+      headers: { 'X-From': 'chorus' },
+    };
+    const toml = (webhooks) => {
+      const app = { ...EVERYTHING_ON.app, webhooks, webhookDelivery: { batching: false, timeout_ms: 2000 } };
+      return render({ ...EVERYTHING_ON, app }).find('ConfigMap', 'chorus-config').data['chorus.toml'];
+    };
+    const taken = toml([webhook]);
+    assert.match(taken, /\[\[apps\.webhooks\]\]/);
+    assert.match(taken, /filter = \{ "channel_name_starts_with" = "private-" \}/);
+    assert.match(taken, /\[apps\.webhook_delivery\]/);
+    const served = await runWith(taken);
+    assert.equal(served.healthz, 200, served.stderr);
+    const refused = await runWith(toml([{ ...webhook, event_types: ['occupied'] }]));
+    assert.equal(refused.healthz, null);
+    assert.match(refused.stderr, /apps\[0\]\.webhooks\[0\]\.event_types/, refused.stderr);
+  });
 });
+
+/** Runs the binary alone with `toml` as its config on loopback until it answers /healthz (then
+ * stops it) or exits; says which, with its stderr. */
+async function runWith(toml) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'chorus-chart-config-'));
+  writeFileSync(path.join(dir, 'chorus.toml'), toml);
+  const port = await freePort();
+  const child = spawn(BINARY, ['--config', path.join(dir, 'chorus.toml')], {
+    env: {
+      PATH: process.env.PATH,
+      CHORUS_APP_SECRET: SECRETS.app,
+      CHORUS_CLUSTER_SECRET: SECRETS.cluster,
+      CHORUS_HOST: '127.0.0.1',
+      CHORUS_PORT: String(port),
+      CHORUS_METRICS_PORT: String(await freePort()),
+      CHORUS_CLUSTER_PORT: String(await freePort()),
+      CHORUS_DATA_DIR: path.join(dir, 'data'),
+    },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  let healthz = null;
+  const deadline = Date.now() + 15_000;
+  while (child.exitCode === null && Date.now() < deadline && healthz === null) {
+    healthz = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.status, () => null);
+    if (healthz === null) await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  child.kill('SIGKILL');
+  await exited;
+  rmSync(dir, { recursive: true, force: true });
+  return { healthz, stderr };
+}
+
+async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
