@@ -29,7 +29,7 @@ const render = (values, namespace = 'realtime') => helmTemplate({ release: 'chor
 /** The metric names Chorus registers, read from the sources that register them. */
 function exportedMetrics() {
   const names = new Set();
-  for (const file of ['broker/src/metrics.rs', 'cluster/src/metrics.rs']) {
+  for (const file of ['broker/src/metrics.rs', 'broker/src/webhooks/metrics.rs', 'cluster/src/metrics.rs']) {
     for (const [, name] of readFileSync(path.join(REPO, file), 'utf8').matchAll(/"(chorus_[a-z_]+)"/g)) {
       names.add(name);
     }
@@ -58,7 +58,7 @@ describe('the rendered chart', () => {
     assert.deepEqual(
       rules.map((r) => r.alert).sort(),
       ['ChorusForwardDrops', 'ChorusHistoryPublishRefused', 'ChorusNoLeader', 'ChorusNodeDeclaredDead',
-        'ChorusRaftApplyLag', 'ChorusSlowReadersCutOff'],
+        'ChorusRaftApplyLag', 'ChorusSlowReadersCutOff', 'ChorusWebhooksDropped'],
     );
     assert.deepEqual(unknownMetrics(rules.map((r) => r.expr), exported), []);
 
