@@ -133,19 +133,6 @@ async fn sse_status(node: &NodeProcess, from: &str) -> (u16, String) {
     (status, response.text().await.unwrap())
 }
 
-async fn metric(node: &NodeProcess, series: &str) -> f64 {
-    let text = reqwest::get(node.metrics_url())
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0.0, |v| v.parse().unwrap())
-}
-
 #[tokio::test]
 async fn open_connections_and_handshakes_are_limited_per_client_address() {
     let node = start().await;
@@ -183,7 +170,7 @@ async fn open_connections_and_handshakes_are_limited_per_client_address() {
         }
     }
     let over = "chorus_connections_refused_total{reason=\"ip_connections\"}";
-    assert!(metric(&node, over).await >= 2.0);
+    assert!(node.metric(over).await >= 2.0);
 
     // Handshakes per second: a burst of 15 from one address, each closed at once (some may
     // still count as open when the next comes: those are refused for that).
@@ -213,11 +200,8 @@ async fn open_connections_and_handshakes_are_limited_per_client_address() {
         "{accepted} accepted in {windows} s"
     );
     assert!(
-        metric(
-            &node,
-            "chorus_connections_refused_total{reason=\"ip_handshakes\"}"
-        )
-        .await
+        node.metric("chorus_connections_refused_total{reason=\"ip_handshakes\"}")
+            .await
             >= 1.0
     );
 }

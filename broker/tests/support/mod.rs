@@ -117,16 +117,7 @@ impl Server {
 
     /// The value of the first metrics line starting with `line_start` (0 when absent).
     pub async fn metric(&self, line_start: &str) -> f64 {
-        let text = reqwest::get(self.process.metrics_url())
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or(0.0, |v| v.parse().unwrap())
+        self.process.metric(line_start).await
     }
 
     /// A URL for `path` signed as the Pusher HTTP API requires, with extra query `params`.

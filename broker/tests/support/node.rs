@@ -154,6 +154,20 @@ impl NodeProcess {
     pub fn metrics_url(&self) -> String {
         format!("http://{}:{}/metrics", self.host, self.metrics_port)
     }
+
+    /// The value of the first metrics line starting with `line_start` (0 when absent).
+    pub async fn metric(&self, line_start: &str) -> f64 {
+        let text = reqwest::get(self.metrics_url())
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0.0, |v| v.parse().unwrap())
+    }
 }
 
 impl Drop for NodeProcess {
