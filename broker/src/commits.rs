@@ -2,14 +2,20 @@
 //! this node's subscribers with their offsets and epoch (they are already stored here), and wake
 //! the subscribers waiting for this node to store that far; presence changes go to the
 //! channels' presence actors, which tell their subscribers who joined or left. Channels occupied
-//! and vacated cluster-wide, and nodes admitted and gone, are no client's business here.
+//! and vacated and users joining and leaving are queued for the apps' webhooks (on every node;
+//! the leader sends them), and the webhooks' committed marks drop what the leader sent. Nodes
+//! admitted and gone are no client's business here.
+//!
+//! The net changes of a snapshot installed queue no webhooks: the leader has queued the changes
+//! it sums up one by one, and sends them; only a node that installed a snapshot and then came to
+//! lead before the leader sent them would miss them.
 //!
 //! [`deliver_all`] takes the cluster's feed on a thread of its own, batch after batch. The
 //! cluster's state machine holds the node's order lock until a batch is dropped (see
 //! `crate::order`), so this thread never takes the order lock and never blocks: frames go into
 //! the subscribers' outboxes and messages into the actors' mailboxes.
 
-use chorus_cluster::{Change, CommitFeed, HistoryCommit, PresenceEvent};
+use chorus_cluster::{Change, CommitFeed, Committed, HistoryCommit, PresenceEvent};
 
 use crate::actors::messages::MemberChanged;
 use crate::apps::Apps;
@@ -24,19 +30,51 @@ pub fn deliver_all(
     apps: Apps,
     order: Order,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    for committed in feed.take_replayed() {
-        deliver(&apps, &order, &committed.change);
-    }
+    deliver_batch(&apps, &order, &feed.take_replayed(), false);
     std::thread::Builder::new()
         .name("chorus-commits".to_owned())
         .spawn(move || {
             while let Some(batch) = feed.blocking_next() {
-                for committed in &batch.changes {
-                    deliver(&apps, &order, &committed.change);
-                }
+                deliver_batch(&apps, &order, &batch.changes, batch.from_snapshot);
                 // Dropping the batch lets the state machine go on.
             }
         })
+}
+
+/// Hands the changes of whole log entries (or of a snapshot installed) on, in order.
+fn deliver_batch(apps: &Apps, order: &Order, changes: &[Committed], from_snapshot: bool) {
+    let mut place = (0, 0);
+    for committed in changes {
+        // The changes of one entry come together: each takes the next place in it.
+        place = match place {
+            (index, seq) if index == committed.index => (index, seq + 1),
+            _ => (committed.index, 0),
+        };
+        deliver(apps, order, &committed.change);
+        to_webhooks(apps, committed, place.1, from_snapshot);
+    }
+}
+
+/// Queues the webhook a committed change calls for (unless it comes from a snapshot), or drops
+/// what the leader has sent.
+fn to_webhooks(apps: &Apps, committed: &Committed, seq: u32, from_snapshot: bool) {
+    let app_id = match &committed.change {
+        Change::ChannelOccupied(key) | Change::ChannelVacated(key) => &key.app,
+        Change::Presence(event) => &event.app,
+        Change::WebhooksSent { target, through } => {
+            if let Some(app) = apps.by_id(&target.app) {
+                app.webhooks.sent_through(&target.url, *through);
+            }
+            return;
+        }
+        Change::History(_) | Change::NodeAdmitted { .. } | Change::NodeLeft { .. } => return,
+    };
+    if from_snapshot {
+        return;
+    }
+    if let Some(app) = apps.by_id(app_id) {
+        (app.webhooks).committed(committed.index, seq, &committed.change);
+    }
 }
 
 /// Hands one committed change to this node's subscribers.
@@ -47,7 +85,8 @@ fn deliver(apps: &Apps, order: &Order, change: &Change) {
         Change::ChannelOccupied(_)
         | Change::ChannelVacated(_)
         | Change::NodeAdmitted { .. }
-        | Change::NodeLeft { .. } => {}
+        | Change::NodeLeft { .. }
+        | Change::WebhooksSent { .. } => {}
     }
 }
 

@@ -95,9 +95,7 @@ impl Node {
     pub fn start_webhooks(&self) {
         let client = crate::webhooks::post::client();
         for app in self.apps.iter() {
-            for sender in app.webhooks.senders(&client) {
-                actix_rt::spawn(sender.run());
-            }
+            app.webhooks.start(&client, &self.cluster);
         }
     }
 

@@ -17,6 +17,7 @@ use chorus_storage::StoredEvent;
 
 use crate::state::{ChannelKey, ReplicatedState};
 use crate::types::{Departure, NodeId, PresenceEvent, Request, Response};
+use crate::webhook_marks::{WebhookMark, WebhookTarget};
 
 /// One committed change, with the index of the log entry that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,12 @@ pub enum Change {
     /// A node left the members (`why` is `None` when this node skipped the entry that said why,
     /// installing a snapshot).
     NodeLeft { id: NodeId, why: Option<Departure> },
+    /// The leader's webhook `target` has everything committed up to `through`: what is queued
+    /// for it up to there is no longer needed (see [`crate::webhook_marks`]).
+    WebhooksSent {
+        target: WebhookTarget,
+        through: WebhookMark,
+    },
 }
 
 /// History events committed in one log entry, as every node applies them.
@@ -74,6 +81,7 @@ pub(crate) fn apply(state: &mut ReplicatedState, request: Request) -> Applied {
         .map(|key| state.is_occupied(key))
         .collect();
     let member_before = member_named(&request).map(|id| (id, state.admission(id)));
+    let mark_before = marked_target(&request).map(|target| state.webhooks_sent().of(target));
     let response = state.apply(&request);
 
     let mut changes = presence_changes(&response);
@@ -83,6 +91,14 @@ pub(crate) fn apply(state: &mut ReplicatedState, request: Request) -> Applied {
     if let Some((id, admission_before)) = member_before {
         let admission = state.admission(id);
         changes.extend(member_change(&request, id, admission_before, admission));
+    }
+    if let (Some(before), Request::WebhooksSent { target, through }) = (mark_before, &request) {
+        if before.is_none_or(|held| held < *through) {
+            changes.push(Change::WebhooksSent {
+                target: target.clone(),
+                through: *through,
+            });
+        }
     }
     if let (
         Request::HistoryAppend {
@@ -156,6 +172,10 @@ pub(crate) fn between(before: &ReplicatedState, after: &ReplicatedState) -> Vec<
             _ => {}
         }
     }
+    let marks = before.webhooks_sent().advanced_in(after.webhooks_sent());
+    changes.extend(
+        (marks.into_iter()).map(|(target, through)| Change::WebhooksSent { target, through }),
+    );
     changes
 }
 
@@ -182,6 +202,14 @@ fn occupancy_change(key: &ChannelKey, was: bool, is: bool) -> Option<Change> {
     match (was, is) {
         (false, true) => Some(Change::ChannelOccupied(key.clone())),
         (true, false) => Some(Change::ChannelVacated(key.clone())),
+        _ => None,
+    }
+}
+
+/// The webhook whose mark a request moves.
+fn marked_target(request: &Request) -> Option<&WebhookTarget> {
+    match request {
+        Request::WebhooksSent { target, .. } => Some(target),
         _ => None,
     }
 }
@@ -269,6 +297,7 @@ mod tests {
                 Change::ChannelVacated(key) => format!("-{}", key.channel),
                 Change::NodeAdmitted { id, .. } => format!("node+{id}"),
                 Change::NodeLeft { id, .. } => format!("node-{id}"),
+                Change::WebhooksSent { through, .. } => format!("sent@{}", through.index),
             })
             .collect()
     }
@@ -308,6 +337,24 @@ mod tests {
             ["+fresh", "-stale"],
             "a reset vacates what the node no longer has, in channel order"
         );
+    }
+
+    #[test]
+    fn a_webhook_mark_is_a_change_when_it_moves_forward_and_a_snapshot_catches_it_up() {
+        let sent = |index| Request::WebhooksSent {
+            target: WebhookTarget {
+                app: "1".into(),
+                url: "http://hook".into(),
+            },
+            through: WebhookMark { index, seq: 0 },
+        };
+        let mut state = ReplicatedState::default();
+        let before = state.clone();
+        assert_eq!(changes(&mut state, sent(5)), ["sent@5"]);
+        assert!(changes(&mut state, sent(4)).is_empty(), "an older mark");
+        assert!(changes(&mut state, sent(5)).is_empty(), "the same mark");
+        assert_eq!(described(&between(&before, &state)), ["sent@5"]);
+        assert!(between(&state, &state).is_empty());
     }
 
     #[test]

@@ -234,6 +234,13 @@ impl Cluster {
             && (metrics.current_leader == Some(me) || self.shared.contact.heard_within(FOLLOWING))
     }
 
+    /// Whether this node leads its cluster, as far as it knows, and has caught up: the one
+    /// node that sends what the whole cluster's changes call for (the cluster's webhooks).
+    pub fn leads(&self) -> bool {
+        let leads = self.shared.raft.metrics().borrow().current_leader == Some(self.node_id());
+        leads && self.caught_up()
+    }
+
     /// For a node about to stop: it calls no election any more and, if it leads, hands its
     /// leadership to another up-to-date voter, for the cluster to go on with hardly a moment
     /// without a leader (see [`crate::handover`]). Returns once another node leads, or at once

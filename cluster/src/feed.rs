@@ -47,6 +47,9 @@ impl OrderLock {
 /// machine waits until it is dropped.
 pub struct Batch {
     pub changes: Vec<Committed>,
+    /// Whether these are the net changes of a snapshot installed (all at its last index)
+    /// rather than entries applied one by one.
+    pub from_snapshot: bool,
     /// Never sent: dropping it tells the state machine the batch was taken.
     _taken: oneshot::Sender<()>,
 }
@@ -116,6 +119,15 @@ impl FeedSender {
     /// none or no one reads the feed, or keeps them while Raft starts. Call it with the order
     /// lock held.
     pub(crate) async fn hand_over(&self, changes: Vec<Committed>) {
+        self.send(changes, false).await
+    }
+
+    /// As [`FeedSender::hand_over`], for the net changes of a snapshot installed.
+    pub(crate) async fn hand_over_installed(&self, changes: Vec<Committed>) {
+        self.send(changes, true).await
+    }
+
+    async fn send(&self, changes: Vec<Committed>, from_snapshot: bool) {
         if changes.is_empty() || self.batches.is_closed() {
             return;
         }
@@ -126,6 +138,7 @@ impl FeedSender {
         let (taken, dropped) = oneshot::channel();
         let batch = Batch {
             changes,
+            from_snapshot,
             _taken: taken,
         };
         if self.batches.send(batch).await.is_ok() {

@@ -65,6 +65,7 @@ pub mod state;
 pub mod state_machine;
 pub mod status;
 pub mod types;
+pub mod webhook_marks;
 
 pub use changes::{Change, Committed, HistoryCommit};
 pub use cluster::{Cluster, ClusterSettings, DEFAULT_SNAPSHOT_EVERY};
@@ -89,3 +90,4 @@ pub use types::{
     Departure, Entry, InterestChange, LogId, Node, NodeId, PresenceChange, PresenceEvent,
     PresenceUserRef, Raft, RaftStorageError, Request, Response, TypeConfig,
 };
+pub use webhook_marks::{WebhookMark, WebhookMarks, WebhookTarget};

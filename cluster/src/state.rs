@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredMembers;
 use crate::types::{NodeId, PresenceChange, PresenceEvent, PresenceUserRef, Request, Response};
+use crate::webhook_marks::WebhookMarks;
 
 /// A channel of an app.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -48,7 +49,7 @@ pub struct HistoryPosition {
 }
 
 /// Maps keyed by a struct cannot be JSON objects: they are written as lists of pairs.
-mod as_pairs {
+pub(crate) mod as_pairs {
     use std::collections::BTreeMap;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -95,6 +96,9 @@ pub struct ReplicatedState {
     /// static peer list.
     #[serde(default)]
     retired: BTreeSet<NodeId>,
+    /// How far each webhook has been sent of the committed changes.
+    #[serde(default)]
+    webhooks_sent: WebhookMarks,
 }
 
 impl ReplicatedState {
@@ -163,6 +167,10 @@ impl ReplicatedState {
                     first_offset,
                 }
             }
+            Request::WebhooksSent { target, through } => {
+                self.webhooks_sent.advance(target, *through);
+                Response::Applied
+            }
         }
     }
 
@@ -191,7 +199,8 @@ impl ReplicatedState {
             | Request::SetDesiredMembers(_)
             | Request::SetRetired { .. }
             | Request::UpdatePresence { .. }
-            | Request::HistoryAppend { .. } => Vec::new(),
+            | Request::HistoryAppend { .. }
+            | Request::WebhooksSent { .. } => Vec::new(),
         }
     }
 
@@ -372,6 +381,11 @@ impl ReplicatedState {
     }
 
     /// The nodes an operator took out of the cluster.
+    /// How far each webhook has been sent of the committed changes.
+    pub fn webhooks_sent(&self) -> &WebhookMarks {
+        &self.webhooks_sent
+    }
+
     pub fn retired(&self) -> &BTreeSet<NodeId> {
         &self.retired
     }

@@ -240,7 +240,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let feed = self.feed.clone();
         let _in_order = feed.order_lock().lock();
         let committed = self.replace_state(meta, state);
-        feed.hand_over(committed).await;
+        feed.hand_over_installed(committed).await;
         Ok(())
     }
 

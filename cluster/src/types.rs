@@ -7,6 +7,7 @@ use chorus_storage::StoredEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredMembers;
+use crate::webhook_marks::{WebhookMark, WebhookTarget};
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
@@ -87,6 +88,13 @@ pub enum Request {
     /// that a static peer list that still names it does not bring it back; or it asked to join
     /// afresh (not `retired`).
     SetRetired { id: NodeId, retired: bool },
+    /// The leader's webhook `target` has everything committed up to `through` (sent, or dropped
+    /// for good): every node drops what it queued for it up to there (see
+    /// [`crate::webhook_marks`]).
+    WebhooksSent {
+        target: WebhookTarget,
+        through: WebhookMark,
+    },
 }
 
 /// The longest app id or channel name a request may carry (the broker's own limits are far
@@ -110,6 +118,7 @@ impl Request {
             Request::UpdatePresence { changes, .. } => {
                 changes.iter().all(|c| fits(&c.app, &c.channel))
             }
+            Request::WebhooksSent { target, .. } => fits(&target.app, &target.url),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Webhooks waiting to be sent, on disk until their receiver answers.
 //!
-//! One queue per (app, webhook, stream): the node's own events (client events, cache misses) and
+//! One queue per (app, webhook URL, stream): the node's own events (client events, cache misses) and
 //! the cluster's (occupancy and membership changes derived from the Raft log) wait apart, because
 //! different nodes send them. An entry's key is its queue and its position, so a range scan reads
 //! a queue in order and writing the same position twice (a log entry applied again after a
@@ -11,7 +11,7 @@
 //! receiver that is down for a day cannot fill the disk.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::{Result, StorageError};
 
@@ -61,13 +61,18 @@ impl WebhookQueues {
         })
     }
 
-    /// The queue of `app`'s webhook number `target`, stream `stream`, holding at most `max_len`
+    /// The queue of `app`'s webhook to `url`, stream `stream`, holding at most `max_len`
     /// entries. Counts what it holds once, here.
-    pub fn queue(&self, app: &str, target: u16, stream: u8, max_len: u64) -> Result<WebhookQueue> {
-        let mut prefix = Vec::with_capacity(app.len() + 5);
-        prefix.extend_from_slice(&(app.len() as u16).to_be_bytes());
-        prefix.extend_from_slice(app.as_bytes());
-        prefix.extend_from_slice(&target.to_be_bytes());
+    pub fn queue(&self, app: &str, url: &str, stream: u8, max_len: u64) -> Result<WebhookQueue> {
+        let mut prefix = Vec::with_capacity(app.len() + url.len() + 5);
+        for name in [app, url] {
+            let len = u16::try_from(name.len()).map_err(|_| StorageError::Unencodable {
+                what: "a webhook queue's name".to_owned(),
+                reason: format!("{} bytes, longer than 65535", name.len()),
+            })?;
+            prefix.extend_from_slice(&len.to_be_bytes());
+            prefix.extend_from_slice(name.as_bytes());
+        }
         prefix.push(stream);
         let len = self.tree.scan_prefix(&prefix).count() as u64;
         Ok(WebhookQueue {
@@ -75,6 +80,7 @@ impl WebhookQueues {
             prefix,
             max_len: max_len.max(1),
             len: Arc::new(AtomicU64::new(len)),
+            highest_removed: Arc::default(),
         })
     }
 }
@@ -86,6 +92,8 @@ pub struct WebhookQueue {
     prefix: Vec<u8>,
     max_len: u64,
     len: Arc<AtomicU64>,
+    /// The furthest position removed since the queue was opened.
+    highest_removed: Arc<Mutex<Option<Position>>>,
 }
 
 impl WebhookQueue {
@@ -177,8 +185,27 @@ impl WebhookQueue {
         let removed = self.tree.remove(self.key(position))?.is_some();
         if removed {
             self.len.fetch_sub(1, Ordering::Relaxed);
+            self.removed(position);
         }
         Ok(removed)
+    }
+
+    /// The furthest position removed since the queue was opened, if any.
+    pub fn highest_removed(&self) -> Option<Position> {
+        *self
+            .highest_removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn removed(&self, position: Position) {
+        let mut highest = self
+            .highest_removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if highest.is_none_or(|h| h < position) {
+            *highest = Some(position);
+        }
     }
 
     /// Removes every entry up to and including `position`; returns how many.
@@ -191,6 +218,9 @@ impl WebhookQueue {
                 self.len.fetch_sub(1, Ordering::Relaxed);
                 removed += 1;
             }
+        }
+        if removed > 0 {
+            self.removed(position);
         }
         Ok(removed)
     }
@@ -211,7 +241,7 @@ mod tests {
 
     #[test]
     fn entries_come_back_in_position_order_and_a_position_is_stored_once() {
-        let q = queues().queue("app", 0, b'c', 100).unwrap();
+        let q = queues().queue("app", "u", b'c', 100).unwrap();
         q.push(at(300), 1, b"c").unwrap();
         q.push(at(2), 2, b"a").unwrap();
         q.push(Position { index: 2, seq: 1 }, 3, b"b").unwrap();
@@ -230,20 +260,20 @@ mod tests {
     #[test]
     fn queues_of_other_apps_targets_and_streams_are_apart() {
         let all = queues();
-        let a = all.queue("app", 0, b'c', 10).unwrap();
-        let prefix_app = all.queue("ap", 0, b'c', 10).unwrap();
-        let other_target = all.queue("app", 1, b'c', 10).unwrap();
-        let other_stream = all.queue("app", 0, b'l', 10).unwrap();
+        let a = all.queue("app", "u", b'c', 10).unwrap();
+        let prefix_app = all.queue("ap", "u", b'c', 10).unwrap();
+        let other_target = all.queue("app", "v", b'c', 10).unwrap();
+        let other_stream = all.queue("app", "u", b'l', 10).unwrap();
         a.push(at(1), 0, b"x").unwrap();
         for q in [&prefix_app, &other_target, &other_stream] {
             assert!(q.first(10).unwrap().is_empty());
         }
-        assert_eq!(all.queue("app", 0, b'c', 10).unwrap().len(), 1);
+        assert_eq!(all.queue("app", "u", b'c', 10).unwrap().len(), 1);
     }
 
     #[test]
     fn a_full_queue_drops_its_oldest() {
-        let q = queues().queue("app", 0, b'l', 3).unwrap();
+        let q = queues().queue("app", "u", b'l', 3).unwrap();
         for i in 1..=3 {
             assert!(q.push(at(i), 0, b"e").unwrap().is_empty());
         }
@@ -256,7 +286,7 @@ mod tests {
 
     #[test]
     fn removal_through_a_position_keeps_what_follows() {
-        let q = queues().queue("app", 0, b'c', 10).unwrap();
+        let q = queues().queue("app", "u", b'c', 10).unwrap();
         for i in 1..=5 {
             q.push(at(i), 0, b"e").unwrap();
         }
@@ -266,5 +296,6 @@ mod tests {
         assert!(!q.remove(at(5)).unwrap());
         assert_eq!(q.first(10).unwrap()[0].position, at(4));
         assert_eq!(q.len(), 1);
+        assert_eq!(q.highest_removed(), Some(at(5)));
     }
 }

@@ -1,6 +1,7 @@
 //! The webhook events, each as Pusher's documentation gives its body, plus an `id` that stays
 //! the same across retries and nodes so a receiver can drop a duplicate.
 
+use chorus_cluster::Change;
 use serde::{Deserialize, Serialize};
 
 /// The kinds of webhook event, by Pusher's names.
@@ -35,10 +36,10 @@ impl WebhookKind {
         }
     }
 
-    /// Whether a node sends events of this kind yet: the cluster-wide ones (occupancy and
-    /// membership, derived from the Raft log) are still to come.
-    pub fn is_sent(self) -> bool {
-        matches!(self, WebhookKind::ClientEvent | WebhookKind::CacheMiss)
+    /// Whether events of this kind are derived from what the cluster commits (occupancy and
+    /// membership: queued on every node, sent by the leader) rather than seen by one node.
+    pub fn is_cluster_wide(self) -> bool {
+        !matches!(self, WebhookKind::ClientEvent | WebhookKind::CacheMiss)
     }
 
     pub fn parse(name: &str) -> Option<WebhookKind> {
@@ -106,6 +107,36 @@ impl WebhookEvent {
             | WebhookEvent::ClientEvent { channel, .. }
             | WebhookEvent::CacheMiss { channel, .. } => channel,
         }
+    }
+
+    /// The event a committed change calls for, if any, with the id its place in the log gives
+    /// it (the same on every node): `index-seq`. The app is the change's own.
+    pub fn of_change(index: u64, seq: u32, change: &Change) -> Option<WebhookEvent> {
+        let id = format!("{index}-{seq}");
+        Some(match change {
+            Change::ChannelOccupied(key) => WebhookEvent::ChannelOccupied {
+                id,
+                channel: key.channel.clone(),
+            },
+            Change::ChannelVacated(key) => WebhookEvent::ChannelVacated {
+                id,
+                channel: key.channel.clone(),
+            },
+            Change::Presence(event) if event.joined.is_some() => WebhookEvent::MemberAdded {
+                id,
+                channel: event.channel.clone(),
+                user_id: event.user_id.clone(),
+            },
+            Change::Presence(event) => WebhookEvent::MemberRemoved {
+                id,
+                channel: event.channel.clone(),
+                user_id: event.user_id.clone(),
+            },
+            Change::History(_)
+            | Change::NodeAdmitted { .. }
+            | Change::NodeLeft { .. }
+            | Change::WebhooksSent { .. } => return None,
+        })
     }
 
     pub fn id(&self) -> &str {

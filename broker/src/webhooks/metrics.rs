@@ -71,9 +71,11 @@ impl WebhookMetrics {
         let queued = IntGaugeVec::new(
             Opts::new(
                 "chorus_webhooks_queued",
-                "Webhook events waiting on this node, by app and webhook (its place in the app's list).",
+                "Webhook events waiting on this node, by app, webhook (its place in the app's list) \
+                 and stream (local: this node's own events; cluster: the cluster's, sent by the \
+                 leader).",
             ),
-            &["app_id", "webhook"],
+            &["app_id", "webhook", "stream"],
         )
         .expect("valid metric");
         registry
@@ -119,9 +121,9 @@ impl WebhookMetrics {
             .inc();
     }
 
-    /// The gauge of what waits for `app`'s webhook number `webhook`.
-    pub fn queued(&self, app: &str, webhook: usize) -> IntGauge {
-        self.queued.with_label_values(&[app, &webhook.to_string()])
+    /// The gauge of what waits for `app`'s webhook number `webhook` in `stream`.
+    pub fn queued(&self, app: &str, webhook: usize, stream: &str) -> IntGauge {
+        (self.queued).with_label_values(&[app, &webhook.to_string(), stream])
     }
 
     pub fn latency(&self, app: &str) -> Histogram {

@@ -1,16 +1,23 @@
 //! An app's webhooks, sent as Pusher sends them.
 //!
 //! Each webhook URL of an app has its own queues on disk ([`chorus_storage::WebhookQueue`]) and
-//! its own [`sender::Sender`], so a receiver that is down delays only its own events. Events that
-//! happen on a node (a client event, a cache miss) are queued by that node in its local stream
-//! and sent by it. Queueing is a write to sled and a wake-up: nothing here waits for a receiver,
-//! so webhooks never slow publishing or fan-out.
+//! its own [`sender::Sender`]s, so a receiver that is down delays only its own events. Events
+//! that happen on a node (a client event, a cache miss) are queued by that node in its local
+//! stream and sent by it. Events of the cluster's committed changes (channels occupied and
+//! vacated, users joining and leaving presence channels: once per change for the whole cluster)
+//! are queued by every node alike, each at its change's place in the log, and sent by the
+//! leader alone; how far it got is committed ([`marks`]), so every node drops what was sent and
+//! a new leader resumes where the old one stopped. Queueing is a write to sled and a wake-up:
+//! nothing here waits for a receiver, so webhooks never slow publishing or fan-out.
 //!
 //! [`settings`] is the configuration, [`event`] the events, [`post`] one request and what its
-//! answer means, [`sender`] the task that empties a queue, [`metrics`] what they count.
+//! answer means, [`plan`] what goes next, [`sender`] the task that empties a queue, [`marks`]
+//! the task that commits a leader's progress, [`metrics`] what they count.
 
 pub mod event;
+pub mod marks;
 pub mod metrics;
+pub mod plan;
 pub mod post;
 pub mod sender;
 pub mod settings;
@@ -18,25 +25,52 @@ pub mod settings;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use chorus_cluster::{Change, Cluster, WebhookMark, WebhookTarget};
 use chorus_storage::{Position, StorageError, WebhookQueue, WebhookQueues};
 use serde_json::value::RawValue;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::config::AppConfig;
 use event::{WebhookEvent, WebhookKind};
 use metrics::{DropReason, WebhookMetrics};
-use sender::Sender;
+use sender::{Sender, Stream};
 use settings::WebhookConfig;
 
 /// The stream of events this node saw happen itself.
 const LOCAL_STREAM: u8 = b'l';
+/// The stream of events of the cluster's committed changes.
+const CLUSTER_STREAM: u8 = b'c';
 
 /// One webhook URL of the app: what it wants and where its events wait.
 struct Target {
+    /// Its name in the queues and the cluster's marks: its URL (with `#n` when the app lists
+    /// the same URL again).
+    name: String,
     webhook: Arc<WebhookConfig>,
     kinds: Vec<WebhookKind>,
-    local: WebhookQueue,
+    local: Queue,
+    cluster: Queue,
+}
+
+/// A queue of a target and what wakes its sender.
+struct Queue {
+    queue: WebhookQueue,
     wake: Arc<Notify>,
+}
+
+impl Queue {
+    fn open(
+        queues: &WebhookQueues,
+        app: &AppConfig,
+        name: &str,
+        stream: u8,
+    ) -> Result<Queue, StorageError> {
+        let max_queued = app.webhook_delivery.max_queued;
+        Ok(Queue {
+            queue: queues.queue(&app.id, name, stream, max_queued)?,
+            wake: Arc::new(Notify::new()),
+        })
+    }
 }
 
 impl Target {
@@ -66,15 +100,27 @@ impl Webhooks {
         queues: &WebhookQueues,
         metrics: &WebhookMetrics,
     ) -> Result<Webhooks, StorageError> {
-        let max_queued = app.webhook_delivery.max_queued;
-        let mut targets = Vec::with_capacity(app.webhooks.len());
+        let mut targets: Vec<Target> = Vec::with_capacity(app.webhooks.len());
         let mut next_local = 1;
         for (i, webhook) in app.webhooks.iter().enumerate() {
-            let local = queues.queue(&app.id, i as u16, LOCAL_STREAM, max_queued)?;
-            if let Some(last) = local.last_position()? {
+            let repeated = app.webhooks[..i].iter().any(|w| w.url == webhook.url);
+            let name = match repeated {
+                true => format!("{}#{i}", webhook.url),
+                false => webhook.url.clone(),
+            };
+            let local = Queue::open(queues, app, &name, LOCAL_STREAM)?;
+            if let Some(last) = local.queue.last_position()? {
                 next_local = next_local.max(last.index + 1);
             }
+            let cluster = Queue::open(queues, app, &name, CLUSTER_STREAM)?;
+            metrics
+                .queued(&app.id, i, "local")
+                .set(local.queue.len() as i64);
+            metrics
+                .queued(&app.id, i, "cluster")
+                .set(cluster.queue.len() as i64);
             targets.push(Target {
+                name,
                 webhook: Arc::new(webhook.clone()),
                 kinds: webhook
                     .event_types
@@ -82,11 +128,8 @@ impl Webhooks {
                     .filter_map(|name| WebhookKind::parse(name))
                     .collect(),
                 local,
-                wake: Arc::new(Notify::new()),
+                cluster,
             });
-        }
-        for (i, target) in targets.iter().enumerate() {
-            metrics.queued(&app.id, i).set(target.local.len() as i64);
         }
         Ok(Webhooks {
             inner: Arc::new(Inner {
@@ -136,64 +179,116 @@ impl Webhooks {
         });
     }
 
-    /// Queues `event` for every webhook that wants it and wakes their senders.
-    fn queue_local(&self, event: WebhookEvent) {
-        let inner = &self.inner;
-        let kind = event.kind();
-        let targets: Vec<(usize, &Target)> = inner
-            .targets
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.wants(kind, event.channel()))
-            .collect();
-        if targets.is_empty() {
+    /// The cluster committed `change` of this app, the `seq`th change of log entry `index`:
+    /// queues the webhook event it calls for, if any webhook wants it. Every node does so alike.
+    pub fn committed(&self, index: u64, seq: u32, change: &Change) {
+        let Some(event) = WebhookEvent::of_change(index, seq, change) else {
             return;
+        };
+        self.queue(&event, Position { index, seq }, |t| &t.cluster, "cluster");
+    }
+
+    /// The leader has sent everything committed up to `through` to the webhook named `target`:
+    /// drops what waits for it up to there.
+    pub fn sent_through(&self, target: &str, through: WebhookMark) {
+        let inner = &self.inner;
+        let Some((i, target)) = (inner.targets.iter().enumerate()).find(|(_, t)| t.name == target)
+        else {
+            return;
+        };
+        let through = Position {
+            index: through.index,
+            seq: through.seq,
+        };
+        if let Err(e) = target.cluster.queue.remove_through(through) {
+            tracing::warn!(app = %inner.app.id, error = %e, "cannot drop sent webhooks");
         }
-        let payload = serde_json::to_vec(&event).expect("webhook events serialise");
+        let gauge = inner.metrics.queued(&inner.app.id, i, "cluster");
+        gauge.set(target.cluster.queue.len() as i64);
+    }
+
+    /// Queues `event` in the local stream of every webhook that wants it.
+    fn queue_local(&self, event: WebhookEvent) {
         let position = Position {
-            index: inner.next_local.fetch_add(1, Ordering::Relaxed),
+            index: self.inner.next_local.fetch_add(1, Ordering::Relaxed),
             seq: 0,
         };
-        let now = crate::history::now_ms();
-        for (i, target) in targets {
-            match target.local.push(position, now, &payload) {
+        self.queue(&event, position, |t| &t.local, "local");
+    }
+
+    /// Queues `event` at `position` in the `stream` of every webhook that wants it, and wakes
+    /// their senders.
+    fn queue(
+        &self,
+        event: &WebhookEvent,
+        position: Position,
+        stream: impl Fn(&Target) -> &Queue,
+        stream_name: &str,
+    ) {
+        let inner = &self.inner;
+        let kind = event.kind();
+        let mut payload = None;
+        for (i, target) in inner.targets.iter().enumerate() {
+            if !target.wants(kind, event.channel()) {
+                continue;
+            }
+            let payload = payload.get_or_insert_with(|| {
+                serde_json::to_vec(event).expect("webhook events serialise")
+            });
+            let queue = stream(target);
+            match queue
+                .queue
+                .push(position, crate::history::now_ms(), payload)
+            {
                 Ok(dropped) => {
                     for _ in dropped {
-                        inner
-                            .metrics
-                            .dropped(&inner.app.id, kind, DropReason::QueueFull);
+                        (inner.metrics).dropped(&inner.app.id, kind, DropReason::QueueFull);
                     }
-                    inner
-                        .metrics
-                        .queued(&inner.app.id, i)
-                        .set(target.local.len() as i64);
-                    target.wake.notify_one();
+                    let gauge = inner.metrics.queued(&inner.app.id, i, stream_name);
+                    gauge.set(queue.queue.len() as i64);
+                    queue.wake.notify_one();
                 }
                 Err(e) => tracing::warn!(app = %inner.app.id, error = %e, "cannot queue a webhook"),
             }
         }
     }
 
-    /// The senders of the app's webhooks, to be spawned on the node's runtime.
-    pub fn senders(&self, client: &reqwest::Client) -> Vec<Sender> {
+    /// Starts, on the current runtime, a sender for each queue of the app's webhooks, and for
+    /// each webhook the task that commits how far the leader sent its cluster events.
+    pub fn start(&self, client: &reqwest::Client, cluster: &Cluster) {
         let inner = &self.inner;
-        inner
-            .targets
-            .iter()
-            .enumerate()
-            .map(|(i, target)| Sender {
-                app_id: inner.app.id.clone(),
-                key: inner.app.key.clone(),
-                secret: inner.app.secret.clone(),
-                webhook: target.webhook.clone(),
-                delivery: inner.app.webhook_delivery.clone(),
-                queue: target.local.clone(),
-                wake: target.wake.clone(),
-                client: client.clone(),
-                metrics: inner.metrics.clone(),
-                queued: inner.metrics.queued(&inner.app.id, i),
-            })
-            .collect()
+        for (i, target) in inner.targets.iter().enumerate() {
+            let (sent, marks) = watch::channel(None);
+            let leads = {
+                let cluster = cluster.clone();
+                Arc::new(move || cluster.leads())
+            };
+            let streams = [
+                (&target.local, Stream::Local, "local"),
+                (&target.cluster, Stream::Cluster { leads, sent }, "cluster"),
+            ];
+            for (queue, stream, stream_name) in streams {
+                let sender = Sender {
+                    app_id: inner.app.id.clone(),
+                    key: inner.app.key.clone(),
+                    secret: inner.app.secret.clone(),
+                    webhook: target.webhook.clone(),
+                    delivery: inner.app.webhook_delivery.clone(),
+                    queue: queue.queue.clone(),
+                    stream,
+                    wake: queue.wake.clone(),
+                    client: client.clone(),
+                    metrics: inner.metrics.clone(),
+                    queued: inner.metrics.queued(&inner.app.id, i, stream_name),
+                };
+                actix_rt::spawn(sender.run());
+            }
+            let target = WebhookTarget {
+                app: inner.app.id.clone(),
+                url: target.name.clone(),
+            };
+            actix_rt::spawn(marks::commit_marks(cluster.clone(), target, marks));
+        }
     }
 }
 

@@ -1,25 +1,48 @@
-//! The task that empties one webhook queue into its receiver: oldest first, in batches when the
-//! app batches, each batch retried with exponential backoff and jitter until its receiver takes
-//! it or its retry window passes. It holds at most one batch in memory; what waits is on disk.
+//! The task that empties one webhook queue into its receiver: oldest first (see [`super::plan`]
+//! for the vacate delay), in batches when the app batches, each batch retried with exponential
+//! backoff and jitter until its receiver takes it or its retry window passes. It holds at most
+//! one batch in memory; what waits is on disk.
+//!
+//! A queue of the node's own events is sent by the node. A queue of the cluster's events is
+//! sent only while the node leads, and after each step the sender says how far it got, so that
+//! the mark can be committed for every node (see [`super::marks`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_storage::{QueuedWebhook, WebhookQueue};
+use chorus_storage::{Position, QueuedWebhook, WebhookQueue};
 use prometheus::{Histogram, IntGauge};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use super::event::{WebhookEvent, WebhookKind};
 use super::metrics::{DropReason, WebhookMetrics};
+use super::plan::{plan, Waiting};
 use super::post::{self, Outcome};
 use super::settings::{WebhookConfig, WebhookDelivery};
 use crate::history::now_ms;
 
-/// The first wait after a failure; each further failure doubles it, up to [`MAX_BACKOFF`].
+/// The first wait after a failure; each further failure doubles it, up to the app's
+/// `max_backoff_ms`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long an idle sender sleeps before it looks at its queue again without being woken.
 const IDLE_LOOK: Duration = Duration::from_secs(5);
+/// How often a sender of the cluster's events looks whether its node leads.
+const LEADERSHIP_LOOK: Duration = Duration::from_millis(200);
+/// How many of the oldest waiting events the sender plans over: a channel's vacate waiting out
+/// its delay lets the others' events past it, up to this far.
+const PLANNED: usize = 500;
+
+/// Whose events a queue holds, and so who sends them.
+pub enum Stream {
+    /// Events this node saw happen: it sends them.
+    Local,
+    /// Events of the cluster's committed changes: sent while `leads` says this node leads;
+    /// `sent` is told how far the queue is done with.
+    Cluster {
+        leads: Arc<dyn Fn() -> bool + Send + Sync>,
+        sent: watch::Sender<Option<Position>>,
+    },
+}
 
 /// Everything one sender needs.
 pub struct Sender {
@@ -29,6 +52,7 @@ pub struct Sender {
     pub webhook: Arc<WebhookConfig>,
     pub delivery: WebhookDelivery,
     pub queue: WebhookQueue,
+    pub stream: Stream,
     /// Notified when an event is queued.
     pub wake: Arc<Notify>,
     pub client: reqwest::Client,
@@ -40,6 +64,12 @@ pub struct Sender {
 struct Batch {
     entries: Vec<QueuedWebhook>,
     kinds: Vec<WebhookKind>,
+}
+
+/// The oldest waiting events, decoded.
+struct Window {
+    entries: Vec<QueuedWebhook>,
+    events: Vec<WebhookEvent>,
 }
 
 impl Sender {
@@ -83,11 +113,13 @@ impl Sender {
                     self.after_failure(&batch, failures).await;
                 }
             }
+            self.report_progress();
         }
     }
 
-    /// The oldest events waiting: as soon as there is one without batching; with batching,
-    /// once the batch is full or the first has waited the batch window.
+    /// The next events to send: as soon as there is one without batching; with batching, once
+    /// the batch is full or the first has waited the batch window. Cluster events only while
+    /// this node leads.
     async fn next_batch(&self) -> Batch {
         let limit = if self.delivery.batching {
             self.delivery.batch_max_events
@@ -95,40 +127,80 @@ impl Sender {
             1
         };
         loop {
-            let entries = match self.queue.first(limit) {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::warn!(app = %self.app_id, error = %e, "cannot read webhook queue");
-                    tokio::time::sleep(IDLE_LOOK).await;
-                    continue;
-                }
-            };
+            if !self.may_send() {
+                tokio::time::sleep(LEADERSHIP_LOOK).await;
+                continue;
+            }
+            let window = self.window();
             self.queued.set(self.queue.len() as i64);
-            let Some(first) = entries.first() else {
+            if window.entries.is_empty() {
                 let _ = tokio::time::timeout(IDLE_LOOK, self.wake.notified()).await;
                 continue;
-            };
-            let due = first.queued_ms + self.delivery.batch_window_ms;
+            }
             let now = now_ms();
-            if self.delivery.batching && entries.len() < limit && now < due {
+            let waiting: Vec<Waiting<'_>> = (window.entries.iter().zip(&window.events))
+                .map(|(entry, event)| Waiting {
+                    kind: event.kind(),
+                    channel: event.channel(),
+                    queued_ms: entry.queued_ms,
+                })
+                .collect();
+            let plan = plan(&waiting, now, self.delivery.vacate_delay_ms, limit);
+            if !plan.cancel.is_empty() {
+                for &i in &plan.cancel {
+                    self.remove(&window.entries[i]);
+                }
+                self.report_progress();
+                continue;
+            }
+            let Some(&first) = plan.send.first() else {
+                let due = plan.due_ms.unwrap_or(now).saturating_sub(now);
+                let wait = Duration::from_millis(due).min(IDLE_LOOK);
+                let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+                continue;
+            };
+            let due = window.entries[first].queued_ms + self.delivery.batch_window_ms;
+            if self.delivery.batching && plan.send.len() < limit && now < due {
                 tokio::time::sleep(Duration::from_millis(due - now)).await;
                 continue;
             }
-            return self.decoded(entries);
+            return Batch {
+                kinds: plan.send.iter().map(|&i| window.events[i].kind()).collect(),
+                entries: plan
+                    .send
+                    .iter()
+                    .map(|&i| window.entries[i].clone())
+                    .collect(),
+            };
         }
     }
 
-    /// Reads the kind of each entry; an entry that does not decode is dropped with a warning.
-    fn decoded(&self, entries: Vec<QueuedWebhook>) -> Batch {
-        let mut batch = Batch {
+    fn may_send(&self) -> bool {
+        match &self.stream {
+            Stream::Local => true,
+            Stream::Cluster { leads, .. } => leads(),
+        }
+    }
+
+    /// The oldest waiting events, decoded; an entry that does not decode is dropped with a
+    /// warning.
+    fn window(&self) -> Window {
+        let entries = match self.queue.first(PLANNED) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(app = %self.app_id, error = %e, "cannot read webhook queue");
+                Vec::new()
+            }
+        };
+        let mut window = Window {
             entries: Vec::with_capacity(entries.len()),
-            kinds: Vec::with_capacity(entries.len()),
+            events: Vec::with_capacity(entries.len()),
         };
         for entry in entries {
             match serde_json::from_slice::<WebhookEvent>(&entry.payload) {
                 Ok(event) => {
-                    batch.kinds.push(event.kind());
-                    batch.entries.push(entry);
+                    window.events.push(event);
+                    window.entries.push(entry);
                 }
                 Err(e) => {
                     tracing::warn!(app = %self.app_id, error = %e, "dropping an unreadable queued webhook");
@@ -136,7 +208,32 @@ impl Sender {
                 }
             }
         }
-        batch
+        window
+    }
+
+    /// Tells how far the cluster's queue is done with: everything before its oldest waiting
+    /// event. Only forward; nothing for the node's own queue.
+    fn report_progress(&self) {
+        let Stream::Cluster { sent, .. } = &self.stream else {
+            return;
+        };
+        let first = match self.queue.first(1) {
+            Ok(first) => first.first().map(|e| e.position),
+            Err(_) => return,
+        };
+        let done = match first {
+            Some(first) => before(first),
+            None => self.queue.highest_removed(),
+        };
+        if let Some(done) = done {
+            sent.send_if_modified(|held| {
+                let further = held.is_none_or(|h| h < done);
+                if further {
+                    *held = Some(done);
+                }
+                further
+            });
+        }
     }
 
     fn delivered(&self, batch: &Batch, latency: &Histogram) {
@@ -180,18 +277,28 @@ impl Sender {
             |entry| entry.queued_ms + window_ms <= now,
             DropReason::Expired,
         );
-        tokio::time::sleep(backoff(failures)).await;
+        let longest = Duration::from_millis(self.delivery.max_backoff_ms);
+        tokio::time::sleep(backoff(failures, longest)).await;
         self.metrics.retried(&self.app_id);
     }
 }
 
+/// The position just before `position`, if there is one.
+fn before(position: Position) -> Option<Position> {
+    match position.seq.checked_sub(1) {
+        Some(seq) => Some(Position { seq, ..position }),
+        None => Some(Position {
+            index: position.index.checked_sub(1)?,
+            seq: u32::MAX,
+        }),
+    }
+}
+
 /// The wait after `failures` failures in a row: doubling from [`FIRST_BACKOFF`] up to
-/// [`MAX_BACKOFF`], a random point in its upper half so that senders do not retry in step.
-pub fn backoff(failures: u32) -> Duration {
+/// `longest`, a random point in its upper half so that senders do not retry in step.
+pub fn backoff(failures: u32, longest: Duration) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
-    let ceiling = FIRST_BACKOFF
-        .saturating_mul(1 << doublings)
-        .min(MAX_BACKOFF);
+    let ceiling = FIRST_BACKOFF.saturating_mul(1 << doublings).min(longest);
     let half = ceiling / 2;
     half + half.mul_f64(rand::random::<f64>())
 }
@@ -202,15 +309,25 @@ mod tests {
 
     #[test]
     fn backoff_doubles_within_its_bounds() {
+        let longest = Duration::from_secs(60);
         for failures in 1..40 {
-            let wait = backoff(failures);
-            let ceiling = (FIRST_BACKOFF * 2u32.pow(failures.min(17) - 1)).min(MAX_BACKOFF);
+            let wait = backoff(failures, longest);
+            let ceiling = (FIRST_BACKOFF * 2u32.pow(failures.min(17) - 1)).min(longest);
             assert!(
                 wait >= ceiling / 2 && wait <= ceiling,
                 "{failures}: {wait:?}"
             );
         }
-        assert!(backoff(1) <= FIRST_BACKOFF);
-        assert!(backoff(30) >= MAX_BACKOFF / 2);
+        assert!(backoff(1, longest) <= FIRST_BACKOFF);
+        assert!(backoff(30, longest) >= longest / 2);
+        assert!(backoff(30, Duration::from_secs(2)) <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn progress_is_everything_before_the_oldest_waiting() {
+        let at = |index, seq| Position { index, seq };
+        assert_eq!(before(at(7, 2)), Some(at(7, 1)));
+        assert_eq!(before(at(7, 0)), Some(at(6, u32::MAX)));
+        assert_eq!(before(at(0, 0)), None);
     }
 }

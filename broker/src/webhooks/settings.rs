@@ -61,10 +61,15 @@ pub struct WebhookDelivery {
     pub batch_max_events: usize,
     /// How long a failing webhook is retried before it is dropped (and counted).
     pub retry_window_secs: u64,
+    /// The longest wait between two tries: the wait doubles from 500 ms after each failure in
+    /// a row, up to this.
+    pub max_backoff_ms: u64,
     /// How long one request may take, connecting included.
     pub timeout_ms: u64,
     /// Webhooks waiting per webhook URL at most; beyond, the oldest are dropped (and counted).
     pub max_queued: u64,
+    /// How long `channel_vacated` waits: a channel occupied again within it sends neither.
+    pub vacate_delay_ms: u64,
 }
 
 impl Default for WebhookDelivery {
@@ -74,13 +79,18 @@ impl Default for WebhookDelivery {
             batch_window_ms: 250,
             batch_max_events: 20,
             retry_window_secs: 300,
+            max_backoff_ms: 60_000,
             timeout_ms: 5000,
             max_queued: 100_000,
+            vacate_delay_ms: 3000,
         }
     }
 }
 
 /// Headers a webhook's own may not replace.
+/// The longest webhook URL: the cluster names a webhook by its URL in its log.
+const LONGEST_URL: usize = 1024;
+
 const RESERVED_HEADERS: [&str; 4] = [
     "content-type",
     "content-length",
@@ -93,6 +103,9 @@ const RESERVED_HEADERS: [&str; 4] = [
 pub fn check_webhook(webhook: &WebhookConfig) -> Result<(), (String, String)> {
     let problem = |key: &str, text: String| Err((key.to_owned(), text));
     match reqwest::Url::parse(&webhook.url) {
+        _ if webhook.url.len() > LONGEST_URL => {
+            return problem("url", format!("longer than {LONGEST_URL} bytes"))
+        }
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
         Ok(_) => return problem("url", format!("{:?} is not an http(s) URL", webhook.url)),
         Err(e) => return problem("url", format!("{:?}: {e}", webhook.url)),
@@ -102,13 +115,7 @@ pub fn check_webhook(webhook: &WebhookConfig) -> Result<(), (String, String)> {
     }
     for name in &webhook.event_types {
         match WebhookKind::parse(name) {
-            Some(kind) if kind.is_sent() => {}
-            Some(_) => {
-                return problem(
-                    "event_types",
-                    format!("{name:?}: cluster-wide events are not sent yet"),
-                )
-            }
+            Some(_) => {}
             None => {
                 let known: Vec<_> = WebhookKind::ALL.iter().map(|k| k.name()).collect();
                 return problem(
@@ -136,7 +143,7 @@ pub fn check_webhook(webhook: &WebhookConfig) -> Result<(), (String, String)> {
 
 /// Checks an app's delivery settings; on a problem, the key and what is wrong.
 pub fn check_delivery(delivery: &WebhookDelivery) -> Result<(), (String, String)> {
-    let ranges: [(&str, u64, u64, u64); 5] = [
+    let ranges: [(&str, u64, u64, u64); 7] = [
         ("batch_window_ms", delivery.batch_window_ms, 0, 60_000),
         (
             "batch_max_events",
@@ -150,8 +157,10 @@ pub fn check_delivery(delivery: &WebhookDelivery) -> Result<(), (String, String)
             1,
             7 * 86_400,
         ),
+        ("max_backoff_ms", delivery.max_backoff_ms, 500, 600_000),
         ("timeout_ms", delivery.timeout_ms, 100, 120_000),
         ("max_queued", delivery.max_queued, 1, 100_000_000),
+        ("vacate_delay_ms", delivery.vacate_delay_ms, 0, 60_000),
     ];
     for (key, value, min, max) in ranges {
         if !(min..=max).contains(&value) {
@@ -185,11 +194,10 @@ mod tests {
             key(&webhook("http://a.example/", &["occupied"])),
             "event_types"
         );
-        let not_yet = webhook("http://a.example/", &["channel_vacated"]);
-        assert!(check_webhook(&not_yet)
-            .unwrap_err()
-            .1
-            .contains("not sent yet"));
+        let long = format!("http://a.example/{}", "x".repeat(LONGEST_URL));
+        assert_eq!(key(&webhook(&long, &["client_event"])), "url");
+        let every: Vec<&str> = WebhookKind::ALL.iter().map(|k| k.name()).collect();
+        assert!(check_webhook(&webhook("http://a.example/", &every)).is_ok());
     }
 
     #[test]

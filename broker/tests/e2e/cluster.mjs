@@ -5,14 +5,19 @@ import { startChorus, freePort, eventually } from './harness.mjs';
 
 export const CLUSTER_SECRET = 'e2e-cluster-secret-0123';
 
-/** Starts nodes 1..size; `nodes[i]` is node i + 1 (a harness server with `id` and `clusterPort`). */
-export async function startCluster(size) {
+/**
+ * Starts nodes 1..size; `nodes[i]` is node i + 1 (a harness server with `id` and `clusterPort`).
+ * `apps` and `config` go to every node's startChorus.
+ */
+export async function startCluster(size, { apps, config } = {}) {
   const clusterPorts = [];
   for (let i = 0; i < size; i++) clusterPorts.push(await freePort());
   const peers = clusterPorts.map((port, i) => `${i + 1}@127.0.0.1:${port}`).join(',');
   // All at once: a node is ready only once a quorum of them is up and has a leader.
   const starting = clusterPorts.map(async (clusterPort, i) => {
     const node = await startChorus({
+      apps,
+      config,
       env: {
         CHORUS_NODE_ID: String(i + 1),
         CHORUS_CLUSTER_PORT: String(clusterPort),
@@ -52,6 +57,14 @@ export async function startCluster(size) {
         timeout,
         what: `node ${id} to see nodes ${want} subscribed to ${channel}`,
       });
+    },
+    /** The id of the leader, as node `id` knows it (null: none). */
+    async leaderSeenBy(id) {
+      const res = await fetch(`http://127.0.0.1:${nodes[id - 1].clusterPort}/cluster`, {
+        headers: { 'x-chorus-cluster-secret': CLUSTER_SECRET },
+        signal: AbortSignal.timeout(2000),
+      });
+      return (await res.json()).leader_id ?? null;
     },
     async cleanup() {
       await Promise.all(nodes.map((node) => node.cleanup()));

@@ -14,11 +14,12 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 /**
  * Starts a receiver for `app`. `answer(request)` returns the status to answer, or null to never
- * answer (the connection is closed when the receiver stops); 200 by default.
+ * answer (the connection is closed when the receiver stops); 200 by default. `port`: where to
+ * listen (a free one by default; a fixed one to stop and start a receiver at the same URL).
  * `requests`: every request, {valid, headers, body, events, at, status}; `events()`: every event
  * of the valid ones, in arrival order.
  */
-export async function startReceiver(app, { answer = () => 200 } = {}) {
+export async function startReceiver(app, { answer = () => 200, port = 0 } = {}) {
   const sdk = new PusherSDK({ appId: app.id, key: app.key, secret: app.secret, host: '127.0.0.1' });
   const requests = [];
   const hanging = new Set();
@@ -47,7 +48,7 @@ export async function startReceiver(app, { answer = () => 200 } = {}) {
       res.end('{}');
     });
   });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
   const url = `http://127.0.0.1:${server.address().port}/webhook`;
   return {
     url,

@@ -1,6 +1,8 @@
-// Webhooks a node sends for what happens on it (client events, cache misses): Pusher's wire
-// format checked by the real SDKs' validators (Node `pusher.webhook()`, Python
-// `validate_webhook`), filters, batching, retries, refusals, timeouts and a restart.
+// Webhooks of one node: what happens on it (client events, cache misses) and what its one-node
+// cluster commits (channels occupied and vacated, presence members added and removed). Pusher's
+// wire format checked by the real SDKs' validators (Node `pusher.webhook()`, Python
+// `validate_webhook`), filters, batching, the vacate delay, retries, refusals, timeouts and a
+// restart. The cluster-wide semantics on three nodes are in webhooks_cluster.test.mjs.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -122,6 +124,132 @@ describe('webhooks of what happens on a node', () => {
     const carrying = node.requests.filter((r) => r.events.some((e) => e.event === 'client-burst'));
     assert.ok(carrying.length < 4, `4 events in ${carrying.length} requests`);
     assert.deepEqual(clientEvents(node, 'client-burst').map((e) => JSON.parse(e.data).i), [0, 1, 2, 3]);
+  });
+});
+
+const named = (receiver, name, channel) =>
+  receiver.events().filter((e) => e.name === name && e.channel === channel);
+
+describe("webhooks of the cluster's changes, on one node", () => {
+  let server;
+  let node;
+  let python;
+  const VACATE_DELAY_MS = 1000;
+  before(async () => {
+    node = await startReceiver(DEFAULT_APP);
+    python = await startPythonReceiver(DEFAULT_APP);
+    server = await startChorus({
+      apps: [
+        {
+          ...DEFAULT_APP,
+          webhooks: [
+            {
+              url: node.url,
+              event_types: ['channel_occupied', 'channel_vacated', 'member_added', 'member_removed'],
+            },
+            {
+              url: python.url,
+              event_types: ['member_added', 'member_removed'],
+              filter: { channel_name_starts_with: 'presence-' },
+            },
+          ],
+          webhook_delivery: { batch_window_ms: 100, vacate_delay_ms: VACATE_DELAY_MS },
+        },
+      ],
+    });
+  });
+  after(async () => {
+    await server?.cleanup();
+    await node?.close();
+    await python?.close();
+  });
+
+  test('the first subscriber occupies a channel, the last vacates it after the delay; once each', async () => {
+    const a = await server.connectedClient();
+    const b = await server.connectedClient();
+    await subscribeOk(a, 'news-once');
+    await subscribeOk(b, 'news-once');
+    await eventually(() => named(node, 'channel_occupied', 'news-once').length === 1, {
+      what: 'channel_occupied',
+    });
+    a.unsubscribe('news-once');
+    b.unsubscribe('news-once');
+    const left = Date.now();
+    await eventually(() => named(node, 'channel_vacated', 'news-once').length === 1, {
+      timeout: WAIT_MS + VACATE_DELAY_MS,
+      what: 'channel_vacated',
+    });
+    const vacated = node.requests.find((r) => r.events.some((e) => e.name === 'channel_vacated' && e.channel === 'news-once'));
+    assert.ok(vacated.at - left >= VACATE_DELAY_MS - 100, `vacated ${vacated.at - left} ms after the last left`);
+    assert.equal(named(node, 'channel_occupied', 'news-once').length, 1, 'one channel_occupied');
+    const [occupied] = named(node, 'channel_occupied', 'news-once');
+    assert.deepEqual(Object.keys(occupied).sort(), ['channel', 'id', 'name']);
+    assert.notEqual(occupied.id, named(node, 'channel_vacated', 'news-once')[0].id);
+    assert.ok(node.requests.every((r) => r.valid), 'every request valid for the Node SDK');
+    a.disconnect();
+    b.disconnect();
+  });
+
+  test('two tabs of a user: one member_added, and member_removed only when the last leaves; both SDKs', async () => {
+    const channel = 'presence-tabs';
+    const tab1 = await server.connectedClient({ user: { id: 'alice', info: { name: 'Alice' } } });
+    const tab2 = await server.connectedClient({ user: { id: 'alice', info: { name: 'Alice' } } });
+    const bob = await server.connectedClient({ user: { id: 'bob' } });
+    for (const c of [tab1, tab2, bob]) await subscribeOk(c, channel);
+    const users = (receiver, name) => named(receiver, name, channel).map((e) => e.user_id);
+    await eventually(() => users(node, 'member_added').length === 2 && users(python, 'member_added').length === 2, {
+      what: 'alice and bob added, at both receivers',
+    });
+    assert.deepEqual(users(node, 'member_added'), ['alice', 'bob']);
+
+    tab1.disconnect();
+    bob.disconnect();
+    // Bob's member_removed was committed after alice's first tab left: once it is here, a
+    // member_removed of alice would be here too.
+    await eventually(() => users(node, 'member_removed').includes('bob'), { what: 'bob removed' });
+    assert.deepEqual(users(node, 'member_removed'), ['bob'], 'alice still has a tab');
+
+    tab2.disconnect();
+    await eventually(() => users(node, 'member_removed').includes('alice'), { what: 'alice removed' });
+    await eventually(() => users(python, 'member_removed').length === 2, { what: 'the Python SDK saw both leave' });
+    assert.deepEqual(users(python, 'member_added'), ['alice', 'bob']);
+    assert.deepEqual(users(python, 'member_removed'), ['bob', 'alice']);
+    assert.ok(python.requests.every((r) => r.valid), 'valid for the Python SDK');
+    const ids = named(node, 'member_added', channel).concat(named(node, 'member_removed', channel)).map((e) => e.id);
+    assert.equal(new Set(ids).size, 4, 'each change its own id');
+    assert.equal(named(python, 'channel_occupied', channel).length, 0, 'not a type the Python webhook wants');
+  });
+
+  test('a subscriber back within the vacate delay sends neither channel_vacated nor a second channel_occupied', async () => {
+    const a = await server.connectedClient();
+    await subscribeOk(a, 'reload');
+    await eventually(() => named(node, 'channel_occupied', 'reload').length === 1, { what: 'reload occupied' });
+    a.unsubscribe('reload');
+    // The vacate is committed and waits out its delay in the queue: then the subscriber returns.
+    const waiting = async () =>
+      metric(await server.metrics(), 'chorus_webhooks_queued', { webhook: 0, stream: 'cluster' });
+    await eventually(async () => (await waiting()) === 1, { what: "reload's vacate to be queued" });
+    await subscribeOk(a, 'reload');
+
+    // The control's vacate is due after reload's would have been, and goes in the same queue.
+    await subscribeOk(a, 'reload-control');
+    await eventually(() => named(node, 'channel_occupied', 'reload-control').length === 1, {
+      what: 'the control channel occupied',
+    });
+    a.unsubscribe('reload-control');
+    await eventually(() => named(node, 'channel_vacated', 'reload-control').length === 1, {
+      timeout: WAIT_MS + VACATE_DELAY_MS,
+      what: 'the control channel vacated',
+    });
+    assert.equal(named(node, 'channel_vacated', 'reload').length, 0, 'no channel_vacated');
+    assert.equal(named(node, 'channel_occupied', 'reload').length, 1, 'no second channel_occupied');
+    assert.equal(await waiting(), 0, 'the vacate and the occupation dropped from the queue');
+
+    a.disconnect();
+    await eventually(() => named(node, 'channel_vacated', 'reload').length === 1, {
+      timeout: WAIT_MS + VACATE_DELAY_MS,
+      what: 'reload vacated once its subscriber is gone for good',
+    });
   });
 });
 
