@@ -28,8 +28,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const IDLE_LOOK: Duration = Duration::from_secs(5);
 /// How often a sender of the cluster's events looks whether its node leads.
 const LEADERSHIP_LOOK: Duration = Duration::from_millis(200);
-/// How many of the oldest waiting events the sender plans over: a channel's vacate waiting out
-/// its delay lets the others' events past it, up to this far.
+/// How many of the oldest waiting events the sender plans over at most: a channel's vacate
+/// waiting out its delay lets the others' events past it, up to this far.
 const PLANNED: usize = 500;
 
 /// Whose events a queue holds, and so who sends them.
@@ -126,12 +126,15 @@ impl Sender {
         } else {
             1
         };
+        // Planned over a few more than a batch; over many more only while a vacate holds its
+        // channel back and others' events may go past it.
+        let mut planned = (limit * 2).max(16);
         loop {
             if !self.may_send() {
                 tokio::time::sleep(LEADERSHIP_LOOK).await;
                 continue;
             }
-            let window = self.window();
+            let window = self.window(planned);
             self.queued.set(self.queue.len() as i64);
             if window.entries.is_empty() {
                 let _ = tokio::time::timeout(IDLE_LOOK, self.wake.notified()).await;
@@ -151,6 +154,11 @@ impl Sender {
                     self.remove(&window.entries[i]);
                 }
                 self.report_progress();
+                continue;
+            }
+            let held_back = plan.due_ms.is_some() && window.entries.len() == planned;
+            if plan.send.len() < limit && held_back && planned < PLANNED {
+                planned = PLANNED;
                 continue;
             }
             let Some(&first) = plan.send.first() else {
@@ -182,10 +190,10 @@ impl Sender {
         }
     }
 
-    /// The oldest waiting events, decoded; an entry that does not decode is dropped with a
-    /// warning.
-    fn window(&self) -> Window {
-        let entries = match self.queue.first(PLANNED) {
+    /// The `size` oldest waiting events, decoded; an entry that does not decode is dropped with
+    /// a warning.
+    fn window(&self, size: usize) -> Window {
+        let entries = match self.queue.first(size) {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(app = %self.app_id, error = %e, "cannot read webhook queue");
