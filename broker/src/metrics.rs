@@ -66,101 +66,44 @@ impl Default for Metrics {
     }
 }
 
+/// Makes metrics and registers them in one registry.
+pub(crate) struct Registrar<'a>(pub(crate) &'a Registry);
+
+impl Registrar<'_> {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(&self, metric: M) -> M {
+        (self.0)
+            .register(Box::new(metric.clone()))
+            .expect("unique metric");
+        metric
+    }
+
+    pub(crate) fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    pub(crate) fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    /// A histogram per label values, its buckets `count` steps of `factor` from `start`.
+    pub(crate) fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        (start, factor, count): (f64, f64, usize),
+        labels: &[&str],
+    ) -> HistogramVec {
+        let buckets = prometheus::exponential_buckets(start, factor, count).expect("valid buckets");
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
+        self.register(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let gauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["app_id"]).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let connections = gauge(
-            "chorus_connections",
-            "Open client connections (WebSocket and SSE).",
-        );
-        let sse_connections = gauge(
-            "chorus_sse_connections",
-            "Open Server-Sent Events streams (also counted in chorus_connections).",
-        );
-        let subscriptions = gauge(
-            "chorus_subscriptions",
-            "Channel subscriptions held by open connections.",
-        );
-        let channels = gauge(
-            "chorus_channels",
-            "Channels with at least one subscriber on this node.",
-        );
-        let messages_received = counter(
-            "chorus_messages_received_total",
-            "Messages received from clients.",
-            &["app_id", "transport"],
-        );
-        let bytes_received = counter(
-            "chorus_bytes_received_total",
-            "Bytes of messages received from clients.",
-            &["app_id", "transport"],
-        );
-        let messages_sent = counter(
-            "chorus_messages_sent_total",
-            "Frames written to client connections, protocol frames included.",
-            &["app_id"],
-        );
-        let bytes_sent = counter(
-            "chorus_bytes_sent_total",
-            "Bytes of frames written to client connections.",
-            &["app_id"],
-        );
-        let deliveries = counter(
-            "chorus_deliveries_total",
-            "Published events written to a subscriber's connection.",
-            &["app_id"],
-        );
-        let published = counter(
-            "chorus_events_published_total",
-            "Events published to a channel, by where they came from.",
-            &["app_id", "source"],
-        );
-        let disconnects = counter(
-            "chorus_disconnects_total",
-            "Closed client connections by reason and close code.",
-            &["app_id", "reason", "code"],
-        );
-        let slow_readers = counter(
-            "chorus_slow_reader_disconnects_total",
-            "Connections cut off because their outbound buffer was full.",
-            &["app_id"],
-        );
-        let refused = counter(
-            "chorus_connections_refused_total",
-            "WebSocket and SSE handshakes refused for their client address, by reason.",
-            &["reason"],
-        );
-        let http_requests = counter(
-            "chorus_http_requests_total",
-            "HTTP API requests by route and status.",
-            &["route", "status"],
-        );
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "chorus_http_request_duration_seconds",
-                "HTTP API request handling time.",
-            )
-            .buckets(prometheus::exponential_buckets(0.0001, 4.0, 9).expect("valid buckets")),
-            &["route"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(http_duration.clone()))
-            .expect("unique metric");
+        let r = Registrar(&registry);
+        let app = &["app_id"];
         let publish_to_write = Histogram::with_opts(
             HistogramOpts::new(
                 "chorus_publish_to_write_seconds",
@@ -169,27 +112,85 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets")),
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(publish_to_write.clone()))
-            .expect("unique metric");
         Metrics {
+            connections: r.gauge(
+                "chorus_connections",
+                "Open client connections (WebSocket and SSE).",
+                app,
+            ),
+            sse_connections: r.gauge(
+                "chorus_sse_connections",
+                "Open Server-Sent Events streams (also counted in chorus_connections).",
+                app,
+            ),
+            subscriptions: r.gauge(
+                "chorus_subscriptions",
+                "Channel subscriptions held by open connections.",
+                app,
+            ),
+            channels: r.gauge(
+                "chorus_channels",
+                "Channels with at least one subscriber on this node.",
+                app,
+            ),
+            messages_received: r.counter(
+                "chorus_messages_received_total",
+                "Messages received from clients.",
+                &["app_id", "transport"],
+            ),
+            bytes_received: r.counter(
+                "chorus_bytes_received_total",
+                "Bytes of messages received from clients.",
+                &["app_id", "transport"],
+            ),
+            messages_sent: r.counter(
+                "chorus_messages_sent_total",
+                "Frames written to client connections, protocol frames included.",
+                app,
+            ),
+            bytes_sent: r.counter(
+                "chorus_bytes_sent_total",
+                "Bytes of frames written to client connections.",
+                app,
+            ),
+            deliveries: r.counter(
+                "chorus_deliveries_total",
+                "Published events written to a subscriber's connection.",
+                app,
+            ),
+            published: r.counter(
+                "chorus_events_published_total",
+                "Events published to a channel, by where they came from.",
+                &["app_id", "source"],
+            ),
+            disconnects: r.counter(
+                "chorus_disconnects_total",
+                "Closed client connections by reason and close code.",
+                &["app_id", "reason", "code"],
+            ),
+            slow_readers: r.counter(
+                "chorus_slow_reader_disconnects_total",
+                "Connections cut off because their outbound buffer was full.",
+                app,
+            ),
+            refused: r.counter(
+                "chorus_connections_refused_total",
+                "WebSocket and SSE handshakes refused for their client address, by reason.",
+                &["reason"],
+            ),
+            http_requests: r.counter(
+                "chorus_http_requests_total",
+                "HTTP API requests by route and status.",
+                &["route", "status"],
+            ),
+            http_duration: r.histograms(
+                "chorus_http_request_duration_seconds",
+                "HTTP API request handling time.",
+                (0.0001, 4.0, 9),
+                &["route"],
+            ),
+            publish_to_write: r.register(publish_to_write),
             registry,
-            connections,
-            sse_connections,
-            subscriptions,
-            channels,
-            messages_received,
-            bytes_received,
-            messages_sent,
-            bytes_sent,
-            deliveries,
-            published,
-            disconnects,
-            slow_readers,
-            refused,
-            http_requests,
-            http_duration,
-            publish_to_write,
         }
     }
 

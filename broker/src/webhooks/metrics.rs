@@ -1,11 +1,10 @@
 //! The webhooks' metrics: sent, failed, retried and dropped by app and type, what waits, and
 //! how long a change took to reach its receiver.
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
 use super::event::WebhookKind;
+use crate::metrics::Registrar;
 
 /// Every webhook metric of the node.
 #[derive(Clone)]
@@ -41,65 +40,41 @@ impl DropReason {
 
 impl WebhookMetrics {
     pub fn register(registry: &Registry) -> WebhookMetrics {
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let sent = counter(
-            "chorus_webhooks_sent_total",
-            "Webhook events a receiver accepted (2xx).",
-            &["app_id", "type"],
-        );
-        let failed = counter(
-            "chorus_webhook_requests_failed_total",
-            "Webhook requests that did not deliver, by reason (connection, timeout, status).",
-            &["app_id", "reason"],
-        );
-        let retried = counter(
-            "chorus_webhook_retries_total",
-            "Webhook requests sent again after a failure.",
-            &["app_id"],
-        );
-        let dropped = counter(
-            "chorus_webhooks_dropped_total",
-            "Webhook events given up on: expired, refused by the receiver, or their queue full.",
-            &["app_id", "type", "reason"],
-        );
-        let queued = IntGaugeVec::new(
-            Opts::new(
+        let r = Registrar(registry);
+        WebhookMetrics {
+            sent: r.counter(
+                "chorus_webhooks_sent_total",
+                "Webhook events a receiver accepted (2xx).",
+                &["app_id", "type"],
+            ),
+            failed: r.counter(
+                "chorus_webhook_requests_failed_total",
+                "Webhook requests that did not deliver, by reason (connection, timeout, status).",
+                &["app_id", "reason"],
+            ),
+            retried: r.counter(
+                "chorus_webhook_retries_total",
+                "Webhook requests sent again after a failure.",
+                &["app_id"],
+            ),
+            dropped: r.counter(
+                "chorus_webhooks_dropped_total",
+                "Webhook events given up on: expired, refused by the receiver, or their queue full.",
+                &["app_id", "type", "reason"],
+            ),
+            queued: r.gauge(
                 "chorus_webhooks_queued",
                 "Webhook events waiting on this node, by app, webhook (its place in the app's list) \
                  and stream (local: this node's own events; cluster: the cluster's, sent by the \
                  leader).",
+                &["app_id", "webhook", "stream"],
             ),
-            &["app_id", "webhook", "stream"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(queued.clone()))
-            .expect("unique metric");
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
+            latency: r.histograms(
                 "chorus_webhook_delivery_seconds",
                 "Time from a webhook event being queued to its receiver accepting it.",
-            )
-            .buckets(prometheus::exponential_buckets(0.001, 4.0, 10).expect("valid buckets")),
-            &["app_id"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(latency.clone()))
-            .expect("unique metric");
-        WebhookMetrics {
-            sent,
-            failed,
-            retried,
-            dropped,
-            queued,
-            latency,
+                (0.001, 4.0, 10),
+                &["app_id"],
+            ),
         }
     }
 
