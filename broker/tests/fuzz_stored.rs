@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use chorus_broker::config::Config;
 use chorus_cluster::{
     Departure, Entry, ForwardBatch, InterestChange, LogId, NodeId, PresenceChange, Request,
-    StateMachineStore, TypeConfig,
+    StateMachineStore, TypeConfig, WebhookMark, WebhookTarget,
 };
 use chorus_storage::{StorageError, Store, StoredEvent};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -102,6 +102,12 @@ fn request() -> impl Strategy<Value = Request> {
             }),
         (any::<NodeId>(), any::<bool>())
             .prop_map(|(id, retired)| Request::SetRetired { id, retired }),
+        (name(), ".{0,40}", any::<u64>(), any::<u32>()).prop_map(|(app, url, index, seq)| {
+            Request::WebhooksSent {
+                target: WebhookTarget { app, url },
+                through: WebhookMark { index, seq },
+            }
+        }),
     ]
 }
 
