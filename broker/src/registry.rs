@@ -192,6 +192,7 @@ impl Registry {
             ChannelAddr::Presence(a) => a.do_send(msg),
         }
         drop(table);
+        self.webhooks.subscription_count_changed(channel);
         if missed {
             self.webhooks.cache_miss(channel);
         }
@@ -224,6 +225,8 @@ impl Registry {
             self.metrics.channels.dec();
             self.cluster.declare_interest(&self.app_id, channel, false);
         }
+        drop(table);
+        self.webhooks.subscription_count_changed(channel);
     }
 
     /// Delivers a frame to this node's subscribers of `channel`, except `except`.

@@ -27,6 +27,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let node = web::Data::new(Node::new(config)?);
     spawn_retention(node.clone().into_inner());
     node.start_webhooks();
+    crate::http::peers::start_subscription_counts(&node.apps);
     let cfg = &node.config;
     tls::watch(cfg.tls.watched());
     let workers = if cfg.workers == 0 {

@@ -13,6 +13,8 @@
 //! JSON they take is answered 400 (413 over [`MAX_QUESTION_BYTES`]), an app this node does not
 //! serve 404, an invalid user id 400, each with a JSON `{"error": ...}`.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
@@ -22,10 +24,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::apps::App;
-use crate::channel_view::{local_view, ChannelQuery, ChannelView};
+use crate::apps::{App, Apps};
+use crate::channel_view::{local_view, ChannelQuery, ChannelView, Selection};
 use crate::node::Node;
 use crate::protocol::channel;
+use crate::webhooks::subscription_counts::send_counts;
 
 /// The cluster-port path of channel queries.
 pub const CHANNELS_PATH: &str = "/cluster/channels";
@@ -84,6 +87,32 @@ pub async fn cluster_view(app: &App, query: &ChannelQuery) -> ChannelView {
         view.merge(other);
     }
     view
+}
+
+/// Starts, for each app, the task that sends its `subscription_count` webhooks with the counts of
+/// the whole cluster (see [`crate::webhooks::subscription_counts`]); it ends at once for an app
+/// whose webhooks do not want them.
+pub fn start_subscription_counts(apps: &Apps) {
+    for app in apps.iter() {
+        let count = {
+            let app = app.clone();
+            move |channels| subscription_counts(app.clone(), channels)
+        };
+        actix_rt::spawn(send_counts(app.webhooks.clone(), count));
+    }
+}
+
+/// How many subscriptions each of `channels` of `app` has in the whole cluster.
+async fn subscription_counts(app: Arc<App>, channels: Vec<String>) -> BTreeMap<String, usize> {
+    let query = ChannelQuery {
+        app: app.id.clone(),
+        selection: Selection::Names(channels),
+        users: false,
+    };
+    let view = cluster_view(&app, &query).await;
+    (view.channels.into_iter())
+        .map(|(name, occupancy)| (name, occupancy.subscription_count))
+        .collect()
 }
 
 /// Closes every connection of `user` of `app` on every node that answers in time; returns how

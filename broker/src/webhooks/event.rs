@@ -13,16 +13,18 @@ pub enum WebhookKind {
     MemberRemoved,
     ClientEvent,
     CacheMiss,
+    SubscriptionCount,
 }
 
 impl WebhookKind {
-    pub const ALL: [WebhookKind; 6] = [
+    pub const ALL: [WebhookKind; 7] = [
         WebhookKind::ChannelOccupied,
         WebhookKind::ChannelVacated,
         WebhookKind::MemberAdded,
         WebhookKind::MemberRemoved,
         WebhookKind::ClientEvent,
         WebhookKind::CacheMiss,
+        WebhookKind::SubscriptionCount,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,13 +35,8 @@ impl WebhookKind {
             WebhookKind::MemberRemoved => "member_removed",
             WebhookKind::ClientEvent => "client_event",
             WebhookKind::CacheMiss => "cache_miss",
+            WebhookKind::SubscriptionCount => "subscription_count",
         }
-    }
-
-    /// Whether events of this kind are derived from what the cluster commits (occupancy and
-    /// membership: queued on every node, sent by the leader) rather than seen by one node.
-    pub fn is_cluster_wide(self) -> bool {
-        !matches!(self, WebhookKind::ClientEvent | WebhookKind::CacheMiss)
     }
 
     pub fn parse(name: &str) -> Option<WebhookKind> {
@@ -84,6 +81,12 @@ pub enum WebhookEvent {
         id: String,
         channel: String,
     },
+    /// How many subscriptions the channel has in the whole cluster.
+    SubscriptionCount {
+        id: String,
+        channel: String,
+        subscription_count: usize,
+    },
 }
 
 impl WebhookEvent {
@@ -95,6 +98,7 @@ impl WebhookEvent {
             WebhookEvent::MemberRemoved { .. } => WebhookKind::MemberRemoved,
             WebhookEvent::ClientEvent { .. } => WebhookKind::ClientEvent,
             WebhookEvent::CacheMiss { .. } => WebhookKind::CacheMiss,
+            WebhookEvent::SubscriptionCount { .. } => WebhookKind::SubscriptionCount,
         }
     }
 
@@ -105,7 +109,8 @@ impl WebhookEvent {
             | WebhookEvent::MemberAdded { channel, .. }
             | WebhookEvent::MemberRemoved { channel, .. }
             | WebhookEvent::ClientEvent { channel, .. }
-            | WebhookEvent::CacheMiss { channel, .. } => channel,
+            | WebhookEvent::CacheMiss { channel, .. }
+            | WebhookEvent::SubscriptionCount { channel, .. } => channel,
         }
     }
 
@@ -146,7 +151,8 @@ impl WebhookEvent {
             | WebhookEvent::MemberAdded { id, .. }
             | WebhookEvent::MemberRemoved { id, .. }
             | WebhookEvent::ClientEvent { id, .. }
-            | WebhookEvent::CacheMiss { id, .. } => id,
+            | WebhookEvent::CacheMiss { id, .. }
+            | WebhookEvent::SubscriptionCount { id, .. } => id,
         }
     }
 }
@@ -208,6 +214,6 @@ mod tests {
         for kind in WebhookKind::ALL {
             assert_eq!(WebhookKind::parse(kind.name()), Some(kind));
         }
-        assert_eq!(WebhookKind::parse("subscription_count"), None);
+        assert_eq!(WebhookKind::parse("subscription_counts"), None);
     }
 }

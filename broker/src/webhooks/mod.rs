@@ -21,6 +21,7 @@ pub mod plan;
 pub mod post;
 pub mod sender;
 pub mod settings;
+pub mod subscription_counts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -91,6 +92,8 @@ struct Inner {
     metrics: WebhookMetrics,
     /// The position the next local event takes.
     next_local: AtomicU64,
+    /// The channels whose subscription count changed here.
+    counts: subscription_counts::SubscriptionCounts,
 }
 
 impl Webhooks {
@@ -137,6 +140,7 @@ impl Webhooks {
                 targets,
                 metrics: metrics.clone(),
                 next_local: AtomicU64::new(next_local),
+                counts: Default::default(),
             }),
         })
     }
@@ -177,6 +181,13 @@ impl Webhooks {
             id: local_id(),
             channel: channel.to_owned(),
         });
+    }
+
+    /// This node's subscription count of `channel` changed (see [`subscription_counts`]).
+    pub fn subscription_count_changed(&self, channel: &str) {
+        if self.wants(WebhookKind::SubscriptionCount) {
+            self.inner.counts.changed(channel);
+        }
     }
 
     /// The cluster committed `change` of this app, the `seq`th change of log entry `index`:

@@ -145,7 +145,7 @@ describe("webhooks of the cluster's changes, on one node", () => {
           webhooks: [
             {
               url: node.url,
-              event_types: ['channel_occupied', 'channel_vacated', 'member_added', 'member_removed'],
+              event_types: ['channel_occupied', 'channel_vacated', 'member_added', 'member_removed', 'subscription_count'],
             },
             {
               url: python.url,
@@ -218,6 +218,28 @@ describe("webhooks of the cluster's changes, on one node", () => {
     const ids = named(node, 'member_added', channel).concat(named(node, 'member_removed', channel)).map((e) => e.id);
     assert.equal(new Set(ids).size, 4, 'each change its own id');
     assert.equal(named(python, 'channel_occupied', channel).length, 0, 'not a type the Python webhook wants');
+  });
+
+  test('subscription_count follows a channel up and down, once per settled change; none for presence', async () => {
+    const counts = () => named(node, 'subscription_count', 'counted').map((e) => e.subscription_count);
+    const a = await server.connectedClient();
+    const b = await server.connectedClient();
+    await subscribeOk(a, 'counted');
+    await subscribeOk(b, 'counted');
+    await eventually(() => counts().at(-1) === 2, { what: 'a count of 2' });
+    a.unsubscribe('counted');
+    await eventually(() => counts().at(-1) === 1, { what: 'a count of 1' });
+    b.unsubscribe('counted');
+    await eventually(() => counts().at(-1) === 0, { what: 'a count of 0' });
+    assert.deepEqual(counts().slice(-3), [2, 1, 0]);
+    assert.ok(counts().length <= 4, `one event per settled change: ${counts()}`);
+    const [event] = named(node, 'subscription_count', 'counted');
+    assert.deepEqual(Object.keys(event).sort(), ['channel', 'id', 'name', 'subscription_count']);
+    // The presence channels of the other tests joined and left: members, never counts.
+    assert.ok(node.events().some((e) => e.channel === 'presence-tabs'));
+    assert.equal(node.events().filter((e) => e.name === 'subscription_count' && e.channel.startsWith('presence-')).length, 0);
+    a.disconnect();
+    b.disconnect();
   });
 
   test('a subscriber back within the vacate delay sends neither channel_vacated nor a second channel_occupied', async () => {

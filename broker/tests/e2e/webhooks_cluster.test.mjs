@@ -34,7 +34,7 @@ describe("the cluster's webhooks on three nodes", () => {
           webhooks: [
             {
               url: receivers[0].url,
-              event_types: ['channel_occupied', 'channel_vacated', ...MEMBER_EVENTS],
+              event_types: ['channel_occupied', 'channel_vacated', 'subscription_count', ...MEMBER_EVENTS],
             },
           ],
           webhook_delivery: {
@@ -97,6 +97,8 @@ describe("the cluster's webhooks on three nodes", () => {
       await subscribeOk(c, 'everywhere');
       clients.push(c);
     }
+    const counts = () => named('subscription_count', 'everywhere').map((e) => e.subscription_count);
+    await eventually(() => counts().includes(3), { timeout: 10000, what: 'the count of all three nodes' });
     const alice1 = await join(1, 'presence-two-nodes', 'alice');
     const alice2 = await join(2, 'presence-two-nodes', 'alice');
     const bob = await join(3, 'presence-two-nodes', 'bob');
@@ -115,6 +117,7 @@ describe("the cluster's webhooks on three nodes", () => {
       { timeout: 10000 + VACATE_DELAY_MS, what: 'everything vacated and alice gone' },
     );
     assert.equal(named('channel_occupied', 'everywhere').length, 1, 'one channel_occupied for three nodes');
+    await eventually(() => counts().at(-1) === 0, { timeout: 10000, what: 'a count of 0 at last' });
     assert.equal(named('channel_occupied', 'presence-two-nodes').length, 1);
     assert.deepEqual(
       named('member_added', 'presence-two-nodes').map((e) => e.user_id).sort(),
