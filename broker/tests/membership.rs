@@ -122,7 +122,16 @@ async fn the_voters_follow_the_members_file_up_and_down_and_removed_nodes_rejoin
     let mut acknowledged = published.acknowledged;
     acknowledged.push(batch[0].clone());
     for id in ALL {
-        let (_, events) = support::read_history(nodes.nodes[&id].public_addr(), CHANNEL).await;
+        // A voter that just came back may still be applying what it missed.
+        let addr = nodes.nodes[&id].public_addr();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let events = loop {
+            let (_, events) = support::read_history(addr, CHANNEL).await;
+            if events.len() >= acknowledged.len() || Instant::now() > deadline {
+                break events;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_holds_once_in_order(id, &events, &acknowledged);
     }
 }
