@@ -1,15 +1,25 @@
 // The cluster's webhooks on three real nodes: once per change for the whole cluster, however many
-// nodes have subscribers; nothing lost when the leader is killed in the middle of a burst (a few
+// nodes have subscribers, and none for a subscriber back within the vacate delay on another
+// node; nothing lost when the leader is killed in the middle of a burst (a few
 // sent again, with the same ids); and everything sent, in order per channel, once a receiver
 // that was down for a minute (refusing, then answering 500, then hanging) is back. Every request
 // is checked with the Node SDK's webhook validator.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { subscribeOk, eventually, freePort, presenceAuth, sleep, withTimeout, DEFAULT_APP } from './harness.mjs';
+import {
+  subscribeOk,
+  eventually,
+  freePort,
+  metric,
+  presenceAuth,
+  sleep,
+  withTimeout,
+  DEFAULT_APP,
+} from './harness.mjs';
 import { startCluster } from './cluster.mjs';
 import { startReceiver } from './webhook_receiver.mjs';
 
-const VACATE_DELAY_MS = 500;
+const VACATE_DELAY_MS = 2000;
 const MEMBER_EVENTS = ['member_added', 'member_removed'];
 
 describe("the cluster's webhooks on three nodes", () => {
@@ -124,6 +134,37 @@ describe("the cluster's webhooks on three nodes", () => {
       ['alice', 'bob'],
     );
     assert.ok(receivers.every((r) => r.requests.every((q) => q.valid)), 'valid for the Node SDK');
+  });
+
+  test('a subscriber that moves to another node within the vacate delay sends neither vacated nor occupied again', async () => {
+    const leader = await cluster.leaderSeenBy(1);
+    const waiting = async () =>
+      metric(await cluster.node(leader).metrics(), 'chorus_webhooks_queued', { webhook: 0, stream: 'cluster' });
+    const before = await cluster.node(2).connectedClient();
+    await subscribeOk(before, 'moving');
+    await eventually(() => named('channel_occupied', 'moving').length === 1, { timeout: 10000, what: 'moving occupied' });
+    before.disconnect();
+    // The vacate is committed and waits out its delay on the leader: then the page comes back,
+    // on another node.
+    await eventually(async () => (await waiting()) >= 1, { what: "moving's vacate to wait on the leader" });
+    const after = await cluster.node(3).connectedClient();
+    await subscribeOk(after, 'moving');
+
+    const control = await cluster.node(1).connectedClient();
+    await subscribeOk(control, 'moving-control');
+    await eventually(() => named('channel_occupied', 'moving-control').length === 1, { timeout: 10000, what: 'control occupied' });
+    control.disconnect();
+    await eventually(() => named('channel_vacated', 'moving-control').length === 1, {
+      timeout: 10000 + VACATE_DELAY_MS,
+      what: 'the control vacated, after where moving would have been',
+    });
+    assert.equal(named('channel_vacated', 'moving').length, 0, 'no channel_vacated');
+    assert.equal(named('channel_occupied', 'moving').length, 1, 'no second channel_occupied');
+    after.disconnect();
+    await eventually(() => named('channel_vacated', 'moving').length === 1, {
+      timeout: 10000 + VACATE_DELAY_MS,
+      what: 'moving vacated once its subscriber is gone for good',
+    });
   });
 
   test('everything waits while the receiver refuses, answers 500, then hangs for a minute; then all of it comes, in order per channel', async () => {
