@@ -24,16 +24,32 @@ pub fn publish(
     frame: Frame,
     except: Option<SocketId>,
 ) -> Result<(), Overloaded> {
-    let text = frame.text.clone();
-    app.channels.publish(channel, frame, except)?;
-    app.cluster
-        .forwarder()
-        .forward(&app.id, channel, || ForwardedFrame {
-            app: app.id.clone(),
-            channel: channel.to_owned(),
-            frame: text.to_string(),
-            except: except.map(|socket| socket.to_string()),
-        });
+    publish_all(app, vec![(channel.to_owned(), frame, except)])
+}
+
+/// Publishes several frames of `app`, each on its channel, all or none: every one is admitted
+/// by this node's channel before any goes out (see [`crate::registry::Registry::publish_all`]);
+/// refused, none goes anywhere. Admitted, each is then forwarded to the other nodes with
+/// subscribers of its channel, in order.
+pub fn publish_all(
+    app: &App,
+    frames: Vec<(String, Frame, Option<SocketId>)>,
+) -> Result<(), Overloaded> {
+    let local = frames
+        .iter()
+        .map(|(channel, frame, except)| (channel.as_str(), frame.clone(), *except))
+        .collect();
+    app.channels.publish_all(local)?;
+    for (channel, frame, except) in frames {
+        app.cluster
+            .forwarder()
+            .forward(&app.id, &channel, || ForwardedFrame {
+                app: app.id.clone(),
+                channel: channel.clone(),
+                frame: frame.text.to_string(),
+                except: except.map(|socket| socket.to_string()),
+            });
+    }
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use crate::http::edge::BodyDeadline;
 use crate::http::peers;
 use crate::node::Node;
 use crate::protocol::channel::{self, ChannelKind};
-use crate::protocol::frame;
+use crate::protocol::frame::{self, Frame, SocketId};
 use crate::protocol::publish::{parse_batch, parse_event, InfoWanted, PublishError, Trigger};
 use crate::protocol::signature::{self, RequestAuthError, SignedQuery};
 use crate::router;
@@ -178,36 +178,24 @@ async fn view_of(app: &App, selection: Selection, users: bool) -> ChannelView {
     peers::cluster_view(app, &query).await
 }
 
-/// Publishes a validated event; returns the requested info per channel. A channel whose
-/// subscribers are too far behind refuses the event (429); the other channels still get it.
-///
-/// Events on history channels are added to `pending.history`, to be published through the
-/// cluster's log; a cache channel's last event is stored and `pending.cached` set. The caller
-/// settles both with [`settle`] before answering.
-async fn publish(
-    app: &App,
-    t: Trigger,
-    pending: &mut Pending,
-) -> Result<Map<String, Value>, ApiError> {
-    let mut refused = Vec::new();
+/// Stages a validated event: on a history channel it joins `pending.history`, to be published
+/// through the cluster's log; on any other channel its frame joins `pending.live`. Nothing goes
+/// out before [`settle`].
+fn stage(app: &App, t: &Trigger, pending: &mut Pending) {
     for c in &t.channels {
         app.metrics.published_api.inc();
         if app.history.keeps(c) {
             pending.history.push(c, t.except, &t.name, &t.data);
-            continue;
-        }
-        let frame = frame::event(c, &t.name, &t.data);
-        match router::publish(app, c, frame, t.except) {
-            Ok(()) => pending.cached |= ChannelKind::of(c).cache,
-            Err(e) => refused.push(e.to_string()),
+        } else {
+            let frame = frame::event(c, &t.name, &t.data);
+            pending.live.push((c.clone(), frame, t.except));
+            pending.cached |= ChannelKind::of(c).cache;
         }
     }
-    if !refused.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            refused.join("; "),
-        ));
-    }
+}
+
+/// The info `t` asked for, per channel, from the cluster's view once it was published.
+async fn info_of(app: &App, t: &Trigger) -> Map<String, Value> {
     let mut channels = Map::new();
     if t.info.any() {
         let view = view_of(app, Selection::Names(t.channels.clone()), t.info.user_count).await;
@@ -216,22 +204,36 @@ async fn publish(
             channels.insert(c.clone(), Value::Object(info));
         }
     }
-    Ok(channels)
+    channels
 }
 
-/// What a publish request leaves to do before it is acknowledged.
+/// What a publish request (one event, or a batch) leaves to do before it is acknowledged.
 #[derive(Default)]
 struct Pending {
+    /// Frames of channels without history, in order.
+    live: Vec<(String, Frame, Option<SocketId>)>,
     /// History events, to be committed by the cluster.
     history: router::PendingHistory,
-    /// A cache channel's last event was stored and must be made durable.
+    /// A cache channel's last event will be stored and must be made durable.
     cached: bool,
 }
 
-/// Commits the request's history events and makes its cache channels' last events durable: a
-/// publish is acknowledged only then. Without a quorum the history events are not acknowledged:
-/// 503.
+/// Publishes what a request staged, and acknowledges it only once it is out and durable.
+///
+/// First every frame of a channel without history is admitted by its channel, all or none: a
+/// channel too far behind refuses the request (429) and nothing of it goes out, no history event
+/// is proposed. Then the history events are committed by the cluster; without a quorum they are
+/// not acknowledged (503: the frames of channels without history went out). Last, the cache
+/// channels' last events are made durable.
 async fn settle(node: &Node, app: &App, pending: Pending) -> Result<(), ApiError> {
+    if !pending.live.is_empty() {
+        router::publish_all(app, pending.live).map_err(|e| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{e}; nothing of this request was published"),
+            )
+        })?;
+    }
     if !pending.history.is_empty() {
         pending
             .history
@@ -259,7 +261,8 @@ fn storage_error(e: chorus_storage::StorageError) -> ApiError {
     )
 }
 
-/// `POST /apps/{app_id}/events`
+/// `POST /apps/{app_id}/events`: one event, on one channel or several, all or none (see
+/// [`settle`]).
 pub async fn events(
     node: web::Data<Node>,
     req: HttpRequest,
@@ -268,18 +271,19 @@ pub async fn events(
 ) -> ApiResult {
     let v = verify(&node, &req, &app_id, payload).await?;
     let trigger = parse_event(&v.app.limits, &v.body)?;
-    let wanted = trigger.info.any();
     let mut pending = Pending::default();
-    let channels = publish(&v.app, trigger, &mut pending).await?;
+    stage(&v.app, &trigger, &mut pending);
     settle(&node, &v.app, pending).await?;
-    Ok(HttpResponse::Ok().json(if wanted {
-        json!({ "channels": channels })
+    Ok(HttpResponse::Ok().json(if trigger.info.any() {
+        json!({ "channels": info_of(&v.app, &trigger).await })
     } else {
         json!({})
     }))
 }
 
-/// `POST /apps/{app_id}/batch_events`
+/// `POST /apps/{app_id}/batch_events`: every event is validated, then the batch is published
+/// as one request, all or none (see [`settle`]): an invalid event refuses the whole batch (400,
+/// 413), and so does a channel too far behind to admit one of its events (429).
 pub async fn batch_events(
     node: web::Data<Node>,
     req: HttpRequest,
@@ -287,27 +291,21 @@ pub async fn batch_events(
     payload: web::Payload,
 ) -> ApiResult {
     let v = verify(&node, &req, &app_id, payload).await?;
-    // Every event is validated before any is published: an invalid one refuses the whole batch
-    // and nothing goes out. Past that a batch is not all or nothing: events of channels without
-    // history go out one by one, so a channel too far behind (429) ends the batch with the
-    // events before it delivered and its history events never proposed; history events are
-    // committed per channel once all were handed out, and a commit that fails (503) leaves
-    // the channels already committed so.
     let triggers = parse_batch(&v.app.limits, &v.body)?;
-    let wanted = triggers.iter().any(|t| t.info.any());
-    let mut answers = Vec::with_capacity(triggers.len());
     let mut pending = Pending::default();
-    for t in triggers {
-        let channel = t.channels[0].clone();
-        let mut info = publish(&v.app, t, &mut pending).await?;
-        answers.push(info.remove(&channel).unwrap_or_else(|| json!({})));
+    for t in &triggers {
+        stage(&v.app, t, &mut pending);
     }
     settle(&node, &v.app, pending).await?;
-    Ok(HttpResponse::Ok().json(if wanted {
-        json!({ "batch": answers })
-    } else {
-        json!({})
-    }))
+    if !triggers.iter().any(|t| t.info.any()) {
+        return Ok(HttpResponse::Ok().json(json!({})));
+    }
+    let mut answers = Vec::with_capacity(triggers.len());
+    for t in &triggers {
+        let mut info = info_of(&v.app, t).await;
+        answers.push(info.remove(&t.channels[0]).unwrap_or_else(|| json!({})));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "batch": answers })))
 }
 
 /// `GET /apps/{app_id}/channels`
