@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredMembers;
+use crate::history_batch::{HistoryRun, KeyPlacement, Placement, PublishedKeys};
 use crate::types::{NodeId, PresenceChange, PresenceEvent, PresenceUserRef, Request, Response};
 
 /// A channel of an app.
@@ -95,6 +96,10 @@ pub struct ReplicatedState {
     /// static peer list.
     #[serde(default)]
     retired: BTreeSet<NodeId>,
+    /// The idempotency keys of history events placed recently, by app (see
+    /// [`crate::history_batch`]).
+    #[serde(default)]
+    published_keys: BTreeMap<String, PublishedKeys>,
 }
 
 impl ReplicatedState {
@@ -163,6 +168,14 @@ impl ReplicatedState {
                     first_offset,
                 }
             }
+            Request::HistoryBatch {
+                app,
+                time_ms,
+                key_window_ms,
+                runs,
+            } => Response::HistoryBatchPlaced {
+                runs: self.place_batch(app, *time_ms, *key_window_ms, runs),
+            },
         }
     }
 
@@ -191,7 +204,8 @@ impl ReplicatedState {
             | Request::SetDesiredMembers(_)
             | Request::SetRetired { .. }
             | Request::UpdatePresence { .. }
-            | Request::HistoryAppend { .. } => Vec::new(),
+            | Request::HistoryAppend { .. }
+            | Request::HistoryBatch { .. } => Vec::new(),
         }
     }
 
@@ -205,6 +219,66 @@ impl ReplicatedState {
         let first_offset = position.next_offset;
         position.next_offset += count as u64;
         (position.epoch.clone(), first_offset)
+    }
+
+    /// Places the runs of a history batch in order: each event at its channel's next offset,
+    /// but an event whose key was placed on its channel within the window at the offset it got
+    /// then, and not again. Keys older than the window (by the entries' times) are forgotten
+    /// first.
+    fn place_batch(
+        &mut self,
+        app: &str,
+        time_ms: u64,
+        key_window_ms: u64,
+        runs: &[HistoryRun],
+    ) -> Vec<Vec<Placement>> {
+        if let Some(keys) = self.published_keys.get_mut(app) {
+            keys.forget_expired(time_ms, key_window_ms);
+            if keys.is_empty() {
+                self.published_keys.remove(app);
+            }
+        }
+        let mut placed = Vec::with_capacity(runs.len());
+        for run in runs {
+            let key = ChannelKey::new(app, &run.channel);
+            let mut run_placed = Vec::with_capacity(run.events.len());
+            for i in 0..run.events.len() {
+                let known = run.key(i).and_then(|k| {
+                    let keys = self.published_keys.get(app)?;
+                    keys.placed(k, &run.channel)
+                });
+                if let Some(first) = known {
+                    run_placed.push(Placement {
+                        epoch: first.epoch.clone(),
+                        offset: first.offset,
+                        repeat: true,
+                    });
+                    continue;
+                }
+                let (epoch, offset) = self.place_history(key.clone(), &run.fresh_epoch, 1);
+                if let Some(k) = run.key(i) {
+                    let at = KeyPlacement {
+                        channel: run.channel.clone(),
+                        epoch: epoch.clone(),
+                        offset,
+                    };
+                    let keys = self.published_keys.entry(app.to_owned()).or_default();
+                    keys.remember(k, time_ms, at);
+                }
+                run_placed.push(Placement {
+                    epoch,
+                    offset,
+                    repeat: false,
+                });
+            }
+            placed.push(run_placed);
+        }
+        placed
+    }
+
+    /// How many idempotency keys of `app` the state remembers.
+    pub fn published_keys(&self, app: &str) -> usize {
+        self.published_keys.get(app).map_or(0, PublishedKeys::len)
     }
 
     fn set_interest(&mut self, node: NodeId, key: ChannelKey, present: bool) {

@@ -3,7 +3,7 @@
 //! their counts and users, and terminations cover the whole cluster (see [`super::peers`]).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::TRANSFER_ENCODING;
 use actix_web::http::StatusCode;
@@ -18,7 +18,9 @@ use crate::http::peers;
 use crate::node::Node;
 use crate::protocol::channel::{self, ChannelKind};
 use crate::protocol::frame::{self, Frame, SocketId};
-use crate::protocol::publish::{parse_batch, parse_event, InfoWanted, PublishError, Trigger};
+use crate::protocol::publish::{
+    parse_batch, parse_event, validate_key, InfoWanted, PublishError, Trigger,
+};
 use crate::protocol::signature::{self, RequestAuthError, SignedQuery};
 use crate::router;
 
@@ -179,14 +181,27 @@ async fn view_of(app: &App, selection: Selection, users: bool) -> ChannelView {
 }
 
 /// Stages a validated event: on a history channel it joins `pending.history`, to be published
-/// through the cluster's log; on any other channel its frame joins `pending.live`. Nothing goes
-/// out before [`settle`].
+/// through the cluster's log; on any other channel its frame joins `pending.live`, unless its
+/// idempotency key was taken by this node within the app's window (a repeat: it went out
+/// already). Nothing goes out before [`settle`].
 fn stage(app: &App, t: &Trigger, pending: &mut Pending) {
+    let live = |c: &String| !app.history.keeps(c);
+    let mut repeat = false;
+    if let Some(key) = t.key.as_deref().filter(|_| t.channels.iter().any(live)) {
+        let window = Duration::from_secs(app.limits.idempotency_window_secs);
+        repeat = !app.history.recent_keys.take(key, window);
+        if !repeat {
+            pending.taken_keys.push(key.to_owned());
+        }
+    }
     for c in &t.channels {
-        app.metrics.published_api.inc();
         if app.history.keeps(c) {
-            pending.history.push(c, t.except, &t.name, &t.data);
-        } else {
+            app.metrics.published_api.inc();
+            pending
+                .history
+                .push(c, t.except, &t.name, &t.data, t.key.as_deref());
+        } else if !repeat {
+            app.metrics.published_api.inc();
             let frame = frame::event(c, &t.name, &t.data);
             pending.live.push((c.clone(), frame, t.except));
             pending.cached |= ChannelKind::of(c).cache;
@@ -216,6 +231,8 @@ struct Pending {
     history: router::PendingHistory,
     /// A cache channel's last event will be stored and must be made durable.
     cached: bool,
+    /// The idempotency keys this node took for the live frames: given back if they are refused.
+    taken_keys: Vec<String>,
 }
 
 /// Publishes what a request staged, and acknowledges it only once it is out and durable.
@@ -225,19 +242,28 @@ struct Pending {
 /// is proposed. Then the history events are committed by the cluster; without a quorum they are
 /// not acknowledged (503: the frames of channels without history went out). Last, the cache
 /// channels' last events are made durable.
-async fn settle(node: &Node, app: &App, pending: Pending) -> Result<(), ApiError> {
+async fn settle(
+    node: &Node,
+    app: &App,
+    pending: Pending,
+) -> Result<Vec<router::HistoryPlaced>, ApiError> {
     if !pending.live.is_empty() {
-        router::publish_all(app, pending.live).map_err(|e| {
-            ApiError::new(
+        if let Err(e) = router::publish_all(app, pending.live) {
+            for key in &pending.taken_keys {
+                app.history.recent_keys.give_back(key);
+            }
+            return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("{e}; nothing of this request was published"),
-            )
-        })?;
+            ));
+        }
     }
+    let mut placed = Vec::new();
     if !pending.history.is_empty() {
-        pending
+        let window = Duration::from_secs(app.limits.idempotency_window_secs);
+        placed = pending
             .history
-            .publish(&node.cluster, app)
+            .publish(&node.cluster, app, window)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "history publish not committed");
@@ -250,7 +276,41 @@ async fn settle(node: &Node, app: &App, pending: Pending) -> Result<(), ApiError
     if pending.cached {
         app.history.store.flush().await.map_err(storage_error)?;
     }
-    Ok(())
+    Ok(placed)
+}
+
+/// The answer to a publish: `body`, with where each history event was placed, in the order
+/// given (the same for a repeat of an idempotent publish).
+fn answer(mut body: Map<String, Value>, placed: Vec<router::HistoryPlaced>) -> HttpResponse {
+    if !placed.is_empty() {
+        let history = placed
+            .into_iter()
+            .map(|p| json!({"channel": p.channel, "epoch": p.epoch, "offset": p.offset}))
+            .collect();
+        body.insert("history".into(), Value::Array(history));
+    }
+    HttpResponse::Ok().json(Value::Object(body))
+}
+
+/// The idempotency key of `X-Idempotency-Key`, into `t`: refused when it is not a valid key or
+/// the body gives another.
+fn key_from_header(req: &HttpRequest, t: &mut Trigger) -> Result<(), ApiError> {
+    let Some(header) = req.headers().get("x-idempotency-key") else {
+        return Ok(());
+    };
+    let key = header
+        .to_str()
+        .map_err(|_| ApiError::bad_request("X-Idempotency-Key is not visible ASCII"))?;
+    validate_key(key)?;
+    match &t.key {
+        Some(given) if given != key => Err(ApiError::bad_request(
+            "X-Idempotency-Key and the body's idempotency_key differ",
+        )),
+        _ => {
+            t.key = Some(key.to_owned());
+            Ok(())
+        }
+    }
 }
 
 fn storage_error(e: chorus_storage::StorageError) -> ApiError {
@@ -270,15 +330,17 @@ pub async fn events(
     payload: web::Payload,
 ) -> ApiResult {
     let v = verify(&node, &req, &app_id, payload).await?;
-    let trigger = parse_event(&v.app.limits, &v.body)?;
+    let mut trigger = parse_event(&v.app.limits, &v.body)?;
+    key_from_header(&req, &mut trigger)?;
     let mut pending = Pending::default();
     stage(&v.app, &trigger, &mut pending);
-    settle(&node, &v.app, pending).await?;
-    Ok(HttpResponse::Ok().json(if trigger.info.any() {
-        json!({ "channels": info_of(&v.app, &trigger).await })
-    } else {
-        json!({})
-    }))
+    let placed = settle(&node, &v.app, pending).await?;
+    let mut body = Map::new();
+    if trigger.info.any() {
+        let channels = info_of(&v.app, &trigger).await;
+        body.insert("channels".into(), Value::Object(channels));
+    }
+    Ok(answer(body, placed))
 }
 
 /// `POST /apps/{app_id}/batch_events`: every event is validated, then the batch is published
@@ -296,16 +358,17 @@ pub async fn batch_events(
     for t in &triggers {
         stage(&v.app, t, &mut pending);
     }
-    settle(&node, &v.app, pending).await?;
-    if !triggers.iter().any(|t| t.info.any()) {
-        return Ok(HttpResponse::Ok().json(json!({})));
+    let placed = settle(&node, &v.app, pending).await?;
+    let mut body = Map::new();
+    if triggers.iter().any(|t| t.info.any()) {
+        let mut answers = Vec::with_capacity(triggers.len());
+        for t in &triggers {
+            let mut info = info_of(&v.app, t).await;
+            answers.push(info.remove(&t.channels[0]).unwrap_or_else(|| json!({})));
+        }
+        body.insert("batch".into(), Value::Array(answers));
     }
-    let mut answers = Vec::with_capacity(triggers.len());
-    for t in &triggers {
-        let mut info = info_of(&v.app, t).await;
-        answers.push(info.remove(&t.channels[0]).unwrap_or_else(|| json!({})));
-    }
-    Ok(HttpResponse::Ok().json(json!({ "batch": answers })))
+    Ok(answer(body, placed))
 }
 
 /// `GET /apps/{app_id}/channels`
