@@ -867,8 +867,52 @@ mod tests {
         state.apply(&interest(7, "news", true));
         state.apply(&join("ann", 7));
         state.apply(&history("chat", "e1", 2));
+        state.apply(&keyed_batch("chat", "k1", 1_000));
+        assert_eq!(state.published_keys("1"), 1);
         let json = serde_json::to_vec(&state).unwrap();
         let back: ReplicatedState = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, state);
+
+        // A snapshot written before idempotency keys were kept loads, with none.
+        let mut old: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        old.as_object_mut().unwrap().remove("published_keys");
+        let mut back: ReplicatedState = serde_json::from_value(old).unwrap();
+        assert_eq!(back.published_keys("1"), 0);
+        assert_eq!(
+            back.history_position("1", "chat"),
+            state.history_position("1", "chat")
+        );
+        // And the key read back from the snapshot still makes a repeat.
+        let mut again = serde_json::from_slice::<ReplicatedState>(&json).unwrap();
+        assert_eq!(
+            again.apply(&keyed_batch("chat", "k1", 2_000)),
+            state.clone().apply(&keyed_batch("chat", "k1", 2_000))
+        );
+        let Response::HistoryBatchPlaced { runs } = again.apply(&keyed_batch("chat", "k1", 3_000))
+        else {
+            panic!("not placed");
+        };
+        assert!(runs[0][0].repeat && runs[0][0].offset == 3, "{runs:?}");
+        back.apply(&keyed_batch("chat", "k1", 3_000));
+        assert_eq!(back.published_keys("1"), 1);
+    }
+
+    fn keyed_batch(channel: &str, key: &str, time_ms: u64) -> Request {
+        Request::HistoryBatch {
+            app: "1".into(),
+            time_ms,
+            key_window_ms: 60_000,
+            runs: vec![crate::history_batch::HistoryRun {
+                channel: channel.into(),
+                fresh_epoch: "e9".into(),
+                events: vec![StoredEvent {
+                    event: "e".into(),
+                    data: key.into(),
+                    time_ms,
+                }],
+                except: None,
+                keys: vec![Some(key.into())],
+            }],
+        }
     }
 }
