@@ -185,6 +185,13 @@ async fn a_repeated_publish_is_answered_the_same_and_delivered_once() {
     )
     .await;
     assert_eq!(status, 400, "{error}");
+    let batch = json!({"batch": [event("plain", "x", None)]});
+    let (status, error) = post(port, "/apps/1/batch_events", &batch, Some("k")).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("each event"),
+        "{error}"
+    );
     let (status, error) = post(port, "/apps/1/events", &in_body, Some("other")).await;
     assert_eq!(status, 400, "{error}");
     assert!(

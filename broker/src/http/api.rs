@@ -1,6 +1,13 @@
 //! The Pusher HTTP API under `/apps/{app_id}`: publish events, query channels and users,
 //! terminate a user's connections. Every request is signed; every error is JSON. Channels,
 //! their counts and users, and terminations cover the whole cluster (see [`super::peers`]).
+//!
+//! A publish is all or nothing ([`settle`]), and may be idempotent: an event with an
+//! idempotency key (`idempotency_key` in its body, or `X-Idempotency-Key` for `POST /events`)
+//! that repeats one published within the app's `limits.idempotency_window_secs` is answered as
+//! that one was, with the same offsets on history channels, and delivered once: cluster-wide on
+//! history channels, by the node that took it on the others (see `crate::recent_keys`). The answer lists
+//! where each history event was placed (`"history": [{"channel", "epoch", "offset"}]`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -292,10 +299,13 @@ fn answer(mut body: Map<String, Value>, placed: Vec<router::HistoryPlaced>) -> H
     HttpResponse::Ok().json(Value::Object(body))
 }
 
+/// The header that may carry a single event's idempotency key.
+const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
+
 /// The idempotency key of `X-Idempotency-Key`, into `t`: refused when it is not a valid key or
 /// the body gives another.
 fn key_from_header(req: &HttpRequest, t: &mut Trigger) -> Result<(), ApiError> {
-    let Some(header) = req.headers().get("x-idempotency-key") else {
+    let Some(header) = req.headers().get(IDEMPOTENCY_KEY_HEADER) else {
         return Ok(());
     };
     let key = header
@@ -345,7 +355,8 @@ pub async fn events(
 
 /// `POST /apps/{app_id}/batch_events`: every event is validated, then the batch is published
 /// as one request, all or none (see [`settle`]): an invalid event refuses the whole batch (400,
-/// 413), and so does a channel too far behind to admit one of its events (429).
+/// 413), and so does a channel too far behind to admit one of its events (429). Each event may
+/// carry its own `idempotency_key`; the header is refused here, as it could not say which.
 pub async fn batch_events(
     node: web::Data<Node>,
     req: HttpRequest,
@@ -353,6 +364,11 @@ pub async fn batch_events(
     payload: web::Payload,
 ) -> ApiResult {
     let v = verify(&node, &req, &app_id, payload).await?;
+    if req.headers().contains_key(IDEMPOTENCY_KEY_HEADER) {
+        return Err(ApiError::bad_request(
+            "X-Idempotency-Key is for single events: give each event of a batch its idempotency_key",
+        ));
+    }
     let triggers = parse_batch(&v.app.limits, &v.body)?;
     let mut pending = Pending::default();
     for t in &triggers {
