@@ -306,6 +306,10 @@ pub struct Limits {
     pub max_event_name_len: usize,
     pub max_subscriptions_per_connection: usize,
     pub client_events_per_sec: u32,
+    /// Seconds a publish's idempotency key is remembered: a repeat within them is answered as
+    /// the first publish was and delivered once (cluster-wide on history channels, by the node
+    /// that took it on the others). Chorus's own, not Pusher's.
+    pub idempotency_window_secs: u64,
 }
 
 impl Default for Limits {
@@ -322,6 +326,7 @@ impl Default for Limits {
             max_event_name_len: 200,
             max_subscriptions_per_connection: 1000,
             client_events_per_sec: 10,
+            idempotency_window_secs: 300,
         }
     }
 }
@@ -663,6 +668,12 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+        }
+        if !(1..=86_400).contains(&l.idempotency_window_secs) {
+            return Err(invalid(
+                key("limits.idempotency_window_secs"),
+                "must be between 1 and 86400",
+            ));
         }
         if l.max_message_bytes > self.max_outbound_bytes / 2 {
             return Err(invalid(
@@ -1192,6 +1203,10 @@ mod tests {
             (
                 "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"ssssssssss\"\n[apps.limits]\nmax_connections = 0",
                 "apps[0].limits.max_connections",
+            ),
+            (
+                "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"ssssssssss\"\n[apps.limits]\nidempotency_window_secs = 0",
+                "apps[0].limits.idempotency_window_secs",
             ),
             ("activity_timeout_secs = 0", "activity_timeout_secs"),
             ("dead_after_secs = 1", "dead_after_secs"),

@@ -65,7 +65,8 @@ impl InFlight {
         true
     }
 
-    fn release(&self, work: usize, bytes: usize) {
+    /// Gives back what [`InFlight::try_acquire`] took.
+    pub fn release(&self, work: usize, bytes: usize) {
         self.0.work.fetch_sub(work, Ordering::Relaxed);
         self.0.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }

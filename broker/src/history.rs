@@ -11,12 +11,15 @@ use crate::config::HistoryRule;
 use crate::protocol::confirmation::HistoryPosition;
 use crate::protocol::frame::{self, Frame};
 use crate::protocol::since::Since;
+use crate::recent_keys::RecentKeys;
 
-/// An app's history rules and store.
+/// An app's history rules and store, and the idempotency keys this node took for its
+/// publishes to channels without history (the history channels' are in the cluster's state).
 pub struct Histories {
     globs: GlobSet,
     retention: Vec<Retention>,
     pub store: Store,
+    pub recent_keys: RecentKeys,
 }
 
 /// What a new subscriber of a history channel is to get.
@@ -70,6 +73,7 @@ impl Histories {
                 })
                 .collect(),
             store,
+            recent_keys: RecentKeys::default(),
         }
     }
 

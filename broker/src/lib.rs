@@ -27,6 +27,7 @@ pub mod node;
 pub mod order;
 pub mod outbox;
 pub mod protocol;
+pub mod recent_keys;
 pub mod registry;
 pub mod router;
 pub mod secret_file;

@@ -236,29 +236,58 @@ impl Registry {
         frame: Frame,
         except: Option<SocketId>,
     ) -> Result<(), Overloaded> {
+        self.publish_all(vec![(channel, frame, except)])
+    }
+
+    /// Delivers frames to this node's subscribers of their channels, all or none: every frame is
+    /// admitted by its channel's in-flight bound before any is handed to an actor, and when one
+    /// is refused the others give back what they took and none goes out.
+    pub fn publish_all(
+        &self,
+        frames: Vec<(&str, Frame, Option<SocketId>)>,
+    ) -> Result<(), Overloaded> {
         let mut table = self.table.lock();
-        if let Some(entry) = table.live.get(channel) {
+        let mut taken: Vec<(InFlight, usize, usize)> = Vec::with_capacity(frames.len());
+        for (channel, frame, _) in &frames {
+            let Some(entry) = table.live.get(*channel) else {
+                continue;
+            };
             let weight = entry.subscriptions + PUBLISH_WEIGHT;
             if !entry.in_flight.try_acquire(weight, frame.len()) {
-                return Err(Overloaded(channel.to_owned()));
+                for (in_flight, work, bytes) in taken {
+                    in_flight.release(work, bytes);
+                }
+                return Err(Overloaded((*channel).to_owned()));
             }
-            entry.addr.publish(Publish {
-                frame: frame.clone(),
-                except,
-                weight,
-            });
+            taken.push((entry.in_flight.clone(), weight, frame.len()));
         }
-        if ChannelKind::of(channel).cache {
-            table.remember(channel, &frame, Instant::now());
-            let last = LastEvent {
-                time_ms: now_ms(),
-                frame: frame.text.to_string(),
-            };
-            if let Err(e) = self.last_events.put(&self.app_id, channel, &last) {
-                tracing::error!(error = %e, "storing a cache channel's last event failed");
+        let mut weights = taken.into_iter().map(|(_, weight, _)| weight);
+        for (channel, frame, except) in frames {
+            if let Some(entry) = table.live.get(channel) {
+                let weight = weights.next().unwrap_or(PUBLISH_WEIGHT);
+                entry.addr.publish(Publish {
+                    frame: frame.clone(),
+                    except,
+                    weight,
+                });
+            }
+            if ChannelKind::of(channel).cache {
+                self.remember_last(&mut table, channel, &frame);
             }
         }
         Ok(())
+    }
+
+    /// Keeps a cache channel's last event, in memory and in the node's store.
+    fn remember_last(&self, table: &mut Table, channel: &str, frame: &Frame) {
+        table.remember(channel, frame, Instant::now());
+        let last = LastEvent {
+            time_ms: now_ms(),
+            frame: frame.text.to_string(),
+        };
+        if let Err(e) = self.last_events.put(&self.app_id, channel, &last) {
+            tracing::error!(error = %e, "storing a cache channel's last event failed");
+        }
     }
 
     pub fn get(&self, channel: &str) -> Option<ChannelSummary> {

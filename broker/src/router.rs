@@ -8,7 +8,10 @@
 //! those go through the Raft log with [`PendingHistory::publish`], and once committed every node
 //! stores them and delivers them to its own subscribers (`crate::commits`).
 
-use chorus_cluster::{Cluster, ClusterError, ForwardedFrame, NodeId, Request};
+use std::time::Duration;
+
+use chorus_cluster::history_batch::HistoryRun;
+use chorus_cluster::{Cluster, ClusterError, ForwardedFrame, NodeId, Request, Response};
 use chorus_storage::StoredEvent;
 
 use crate::apps::{App, Apps};
@@ -24,16 +27,32 @@ pub fn publish(
     frame: Frame,
     except: Option<SocketId>,
 ) -> Result<(), Overloaded> {
-    let text = frame.text.clone();
-    app.channels.publish(channel, frame, except)?;
-    app.cluster
-        .forwarder()
-        .forward(&app.id, channel, || ForwardedFrame {
-            app: app.id.clone(),
-            channel: channel.to_owned(),
-            frame: text.to_string(),
-            except: except.map(|socket| socket.to_string()),
-        });
+    publish_all(app, vec![(channel.to_owned(), frame, except)])
+}
+
+/// Publishes several frames of `app`, each on its channel, all or none: every one is admitted
+/// by this node's channel before any goes out (see [`crate::registry::Registry::publish_all`]);
+/// refused, none goes anywhere. Admitted, each is then forwarded to the other nodes with
+/// subscribers of its channel, in order.
+pub fn publish_all(
+    app: &App,
+    frames: Vec<(String, Frame, Option<SocketId>)>,
+) -> Result<(), Overloaded> {
+    let local = frames
+        .iter()
+        .map(|(channel, frame, except)| (channel.as_str(), frame.clone(), *except))
+        .collect();
+    app.channels.publish_all(local)?;
+    for (channel, frame, except) in frames {
+        app.cluster
+            .forwarder()
+            .forward(&app.id, &channel, || ForwardedFrame {
+                app: app.id.clone(),
+                channel: channel.clone(),
+                frame: frame.text.to_string(),
+                except: except.map(|socket| socket.to_string()),
+            });
+    }
     Ok(())
 }
 
@@ -64,60 +83,103 @@ pub fn deliver_forwarded(apps: &Apps, from: NodeId, frames: Vec<ForwardedFrame>)
 #[derive(Default)]
 pub struct PendingHistory {
     /// Runs of events of one channel with the same socket left out, in the order given.
-    runs: Vec<(String, Option<SocketId>, Vec<StoredEvent>)>,
+    runs: Vec<HistoryRun>,
+    /// Where each event pushed is: its run and its place in the run, in the order pushed.
+    pushed: Vec<(usize, usize)>,
+}
+
+/// Where a published history event was placed: its channel's epoch and its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPlaced {
+    pub channel: String,
+    pub epoch: String,
+    pub offset: u64,
 }
 
 impl PendingHistory {
-    pub fn push(&mut self, channel: &str, except: Option<SocketId>, name: &str, data: &str) {
+    /// Adds an event on `channel`, with its idempotency key if it has one.
+    pub fn push(
+        &mut self,
+        channel: &str,
+        except: Option<SocketId>,
+        name: &str,
+        data: &str,
+        key: Option<&str>,
+    ) {
         let event = StoredEvent {
             event: name.to_owned(),
             data: data.to_owned(),
             time_ms: crate::history::now_ms(),
         };
-        match self.runs.iter_mut().rev().find(|run| run.0 == channel) {
-            Some(run) if run.1 == except => run.2.push(event),
-            _ => self.runs.push((channel.to_owned(), except, vec![event])),
-        }
+        let except = except.map(|socket| socket.to_string());
+        let last = self.runs.iter().rposition(|run| run.channel == channel);
+        let run = match last {
+            Some(i) if self.runs[i].except == except => i,
+            _ => {
+                self.runs.push(HistoryRun {
+                    channel: channel.to_owned(),
+                    fresh_epoch: chorus_storage::fresh_epoch(),
+                    events: Vec::new(),
+                    except,
+                    keys: Vec::new(),
+                });
+                self.runs.len() - 1
+            }
+        };
+        let run_events = &mut self.runs[run];
+        self.pushed.push((run, run_events.events.len()));
+        run_events.events.push(event);
+        run_events.keys.push(key.map(str::to_owned));
     }
 
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
     }
 
-    /// Publishes the events through the cluster's log, and returns once a majority of the nodes
-    /// has them: acknowledged, they survive the loss of a minority. Each run is one log entry;
-    /// the channels go concurrently, each channel's runs one after the other, in order. Every
-    /// node then stores the events at the offsets applying gave them and delivers them
-    /// (`crate::commits`). Fails when the cluster cannot commit (no quorum); runs already
-    /// committed stay so.
-    pub async fn publish(self, cluster: &Cluster, app: &App) -> Result<(), ClusterError> {
-        let mut channels: Vec<Vec<Request>> = Vec::new();
-        let mut seen: Vec<String> = Vec::new();
-        for (channel, except, events) in self.runs {
-            let request = Request::HistoryAppend {
-                app: app.id.clone(),
-                channel: channel.clone(),
-                fresh_epoch: chorus_storage::fresh_epoch(),
-                events,
-                except: except.map(|socket| socket.to_string()),
-            };
-            match seen.iter().position(|c| *c == channel) {
-                Some(i) => channels[i].push(request),
-                None => {
-                    seen.push(channel);
-                    channels.push(vec![request]);
-                }
+    /// Publishes the events through the cluster's log as one entry, and returns once a majority
+    /// of the nodes has it: acknowledged, they survive the loss of a minority; not committed,
+    /// none of them is. Every node then stores the events at the offsets applying gave them and
+    /// delivers them (`crate::commits`). An event whose idempotency key was placed on its
+    /// channel within `key_window` is not placed again. Returns where each event is, in the
+    /// order pushed. Fails when the cluster cannot commit (no quorum).
+    pub async fn publish(
+        mut self,
+        cluster: &Cluster,
+        app: &App,
+        key_window: Duration,
+    ) -> Result<Vec<HistoryPlaced>, ClusterError> {
+        for run in &mut self.runs {
+            if run.keys.iter().all(Option::is_none) {
+                run.keys.clear();
             }
         }
-        let proposals = channels.into_iter().map(|requests| async move {
-            for request in requests {
-                cluster.propose(request).await?;
-            }
-            Ok::<(), ClusterError>(())
-        });
-        futures_util::future::join_all(proposals)
-            .await
+        let channels: Vec<String> = self.runs.iter().map(|run| run.channel.clone()).collect();
+        let request = Request::HistoryBatch {
+            app: app.id.clone(),
+            time_ms: crate::history::now_ms(),
+            key_window_ms: key_window.as_millis() as u64,
+            runs: self.runs,
+        };
+        let Response::HistoryBatchPlaced { runs } = cluster.propose(request).await? else {
+            return Err(ClusterError::History(
+                "the leader answered a history batch with something else".to_owned(),
+            ));
+        };
+        self.pushed
             .into_iter()
+            .map(|(run, i)| {
+                let at = runs
+                    .get(run)
+                    .and_then(|placed| placed.get(i))
+                    .ok_or_else(|| {
+                        ClusterError::History("the leader placed fewer events than sent".to_owned())
+                    })?;
+                Ok(HistoryPlaced {
+                    channel: channels[run].clone(),
+                    epoch: at.epoch.clone(),
+                    offset: at.offset,
+                })
+            })
             .collect()
     }
 }

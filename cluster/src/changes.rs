@@ -100,33 +100,65 @@ pub(crate) fn apply(state: &mut ReplicatedState, request: Request) -> Applied {
             });
         }
     }
-    if let (
-        Request::HistoryAppend {
-            app,
-            channel,
-            events,
-            except,
-            ..
-        },
-        Response::HistoryAppended {
-            epoch,
-            first_offset,
-        },
-    ) = (request, &response)
-    {
-        changes.push(Change::History(HistoryCommit {
+    changes.extend(history_commits(request, &response));
+    Applied {
+        response,
+        changes,
+        interest_touched,
+    }
+}
+
+/// The history events a request placed, as commits of consecutive offsets of one channel: one
+/// for a `HistoryAppend`, one per run of a `HistoryBatch` with the events its keys did not
+/// make repeats.
+fn history_commits(request: Request, response: &Response) -> Vec<Change> {
+    match (request, response) {
+        (
+            Request::HistoryAppend {
+                app,
+                channel,
+                events,
+                except,
+                ..
+            },
+            Response::HistoryAppended {
+                epoch,
+                first_offset,
+            },
+        ) => vec![Change::History(HistoryCommit {
             app,
             channel,
             epoch: epoch.clone(),
             first_offset: *first_offset,
             events,
             except,
-        }));
-    }
-    Applied {
-        response,
-        changes,
-        interest_touched,
+        })],
+        (
+            Request::HistoryBatch { app, runs, .. },
+            Response::HistoryBatchPlaced { runs: placed },
+        ) => runs
+            .into_iter()
+            .zip(placed)
+            .filter_map(|(run, placed)| {
+                let mut fresh = run
+                    .events
+                    .into_iter()
+                    .zip(placed)
+                    .filter(|(_, at)| !at.repeat)
+                    .peekable();
+                let (epoch, first_offset) =
+                    fresh.peek().map(|(_, at)| (at.epoch.clone(), at.offset))?;
+                Some(Change::History(HistoryCommit {
+                    app: app.clone(),
+                    channel: run.channel,
+                    epoch,
+                    first_offset,
+                    events: fresh.map(|(event, _)| event).collect(),
+                    except: run.except,
+                }))
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -194,7 +226,9 @@ fn presence_changes(response: &Response) -> Vec<Change> {
                 })
             })
             .collect(),
-        Response::Applied | Response::HistoryAppended { .. } => Vec::new(),
+        Response::Applied
+        | Response::HistoryAppended { .. }
+        | Response::HistoryBatchPlaced { .. } => Vec::new(),
     }
 }
 
@@ -427,6 +461,111 @@ mod tests {
                 first_offset: 4
             }
         );
+    }
+
+    fn batch(time_ms: u64, runs: &[(&str, &[Option<&str>])]) -> Request {
+        Request::HistoryBatch {
+            app: "1".into(),
+            time_ms,
+            key_window_ms: 1_000,
+            runs: runs
+                .iter()
+                .map(|(channel, keys)| crate::history_batch::HistoryRun {
+                    channel: (*channel).into(),
+                    fresh_epoch: format!("{channel}-epoch"),
+                    events: keys
+                        .iter()
+                        .map(|key| StoredEvent {
+                            event: "said".into(),
+                            data: key.unwrap_or("-").into(),
+                            time_ms,
+                        })
+                        .collect(),
+                    except: None,
+                    keys: keys.iter().map(|k| k.map(str::to_owned)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn offsets(response: &Response) -> Vec<Vec<(u64, bool)>> {
+        let Response::HistoryBatchPlaced { runs } = response else {
+            panic!("{response:?}");
+        };
+        runs.iter()
+            .map(|run| run.iter().map(|at| (at.offset, at.repeat)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_history_batch_is_one_entry_and_a_repeated_key_is_placed_once() {
+        let mut state = ReplicatedState::default();
+        let first = batch(
+            10_000,
+            &[
+                ("chat", &[Some("a"), None]),
+                ("log", &[Some("b")]),
+                ("chat", &[Some("c")]),
+            ],
+        );
+        let applied = apply(&mut state, first.clone());
+        assert_eq!(
+            described(&applied.changes),
+            ["history@1", "history@1", "history@3"]
+        );
+        assert_eq!(
+            offsets(&applied.response),
+            [
+                vec![(1, false), (2, false)],
+                vec![(1, false)],
+                vec![(3, false)]
+            ]
+        );
+
+        // The same request again, within the window: answered with the same offsets, nothing
+        // placed but the event without a key.
+        let again = apply(
+            &mut state,
+            batch(
+                10_900,
+                &[
+                    ("chat", &[Some("a"), None]),
+                    ("log", &[Some("b")]),
+                    ("chat", &[Some("c")]),
+                ],
+            ),
+        );
+        assert_eq!(described(&again.changes), ["history@4"]);
+        assert_eq!(
+            offsets(&again.response),
+            [
+                vec![(1, true), (4, false)],
+                vec![(1, true)],
+                vec![(3, true)]
+            ]
+        );
+        let Change::History(commit) = &again.changes[0] else {
+            panic!("{:?}", again.changes);
+        };
+        assert_eq!((commit.channel.as_str(), commit.events.len()), ("chat", 1));
+        assert_eq!(state.published_keys("1"), 3);
+
+        // Past the window, measured in the entries' times: placed again.
+        let later = apply(&mut state, batch(11_100, &[("log", &[Some("b")])]));
+        assert_eq!(offsets(&later.response), [vec![(2, false)]]);
+        assert_eq!(
+            state.published_keys("1"),
+            1,
+            "a, b and c forgotten; b again"
+        );
+    }
+
+    #[test]
+    fn a_history_append_of_an_old_log_is_still_read_and_applied() {
+        let logged = r#"{"HistoryAppend":{"app":"1","channel":"chat","fresh_epoch":"e","events":[{"event":"x","data":"d","time_ms":1}]}}"#;
+        let request: Request = serde_json::from_str(logged).unwrap();
+        let mut state = ReplicatedState::default();
+        assert_eq!(changes(&mut state, request), ["history@1"]);
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod feed;
 mod flusher;
 pub mod forward;
 pub mod handover;
+pub mod history_batch;
 pub mod history_repair;
 mod hold;
 pub mod http;

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredMembers;
+use crate::history_batch::{HistoryRun, KeyPlacement, Placement, PublishedKeys};
 use crate::types::{NodeId, PresenceChange, PresenceEvent, PresenceUserRef, Request, Response};
 use crate::webhook_marks::WebhookMarks;
 
@@ -99,6 +100,10 @@ pub struct ReplicatedState {
     /// How far each webhook has been sent of the committed changes.
     #[serde(default)]
     webhooks_sent: WebhookMarks,
+    /// The idempotency keys of history events placed recently, by app (see
+    /// [`crate::history_batch`]).
+    #[serde(default)]
+    published_keys: BTreeMap<String, PublishedKeys>,
 }
 
 impl ReplicatedState {
@@ -171,6 +176,14 @@ impl ReplicatedState {
                 self.webhooks_sent.advance(target, *through);
                 Response::Applied
             }
+            Request::HistoryBatch {
+                app,
+                time_ms,
+                key_window_ms,
+                runs,
+            } => Response::HistoryBatchPlaced {
+                runs: self.place_batch(app, *time_ms, *key_window_ms, runs),
+            },
         }
     }
 
@@ -200,7 +213,8 @@ impl ReplicatedState {
             | Request::SetRetired { .. }
             | Request::UpdatePresence { .. }
             | Request::HistoryAppend { .. }
-            | Request::WebhooksSent { .. } => Vec::new(),
+            | Request::WebhooksSent { .. }
+            | Request::HistoryBatch { .. } => Vec::new(),
         }
     }
 
@@ -214,6 +228,66 @@ impl ReplicatedState {
         let first_offset = position.next_offset;
         position.next_offset += count as u64;
         (position.epoch.clone(), first_offset)
+    }
+
+    /// Places the runs of a history batch in order: each event at its channel's next offset,
+    /// but an event whose key was placed on its channel within the window at the offset it got
+    /// then, and not again. Keys older than the window (by the entries' times) are forgotten
+    /// first.
+    fn place_batch(
+        &mut self,
+        app: &str,
+        time_ms: u64,
+        key_window_ms: u64,
+        runs: &[HistoryRun],
+    ) -> Vec<Vec<Placement>> {
+        if let Some(keys) = self.published_keys.get_mut(app) {
+            keys.forget_expired(time_ms, key_window_ms);
+            if keys.is_empty() {
+                self.published_keys.remove(app);
+            }
+        }
+        let mut placed = Vec::with_capacity(runs.len());
+        for run in runs {
+            let key = ChannelKey::new(app, &run.channel);
+            let mut run_placed = Vec::with_capacity(run.events.len());
+            for i in 0..run.events.len() {
+                let known = run.key(i).and_then(|k| {
+                    let keys = self.published_keys.get(app)?;
+                    keys.placed(k, &run.channel)
+                });
+                if let Some(first) = known {
+                    run_placed.push(Placement {
+                        epoch: first.epoch.clone(),
+                        offset: first.offset,
+                        repeat: true,
+                    });
+                    continue;
+                }
+                let (epoch, offset) = self.place_history(key.clone(), &run.fresh_epoch, 1);
+                if let Some(k) = run.key(i) {
+                    let at = KeyPlacement {
+                        channel: run.channel.clone(),
+                        epoch: epoch.clone(),
+                        offset,
+                    };
+                    let keys = self.published_keys.entry(app.to_owned()).or_default();
+                    keys.remember(k, time_ms, at);
+                }
+                run_placed.push(Placement {
+                    epoch,
+                    offset,
+                    repeat: false,
+                });
+            }
+            placed.push(run_placed);
+        }
+        placed
+    }
+
+    /// How many idempotency keys of `app` the state remembers.
+    pub fn published_keys(&self, app: &str) -> usize {
+        self.published_keys.get(app).map_or(0, PublishedKeys::len)
     }
 
     fn set_interest(&mut self, node: NodeId, key: ChannelKey, present: bool) {
@@ -807,8 +881,52 @@ mod tests {
         state.apply(&interest(7, "news", true));
         state.apply(&join("ann", 7));
         state.apply(&history("chat", "e1", 2));
+        state.apply(&keyed_batch("chat", "k1", 1_000));
+        assert_eq!(state.published_keys("1"), 1);
         let json = serde_json::to_vec(&state).unwrap();
         let back: ReplicatedState = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, state);
+
+        // A snapshot written before idempotency keys were kept loads, with none.
+        let mut old: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        old.as_object_mut().unwrap().remove("published_keys");
+        let mut back: ReplicatedState = serde_json::from_value(old).unwrap();
+        assert_eq!(back.published_keys("1"), 0);
+        assert_eq!(
+            back.history_position("1", "chat"),
+            state.history_position("1", "chat")
+        );
+        // And the key read back from the snapshot still makes a repeat.
+        let mut again = serde_json::from_slice::<ReplicatedState>(&json).unwrap();
+        assert_eq!(
+            again.apply(&keyed_batch("chat", "k1", 2_000)),
+            state.clone().apply(&keyed_batch("chat", "k1", 2_000))
+        );
+        let Response::HistoryBatchPlaced { runs } = again.apply(&keyed_batch("chat", "k1", 3_000))
+        else {
+            panic!("not placed");
+        };
+        assert!(runs[0][0].repeat && runs[0][0].offset == 3, "{runs:?}");
+        back.apply(&keyed_batch("chat", "k1", 3_000));
+        assert_eq!(back.published_keys("1"), 1);
+    }
+
+    fn keyed_batch(channel: &str, key: &str, time_ms: u64) -> Request {
+        Request::HistoryBatch {
+            app: "1".into(),
+            time_ms,
+            key_window_ms: 60_000,
+            runs: vec![crate::history_batch::HistoryRun {
+                channel: channel.into(),
+                fresh_epoch: "e9".into(),
+                events: vec![StoredEvent {
+                    event: "e".into(),
+                    data: key.into(),
+                    time_ms,
+                }],
+                except: None,
+                keys: vec![Some(key.into())],
+            }],
+        }
     }
 }

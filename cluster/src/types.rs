@@ -7,6 +7,7 @@ use chorus_storage::StoredEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredMembers;
+use crate::history_batch::{HistoryRun, Placement};
 use crate::webhook_marks::{WebhookMark, WebhookTarget};
 
 /// A node's id in the cluster.
@@ -80,6 +81,19 @@ pub enum Request {
         #[serde(default)]
         except: Option<String>,
     },
+    /// All the history events of one publish request, as one entry: placed together, all or
+    /// none, run by run in order (see [`crate::history_batch`]). `time_ms` is the proposer's
+    /// clock when it proposed, the only time the idempotency window of `key_window_ms` is
+    /// measured in. Every node stores the events at the offsets applying gives them, then
+    /// delivers them to its subscribers; an event whose key was placed on its channel within
+    /// the window is neither (it is answered with its first offset).
+    HistoryBatch {
+        app: String,
+        time_ms: u64,
+        #[serde(default)]
+        key_window_ms: u64,
+        runs: Vec<HistoryRun>,
+    },
     /// The members the cluster should have, from a members file: adopted when its revision is
     /// newer than the one the state has, else ignored. The leader reconciles the Raft voters
     /// to it. (On the wire: `{"SetDesiredMembers": {"revision": 7, "members": {...}}}`.)
@@ -112,6 +126,10 @@ impl Request {
             Request::RemoveMember { .. } | Request::SetRetired { .. } => true,
             Request::SetDesiredMembers(desired) => desired.is_plausible(),
             Request::HistoryAppend { app, channel, .. } => fits(app, channel),
+            Request::HistoryBatch { app, runs, .. } => runs.iter().all(|run| {
+                fits(app, &run.channel)
+                    && run.keys.iter().flatten().all(|k| k.len() <= LONGEST_NAME)
+            }),
             Request::UpdateInterest { changes, .. } => {
                 changes.iter().all(|c| fits(&c.app, &c.channel))
             }
@@ -177,6 +195,8 @@ pub enum Response {
     /// History events were placed: the channel's epoch and the offset of the first event (the
     /// others follow densely).
     HistoryAppended { epoch: String, first_offset: u64 },
+    /// The events of a history batch were placed: where each is, run by run, event by event.
+    HistoryBatchPlaced { runs: Vec<Vec<Placement>> },
 }
 
 /// A user of a presence channel.

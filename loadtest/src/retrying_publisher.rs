@@ -5,6 +5,7 @@
 //! and the worker goes on. Records the latency of acknowledged requests (per attempt) and, once a
 //! marker is set (a leader's kill), when the first request sent after it was acknowledged; with
 //! `until_ack_after_marker`, publishing goes on past its duration until that happens (bounded).
+//! With `keys`, each event carries an idempotency key, the same in every attempt.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +36,10 @@ pub struct RetryPlan {
     /// Go on publishing after `duration`, for at most this long, until a request sent after the
     /// marker is acknowledged.
     pub until_ack_after_marker: Option<Duration>,
+    /// With a run tag: every event carries the idempotency key `{tag}-{stream}-{seq}`, the
+    /// same in each attempt, so a request acknowledged but whose answer was lost and that is
+    /// sent again to another node is stored once.
+    pub keys: Option<String>,
 }
 
 /// Counters shared by the workers, and the marker the failover sets.
@@ -225,11 +230,12 @@ async fn worker(
                 data: d,
             })
             .collect();
-        let (route, body) = if count == 1 {
-            ("events", Rest::events_body(&events[0]))
-        } else {
-            ("batch_events", Rest::batch_body(&events))
-        };
+        let keys: Option<Vec<String>> = plan.keys.as_ref().map(|tag| {
+            (seq - count..seq)
+                .map(|n| format!("{tag}-{stream}-{n}"))
+                .collect()
+        });
+        let (route, body) = bodies(&events, keys.as_deref());
         loop {
             let sent_at = Instant::now();
             let sent_after_start_us = progress.now_us();
@@ -271,6 +277,29 @@ async fn worker(
     r
 }
 
+/// The route and body of a request of `events`, each with its idempotency key if given.
+fn bodies(events: &[Event], keys: Option<&[String]>) -> (&'static str, String) {
+    let body = |i: usize| {
+        let plain = Rest::events_body(&events[i]);
+        match keys {
+            Some(keys) => format!(
+                r#"{},"idempotency_key":"{}"}}"#,
+                &plain[..plain.len() - 1],
+                keys[i]
+            ),
+            None => plain,
+        }
+    };
+    if events.len() == 1 {
+        return ("events", body(0));
+    }
+    let all: Vec<String> = (0..events.len()).map(body).collect();
+    (
+        "batch_events",
+        format!(r#"{{"batch":[{}]}}"#, all.join(",")),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +319,23 @@ mod tests {
             std::io::ErrorKind::ConnectionRefused
         ))));
         assert!(is_node_failure(&status(503).during("publishing")));
+    }
+
+    #[test]
+    fn keyed_bodies_carry_one_key_per_event() {
+        let e = |data| Event {
+            name: "n",
+            channel: "c",
+            data,
+        };
+        let keys = ["t-0-1".to_owned(), "t-0-2".to_owned()];
+        let (route, body) = bodies(&[e("a"), e("b")], Some(&keys));
+        assert_eq!(route, "batch_events");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["batch"][1]["idempotency_key"], "t-0-2");
+        assert_eq!(body["batch"][1]["data"], "b");
+        let (route, body) = bodies(&[e("a")], None);
+        assert_eq!((route, body), ("events", Rest::events_body(&e("a"))));
     }
 
     #[test]

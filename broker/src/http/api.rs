@@ -1,9 +1,16 @@
 //! The Pusher HTTP API under `/apps/{app_id}`: publish events, query channels and users,
 //! terminate a user's connections. Every request is signed; every error is JSON. Channels,
 //! their counts and users, and terminations cover the whole cluster (see [`super::peers`]).
+//!
+//! A publish is all or nothing ([`settle`]), and may be idempotent: an event with an
+//! idempotency key (`idempotency_key` in its body, or `X-Idempotency-Key` for `POST /events`)
+//! that repeats one published within the app's `limits.idempotency_window_secs` is answered as
+//! that one was, with the same offsets on history channels, and delivered once: cluster-wide on
+//! history channels, by the node that took it on the others (see `crate::recent_keys`). The answer lists
+//! where each history event was placed (`"history": [{"channel", "epoch", "offset"}]`).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::TRANSFER_ENCODING;
 use actix_web::http::StatusCode;
@@ -17,8 +24,10 @@ use crate::http::edge::BodyDeadline;
 use crate::http::peers;
 use crate::node::Node;
 use crate::protocol::channel::{self, ChannelKind};
-use crate::protocol::frame;
-use crate::protocol::publish::{parse_batch, parse_event, InfoWanted, PublishError, Trigger};
+use crate::protocol::frame::{self, Frame, SocketId};
+use crate::protocol::publish::{
+    parse_batch, parse_event, validate_key, InfoWanted, PublishError, Trigger,
+};
 use crate::protocol::signature::{self, RequestAuthError, SignedQuery};
 use crate::router;
 
@@ -178,36 +187,37 @@ async fn view_of(app: &App, selection: Selection, users: bool) -> ChannelView {
     peers::cluster_view(app, &query).await
 }
 
-/// Publishes a validated event; returns the requested info per channel. A channel whose
-/// subscribers are too far behind refuses the event (429); the other channels still get it.
-///
-/// Events on history channels are added to `pending.history`, to be published through the
-/// cluster's log; a cache channel's last event is stored and `pending.cached` set. The caller
-/// settles both with [`settle`] before answering.
-async fn publish(
-    app: &App,
-    t: Trigger,
-    pending: &mut Pending,
-) -> Result<Map<String, Value>, ApiError> {
-    let mut refused = Vec::new();
+/// Stages a validated event: on a history channel it joins `pending.history`, to be published
+/// through the cluster's log; on any other channel its frame joins `pending.live`, unless its
+/// idempotency key was taken by this node within the app's window (a repeat: it went out
+/// already). Nothing goes out before [`settle`].
+fn stage(app: &App, t: &Trigger, pending: &mut Pending) {
+    let live = |c: &String| !app.history.keeps(c);
+    let mut repeat = false;
+    if let Some(key) = t.key.as_deref().filter(|_| t.channels.iter().any(live)) {
+        let window = Duration::from_secs(app.limits.idempotency_window_secs);
+        repeat = !app.history.recent_keys.take(key, window);
+        if !repeat {
+            pending.taken_keys.push(key.to_owned());
+        }
+    }
     for c in &t.channels {
-        app.metrics.published_api.inc();
         if app.history.keeps(c) {
-            pending.history.push(c, t.except, &t.name, &t.data);
-            continue;
-        }
-        let frame = frame::event(c, &t.name, &t.data);
-        match router::publish(app, c, frame, t.except) {
-            Ok(()) => pending.cached |= ChannelKind::of(c).cache,
-            Err(e) => refused.push(e.to_string()),
+            app.metrics.published_api.inc();
+            pending
+                .history
+                .push(c, t.except, &t.name, &t.data, t.key.as_deref());
+        } else if !repeat {
+            app.metrics.published_api.inc();
+            let frame = frame::event(c, &t.name, &t.data);
+            pending.live.push((c.clone(), frame, t.except));
+            pending.cached |= ChannelKind::of(c).cache;
         }
     }
-    if !refused.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            refused.join("; "),
-        ));
-    }
+}
+
+/// The info `t` asked for, per channel, from the cluster's view once it was published.
+async fn info_of(app: &App, t: &Trigger) -> Map<String, Value> {
     let mut channels = Map::new();
     if t.info.any() {
         let view = view_of(app, Selection::Names(t.channels.clone()), t.info.user_count).await;
@@ -216,26 +226,51 @@ async fn publish(
             channels.insert(c.clone(), Value::Object(info));
         }
     }
-    Ok(channels)
+    channels
 }
 
-/// What a publish request leaves to do before it is acknowledged.
+/// What a publish request (one event, or a batch) leaves to do before it is acknowledged.
 #[derive(Default)]
 struct Pending {
+    /// Frames of channels without history, in order.
+    live: Vec<(String, Frame, Option<SocketId>)>,
     /// History events, to be committed by the cluster.
     history: router::PendingHistory,
-    /// A cache channel's last event was stored and must be made durable.
+    /// A cache channel's last event will be stored and must be made durable.
     cached: bool,
+    /// The idempotency keys this node took for the live frames: given back if they are refused.
+    taken_keys: Vec<String>,
 }
 
-/// Commits the request's history events and makes its cache channels' last events durable: a
-/// publish is acknowledged only then. Without a quorum the history events are not acknowledged:
-/// 503.
-async fn settle(node: &Node, app: &App, pending: Pending) -> Result<(), ApiError> {
+/// Publishes what a request staged, and acknowledges it only once it is out and durable.
+///
+/// First every frame of a channel without history is admitted by its channel, all or none: a
+/// channel too far behind refuses the request (429) and nothing of it goes out, no history event
+/// is proposed. Then the history events are committed by the cluster; without a quorum they are
+/// not acknowledged (503: the frames of channels without history went out). Last, the cache
+/// channels' last events are made durable.
+async fn settle(
+    node: &Node,
+    app: &App,
+    pending: Pending,
+) -> Result<Vec<router::HistoryPlaced>, ApiError> {
+    if !pending.live.is_empty() {
+        if let Err(e) = router::publish_all(app, pending.live) {
+            for key in &pending.taken_keys {
+                app.history.recent_keys.give_back(key);
+            }
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{e}; nothing of this request was published"),
+            ));
+        }
+    }
+    let mut placed = Vec::new();
     if !pending.history.is_empty() {
-        pending
+        let window = Duration::from_secs(app.limits.idempotency_window_secs);
+        placed = pending
             .history
-            .publish(&node.cluster, app)
+            .publish(&node.cluster, app, window)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "history publish not committed");
@@ -248,7 +283,44 @@ async fn settle(node: &Node, app: &App, pending: Pending) -> Result<(), ApiError
     if pending.cached {
         app.history.store.flush().await.map_err(storage_error)?;
     }
-    Ok(())
+    Ok(placed)
+}
+
+/// The answer to a publish: `body`, with where each history event was placed, in the order
+/// given (the same for a repeat of an idempotent publish).
+fn answer(mut body: Map<String, Value>, placed: Vec<router::HistoryPlaced>) -> HttpResponse {
+    if !placed.is_empty() {
+        let history = placed
+            .into_iter()
+            .map(|p| json!({"channel": p.channel, "epoch": p.epoch, "offset": p.offset}))
+            .collect();
+        body.insert("history".into(), Value::Array(history));
+    }
+    HttpResponse::Ok().json(Value::Object(body))
+}
+
+/// The header that may carry a single event's idempotency key.
+const IDEMPOTENCY_KEY_HEADER: &str = "x-idempotency-key";
+
+/// The idempotency key of `X-Idempotency-Key`, into `t`: refused when it is not a valid key or
+/// the body gives another.
+fn key_from_header(req: &HttpRequest, t: &mut Trigger) -> Result<(), ApiError> {
+    let Some(header) = req.headers().get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(());
+    };
+    let key = header
+        .to_str()
+        .map_err(|_| ApiError::bad_request("X-Idempotency-Key is not visible ASCII"))?;
+    validate_key(key)?;
+    match &t.key {
+        Some(given) if given != key => Err(ApiError::bad_request(
+            "X-Idempotency-Key and the body's idempotency_key differ",
+        )),
+        _ => {
+            t.key = Some(key.to_owned());
+            Ok(())
+        }
+    }
 }
 
 fn storage_error(e: chorus_storage::StorageError) -> ApiError {
@@ -259,7 +331,8 @@ fn storage_error(e: chorus_storage::StorageError) -> ApiError {
     )
 }
 
-/// `POST /apps/{app_id}/events`
+/// `POST /apps/{app_id}/events`: one event, on one channel or several, all or none (see
+/// [`settle`]).
 pub async fn events(
     node: web::Data<Node>,
     req: HttpRequest,
@@ -267,19 +340,23 @@ pub async fn events(
     payload: web::Payload,
 ) -> ApiResult {
     let v = verify(&node, &req, &app_id, payload).await?;
-    let trigger = parse_event(&v.app.limits, &v.body)?;
-    let wanted = trigger.info.any();
+    let mut trigger = parse_event(&v.app.limits, &v.body)?;
+    key_from_header(&req, &mut trigger)?;
     let mut pending = Pending::default();
-    let channels = publish(&v.app, trigger, &mut pending).await?;
-    settle(&node, &v.app, pending).await?;
-    Ok(HttpResponse::Ok().json(if wanted {
-        json!({ "channels": channels })
-    } else {
-        json!({})
-    }))
+    stage(&v.app, &trigger, &mut pending);
+    let placed = settle(&node, &v.app, pending).await?;
+    let mut body = Map::new();
+    if trigger.info.any() {
+        let channels = info_of(&v.app, &trigger).await;
+        body.insert("channels".into(), Value::Object(channels));
+    }
+    Ok(answer(body, placed))
 }
 
-/// `POST /apps/{app_id}/batch_events`
+/// `POST /apps/{app_id}/batch_events`: every event is validated, then the batch is published
+/// as one request, all or none (see [`settle`]): an invalid event refuses the whole batch (400,
+/// 413), and so does a channel too far behind to admit one of its events (429). Each event may
+/// carry its own `idempotency_key`; the header is refused here, as it could not say which.
 pub async fn batch_events(
     node: web::Data<Node>,
     req: HttpRequest,
@@ -287,27 +364,27 @@ pub async fn batch_events(
     payload: web::Payload,
 ) -> ApiResult {
     let v = verify(&node, &req, &app_id, payload).await?;
-    // Every event is validated before any is published: an invalid one refuses the whole batch
-    // and nothing goes out. Past that a batch is not all or nothing: events of channels without
-    // history go out one by one, so a channel too far behind (429) ends the batch with the
-    // events before it delivered and its history events never proposed; history events are
-    // committed per channel once all were handed out, and a commit that fails (503) leaves
-    // the channels already committed so.
-    let triggers = parse_batch(&v.app.limits, &v.body)?;
-    let wanted = triggers.iter().any(|t| t.info.any());
-    let mut answers = Vec::with_capacity(triggers.len());
-    let mut pending = Pending::default();
-    for t in triggers {
-        let channel = t.channels[0].clone();
-        let mut info = publish(&v.app, t, &mut pending).await?;
-        answers.push(info.remove(&channel).unwrap_or_else(|| json!({})));
+    if req.headers().contains_key(IDEMPOTENCY_KEY_HEADER) {
+        return Err(ApiError::bad_request(
+            "X-Idempotency-Key is for single events: give each event of a batch its idempotency_key",
+        ));
     }
-    settle(&node, &v.app, pending).await?;
-    Ok(HttpResponse::Ok().json(if wanted {
-        json!({ "batch": answers })
-    } else {
-        json!({})
-    }))
+    let triggers = parse_batch(&v.app.limits, &v.body)?;
+    let mut pending = Pending::default();
+    for t in &triggers {
+        stage(&v.app, t, &mut pending);
+    }
+    let placed = settle(&node, &v.app, pending).await?;
+    let mut body = Map::new();
+    if triggers.iter().any(|t| t.info.any()) {
+        let mut answers = Vec::with_capacity(triggers.len());
+        for t in &triggers {
+            let mut info = info_of(&v.app, t).await;
+            answers.push(info.remove(&t.channels[0]).unwrap_or_else(|| json!({})));
+        }
+        body.insert("batch".into(), Value::Array(answers));
+    }
+    Ok(answer(body, placed))
 }
 
 /// `GET /apps/{app_id}/channels`

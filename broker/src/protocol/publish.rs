@@ -35,6 +35,8 @@ struct EventBody {
     socket_id: Option<String>,
     #[serde(default)]
     info: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +87,27 @@ pub struct Trigger {
     pub channels: Vec<String>,
     pub except: Option<SocketId>,
     pub info: InfoWanted,
+    /// A repeat of a publish with this key within the app's window is answered as the first
+    /// one was and delivered once.
+    pub key: Option<String>,
+}
+
+/// The longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 64;
+
+/// Checks an idempotency key (from the body or the `X-Idempotency-Key` header): 1 to
+/// [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes.
+pub fn validate_key(key: &str) -> Result<(), PublishError> {
+    if key.is_empty() {
+        return Err(bad("idempotency_key is empty"));
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(bad(format!(
+            "idempotency_key is {} bytes, over the limit of {MAX_IDEMPOTENCY_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The body of `POST /events`.
@@ -159,11 +182,15 @@ fn validate(limits: &Limits, body: EventBody, batch: bool) -> Result<Trigger, Pu
         None => None,
     };
     let info = InfoWanted::parse(body.info.as_deref())?;
+    if let Some(key) = &body.idempotency_key {
+        validate_key(key)?;
+    }
     Ok(Trigger {
         name: body.name,
         data,
         channels,
         except,
         info,
+        key: body.idempotency_key,
     })
 }

@@ -72,6 +72,11 @@ pub struct ClusterHistoryArgs {
     /// fails.
     #[arg(long, default_value_t = 120)]
     pub replay_timeout_secs: u64,
+    /// Give every event an idempotency key (`idempotency_key`), so that a request retried on
+    /// another node after its first answer was lost stores nothing twice (`false`: no keys, as
+    /// a server without idempotent publishing needs, or to measure what keys cost).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub idempotency_keys: bool,
 }
 
 /// What the failover task saw.
@@ -177,6 +182,9 @@ pub async fn run(args: &ClusterHistoryArgs) -> Result<Report> {
         until_ack_after_marker: args
             .kill_leader_after_secs
             .map(|_| Duration::from_secs(args.failover_timeout_secs)),
+        keys: args
+            .idempotency_keys
+            .then(|| format!("{:x}", crate::payload::now_us())),
     };
     let published = retrying_publisher::run(plan, rest, progress.clone()).await;
     let publish_end = Instant::now();
