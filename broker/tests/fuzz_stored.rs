@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 
 use chorus_broker::config::Config;
 use chorus_cluster::{
-    Departure, Entry, ForwardBatch, InterestChange, LogId, NodeId, PresenceChange, Request,
-    StateMachineStore, TypeConfig, WebhookMark, WebhookTarget,
+    history_batch::HistoryRun, Departure, Entry, ForwardBatch, InterestChange, LogId, NodeId,
+    PresenceChange, Request, StateMachineStore, TypeConfig, WebhookMark, WebhookTarget,
 };
 use chorus_storage::{StorageError, Store, StoredEvent};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -102,6 +102,20 @@ fn request() -> impl Strategy<Value = Request> {
             }),
         (any::<NodeId>(), any::<bool>())
             .prop_map(|(id, retired)| Request::SetRetired { id, retired }),
+        (
+            name(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(run(), 0..3)
+        )
+            .prop_map(
+                |(app, time_ms, key_window_ms, runs)| Request::HistoryBatch {
+                    app,
+                    time_ms,
+                    key_window_ms,
+                    runs,
+                }
+            ),
         (name(), ".{0,40}", any::<u64>(), any::<u32>()).prop_map(|(app, url, index, seq)| {
             Request::WebhooksSent {
                 target: WebhookTarget { app, url },
@@ -109,6 +123,32 @@ fn request() -> impl Strategy<Value = Request> {
             }
         }),
     ]
+}
+
+/// A run of a history batch: events of one channel, each with an idempotency key or none at all.
+fn run() -> impl Strategy<Value = HistoryRun> {
+    let event = (name(), ".{0,60}", any::<u64>()).prop_map(|(event, data, time_ms)| StoredEvent {
+        event,
+        data,
+        time_ms,
+    });
+    (
+        name(),
+        name(),
+        prop::collection::vec((event, proptest::option::of("[a-z0-9]{1,8}")), 0..4),
+        proptest::option::of("[0-9]{1,5}\\.[0-9]{1,5}"),
+        any::<bool>(),
+    )
+        .prop_map(|(channel, fresh_epoch, keyed, except, with_keys)| {
+            let (events, keys): (Vec<StoredEvent>, Vec<Option<String>>) = keyed.into_iter().unzip();
+            HistoryRun {
+                channel,
+                fresh_epoch,
+                events,
+                except,
+                keys: if with_keys { keys } else { Vec::new() },
+            }
+        })
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
