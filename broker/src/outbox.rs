@@ -50,11 +50,45 @@ enum Outbound {
 }
 
 impl Outbound {
-    fn cost(&self) -> usize {
+    fn item(&self) -> Item<'_> {
         match self {
-            Outbound::Event(f) | Outbound::Protocol(f) => f.len(),
-            Outbound::Pong(_) | Outbound::Heartbeat => PONG_COST,
-            Outbound::Close(..) => 0,
+            Outbound::Event(f) => Item::Event(f),
+            Outbound::Protocol(f) => Item::Protocol(f),
+            Outbound::Pong(p) => Item::Pong(p),
+            Outbound::Heartbeat => Item::Heartbeat,
+            Outbound::Close(code, reason) => Item::Close(*code, reason),
+        }
+    }
+}
+
+/// Something pushed, borrowed: it becomes an [`Outbound`] (a copy of its handles) only when it
+/// has to wait in the backlog, so a push that goes straight into the queue touches nothing of
+/// the frame but its encoded bytes.
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    Event(&'a Frame),
+    Protocol(&'a Frame),
+    Pong(&'a Bytes),
+    Heartbeat,
+    Close(u16, &'a str),
+}
+
+impl Item<'_> {
+    fn cost(self) -> usize {
+        match self {
+            Item::Event(f) | Item::Protocol(f) => f.len(),
+            Item::Pong(_) | Item::Heartbeat => PONG_COST,
+            Item::Close(..) => 0,
+        }
+    }
+
+    fn to_outbound(self) -> Outbound {
+        match self {
+            Item::Event(f) => Outbound::Event(f.clone()),
+            Item::Protocol(f) => Outbound::Protocol(f.clone()),
+            Item::Pong(p) => Outbound::Pong(p.clone()),
+            Item::Heartbeat => Outbound::Heartbeat,
+            Item::Close(code, reason) => Outbound::Close(code, reason.to_owned()),
         }
     }
 }
@@ -69,19 +103,19 @@ pub enum Transport {
 
 impl Transport {
     /// The bytes of `item` on this transport; `None` when it writes nothing here.
-    fn encode(&mut self, item: &Outbound) -> Option<Bytes> {
+    fn encode(&mut self, item: Item<'_>) -> Option<Bytes> {
         match self {
             Transport::WebSocket => Some(match item {
-                Outbound::Event(f) | Outbound::Protocol(f) => f.websocket().clone(),
-                Outbound::Pong(p) => websocket::pong_frame(p),
-                Outbound::Heartbeat => return None,
-                Outbound::Close(code, reason) => websocket::close_frame(*code, reason),
+                Item::Event(f) | Item::Protocol(f) => f.websocket().clone(),
+                Item::Pong(p) => websocket::pong_frame(p),
+                Item::Heartbeat => return None,
+                Item::Close(code, reason) => websocket::close_frame(code, reason),
             }),
             Transport::EventStream { cursor } => Some(match item {
-                Outbound::Event(f) | Outbound::Protocol(f) => sse::event(f.sse(), cursor),
-                Outbound::Pong(_) => return None,
-                Outbound::Heartbeat => Bytes::from_static(sse::HEARTBEAT),
-                Outbound::Close(code, reason) => sse::closing(*code, reason),
+                Item::Event(f) | Item::Protocol(f) => sse::event(f.sse(), cursor),
+                Item::Pong(_) => return None,
+                Item::Heartbeat => Bytes::from_static(sse::HEARTBEAT),
+                Item::Close(code, reason) => sse::closing(code, reason),
             }),
         }
     }
@@ -103,10 +137,10 @@ struct State {
 
 impl State {
     /// Queues `item`; gives the body's waker when it waits.
-    fn enqueue(&mut self, item: &Outbound) -> Option<Waker> {
+    fn enqueue(&mut self, item: Item<'_>) -> Option<Waker> {
         let bytes = self.transport.encode(item)?;
         self.queue.push_back(bytes);
-        if matches!(item, Outbound::Close(..)) {
+        if matches!(item, Item::Close(..)) {
             self.queue_ends = true;
         }
         self.body_waker.take()
@@ -169,7 +203,7 @@ impl Outbox {
         let outbox = Outbox(Arc::new(Inner {
             state: Mutex::new(State {
                 transport,
-                queue: VecDeque::with_capacity(QUEUE_CAPACITY),
+                queue: VecDeque::new(),
                 queue_ends: false,
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
@@ -182,7 +216,7 @@ impl Outbox {
         }));
         let body = OutboxBody {
             outbox: outbox.clone(),
-            taken: VecDeque::with_capacity(QUEUE_CAPACITY),
+            taken: VecDeque::new(),
             ends: false,
         };
         (outbox, body)
@@ -212,12 +246,12 @@ impl Outbox {
 
     /// Pushes a published event. Fails when the connection is too far behind.
     pub fn push_event(&self, frame: &Frame) -> Result<Pushed, Overflow> {
-        self.push(Outbound::Event(frame.clone()), true)
+        self.push(Item::Event(frame), true)
     }
 
     /// Pushes a protocol frame, under the same bound.
     pub fn push_protocol(&self, frame: Frame) -> Result<Pushed, Overflow> {
-        self.push(Outbound::Protocol(frame), true)
+        self.push(Item::Protocol(&frame), true)
     }
 
     /// Sends a frame that answers this client (a confirmation, an error, a pong), counted as
@@ -231,12 +265,12 @@ impl Outbox {
     }
 
     pub fn push_pong(&self, payload: Bytes) {
-        let _ = self.push(Outbound::Pong(payload), true);
+        let _ = self.push(Item::Pong(&payload), true);
     }
 
     /// Pushes an SSE heartbeat comment (nothing on a WebSocket).
     pub fn push_heartbeat(&self) {
-        let _ = self.push(Outbound::Heartbeat, true);
+        let _ = self.push(Item::Heartbeat, true);
     }
 
     /// The client is gone or a close was queued: nothing more will be written.
@@ -273,7 +307,7 @@ impl Outbox {
         if discard {
             state.clear_backlog();
         }
-        let woken = self.push_locked(&mut state, Outbound::Close(code, reason.to_owned()), false);
+        let woken = self.push_locked(&mut state, Item::Close(code, reason), false);
         state.closing = true;
         drop(state);
         self.0.drained.notify_waiters();
@@ -282,7 +316,7 @@ impl Outbox {
         }
     }
 
-    fn push(&self, item: Outbound, bounded: bool) -> Result<Pushed, Overflow> {
+    fn push(&self, item: Item<'_>, bounded: bool) -> Result<Pushed, Overflow> {
         let mut state = self.0.state.lock();
         if state.closing {
             return Ok(Pushed::Dropped);
@@ -298,17 +332,17 @@ impl Outbox {
     fn push_locked(
         &self,
         state: &mut State,
-        item: Outbound,
+        item: Item<'_>,
         bounded: bool,
     ) -> Result<(Pushed, Option<Waker>), Overflow> {
         if state.backlog.is_empty() && state.queue.len() < QUEUE_CAPACITY {
-            return Ok((Pushed::Sent, state.enqueue(&item)));
+            return Ok((Pushed::Sent, state.enqueue(item)));
         }
         let cost = item.cost();
         if bounded && state.backlog_bytes + cost > self.0.limit {
             return Err(Overflow);
         }
-        state.backlog.push_back(item);
+        state.backlog.push_back(item.to_outbound());
         state.backlog_bytes += cost;
         Ok((Pushed::Queued, None))
     }
@@ -323,11 +357,11 @@ impl Outbox {
             let Some(item) = state.backlog.pop_front() else {
                 break;
             };
-            state.backlog_bytes -= item.cost();
+            state.backlog_bytes -= item.item().cost();
             if let (Outbound::Event(frame), Some(latency)) = (&item, &self.0.latency) {
                 latency.observe(frame.published_at.elapsed().as_secs_f64());
             }
-            state.enqueue(&item);
+            state.enqueue(item.item());
         }
         state.backlog.is_empty()
     }
