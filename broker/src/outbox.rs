@@ -1,26 +1,26 @@
-//! A connection's outbound path: frames go straight into its transport (a WebSocket session or
-//! an SSE response body), and only what the socket cannot take yet waits in a backlog bounded in
-//! bytes.
+//! A connection's outbound path: frames are written into a short queue that the connection's
+//! response body (an [`OutboxBody`]: the WebSocket stream after the handshake, or an SSE
+//! response) hands to actix-http, and only what the socket cannot take yet waits in a backlog
+//! bounded in bytes.
 //!
 //! Channel actors push shared [`Frame`]s into a subscriber's [`Outbox`] from whatever thread
-//! they run on. When the session has room (the usual case), the frame is handed to it at once:
-//! no extra task, no extra queue, and the session coalesces whatever is waiting into one socket
-//! write. When it has none, frames wait in the backlog and a drain task feeds them in order as
-//! room appears. A push that would take the backlog past its bound fails: the caller cuts the
-//! connection off as a slow reader (4100) instead of buffering without limit.
+//! they run on. A published event's WebSocket frame was encoded once ([`Frame::websocket`]), so
+//! every subscriber queues the same bytes: no per-subscriber encoding or copy. When the queue has
+//! room (the usual case) the frame joins it at once and the body is woken; the body takes the
+//! whole queue each time it is polled, and actix-http gathers what it takes into one write.
+//! When the queue is full (the socket is not keeping up), frames wait in the backlog, and the
+//! body refills the queue from it as it takes. A push that would take the backlog past its bound
+//! fails: the caller cuts the connection off as a slow reader (4100) instead of buffering
+//! without limit.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-use actix_ws::{CloseCode, CloseReason, Message, Session};
 use bytes::Bytes;
-use bytestring::ByteString;
-use futures_channel::mpsc;
-use futures_util::task::noop_waker_ref;
-use futures_util::Sink;
+use futures_util::Stream;
 use parking_lot::Mutex;
 use prometheus::Histogram;
 
@@ -28,6 +28,11 @@ use crate::metrics::AppMetrics;
 use crate::protocol::code;
 use crate::protocol::frame::Frame;
 use crate::protocol::sse::{self, Cursor};
+use crate::protocol::websocket;
+
+/// How many messages the queue the body takes from holds before the backlog takes over (what
+/// actix-ws's own channel between a session and its socket held).
+pub const QUEUE_CAPACITY: usize = 32;
 
 /// What a queued pong counts against the bound.
 const PONG_COST: usize = 16;
@@ -37,7 +42,7 @@ const PONG_COST: usize = 16;
 enum Outbound {
     /// A published event: its latency is observed when it is handed over.
     Event(Frame),
-    Protocol(ByteString),
+    Protocol(Frame),
     Pong(Bytes),
     /// Keeps an idle SSE stream open; nothing on a WebSocket (Pusher pings do that there).
     Heartbeat,
@@ -45,85 +50,115 @@ enum Outbound {
 }
 
 impl Outbound {
-    fn cost(&self) -> usize {
+    fn item(&self) -> Item<'_> {
         match self {
-            Outbound::Event(f) => f.len(),
-            Outbound::Protocol(t) => t.len(),
-            Outbound::Pong(_) | Outbound::Heartbeat => PONG_COST,
-            Outbound::Close(..) => 0,
+            Outbound::Event(f) => Item::Event(f),
+            Outbound::Protocol(f) => Item::Protocol(f),
+            Outbound::Pong(p) => Item::Pong(p),
+            Outbound::Heartbeat => Item::Heartbeat,
+            Outbound::Close(code, reason) => Item::Close(*code, reason),
         }
     }
 }
 
-/// Where an outbox's frames are written.
+/// Something pushed, borrowed: it becomes an [`Outbound`] (a copy of its handles) only when it
+/// has to wait in the backlog, so a push that goes straight into the queue touches nothing of
+/// the frame but its encoded bytes.
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    Event(&'a Frame),
+    Protocol(&'a Frame),
+    Pong(&'a Bytes),
+    Heartbeat,
+    Close(u16, &'a str),
+}
+
+impl Item<'_> {
+    fn cost(self) -> usize {
+        match self {
+            Item::Event(f) | Item::Protocol(f) => f.len(),
+            Item::Pong(_) | Item::Heartbeat => PONG_COST,
+            Item::Close(..) => 0,
+        }
+    }
+
+    fn to_outbound(self) -> Outbound {
+        match self {
+            Item::Event(f) => Outbound::Event(f.clone()),
+            Item::Protocol(f) => Outbound::Protocol(f.clone()),
+            Item::Pong(p) => Outbound::Pong(p.clone()),
+            Item::Heartbeat => Outbound::Heartbeat,
+            Item::Close(code, reason) => Outbound::Close(code, reason.to_owned()),
+        }
+    }
+}
+
+/// How an outbox's frames are written.
 pub enum Transport {
-    WebSocket(Session),
-    /// An SSE response body, fed through a bounded channel. Frames are rewritten as SSE events
-    /// on the way in, and the stream's cursor follows the history events it passes.
-    EventStream {
-        body: mpsc::Sender<Bytes>,
-        cursor: Cursor,
-    },
+    /// RFC 6455 server frames: a published event's are shared by every socket.
+    WebSocket,
+    /// SSE events, the stream's cursor following the history events it passes.
+    EventStream { cursor: Cursor },
 }
 
 impl Transport {
-    /// Asks for room for one more message; an error means the client is gone.
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+    /// The bytes of `item` on this transport; `None` when it writes nothing here.
+    fn encode(&mut self, item: Item<'_>) -> Option<Bytes> {
         match self {
-            Transport::WebSocket(session) => Pin::new(session).poll_ready(cx).map_err(|_| ()),
-            Transport::EventStream { body, .. } => body.poll_ready(cx).map_err(|_| ()),
-        }
-    }
-
-    /// Writes one message; [`Transport::poll_ready`] said there is room.
-    fn start_send(&mut self, item: Outbound) {
-        match self {
-            Transport::WebSocket(session) => {
-                let message = match item {
-                    Outbound::Event(f) => Message::Text(f.text),
-                    Outbound::Protocol(t) => Message::Text(t),
-                    Outbound::Pong(p) => Message::Pong(p),
-                    Outbound::Heartbeat => return,
-                    Outbound::Close(code, reason) => Message::Close(Some(CloseReason {
-                        code: CloseCode::Other(code),
-                        description: Some(reason),
-                    })),
-                };
-                let _ = Pin::new(session).start_send(message);
-            }
-            Transport::EventStream { body, cursor } => {
-                let bytes = match item {
-                    Outbound::Event(f) => sse::event(f.sse(), cursor),
-                    Outbound::Protocol(t) => sse::event(&sse::encode(&t), cursor),
-                    Outbound::Pong(_) => return,
-                    Outbound::Heartbeat => Bytes::from_static(sse::HEARTBEAT),
-                    Outbound::Close(code, reason) => {
-                        let _ = body.start_send(sse::closing(code, &reason));
-                        body.close_channel();
-                        return;
-                    }
-                };
-                let _ = body.start_send(bytes);
-            }
+            Transport::WebSocket => Some(match item {
+                Item::Event(f) | Item::Protocol(f) => f.websocket().clone(),
+                Item::Pong(p) => websocket::pong_frame(p),
+                Item::Heartbeat => return None,
+                Item::Close(code, reason) => websocket::close_frame(code, reason),
+            }),
+            Transport::EventStream { cursor } => Some(match item {
+                Item::Event(f) | Item::Protocol(f) => sse::event(f.sse(), cursor),
+                Item::Pong(_) => return None,
+                Item::Heartbeat => Bytes::from_static(sse::HEARTBEAT),
+                Item::Close(code, reason) => sse::closing(code, reason),
+            }),
         }
     }
 }
 
 struct State {
     transport: Transport,
+    /// Encoded messages the body takes next, at most [`QUEUE_CAPACITY`].
+    queue: VecDeque<Bytes>,
+    /// The close message is the last in `queue`: the body ends after it.
+    queue_ends: bool,
     backlog: VecDeque<Outbound>,
     backlog_bytes: usize,
-    /// A drain task is feeding the backlog to the session; pushes must queue behind it.
-    draining: bool,
+    /// The body waits for the queue to fill.
+    body_waker: Option<Waker>,
     /// A close was queued or the socket is gone: nothing more is taken.
     closing: bool,
+}
+
+impl State {
+    /// Queues `item`; gives the body's waker when it waits.
+    fn enqueue(&mut self, item: Item<'_>) -> Option<Waker> {
+        let bytes = self.transport.encode(item)?;
+        self.queue.push_back(bytes);
+        if matches!(item, Item::Close(..)) {
+            self.queue_ends = true;
+        }
+        self.body_waker.take()
+    }
+
+    fn clear_backlog(&mut self) {
+        self.backlog.clear();
+        self.backlog_bytes = 0;
+    }
 }
 
 struct Inner {
     state: Mutex<State>,
     limit: usize,
-    latency: Histogram,
-    /// Woken when a drain task ends (the backlog is empty, or the connection closed).
+    /// Publish-to-hand-over time of events sent from the backlog; none on a connection refused
+    /// at its handshake.
+    latency: Option<Histogram>,
+    /// Woken when the backlog empties (or the connection closes).
     drained: tokio::sync::Notify,
 }
 
@@ -138,7 +173,7 @@ pub struct Overflow;
 /// Where a pushed frame went.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
-    /// Handed to the session now.
+    /// Handed to the connection's body now.
     Sent,
     /// Waiting in the backlog.
     Queued,
@@ -146,28 +181,45 @@ pub enum Pushed {
     Dropped,
 }
 
-/// Asks the transport for room without waiting.
-fn ready_now(transport: &mut Transport) -> Poll<Result<(), ()>> {
-    let mut cx = Context::from_waker(noop_waker_ref());
-    transport.poll_ready(&mut cx)
-}
-
 impl Outbox {
-    /// An outbox feeding `transport`, whose backlog holds at most `limit` bytes.
-    /// `latency` receives the publish-to-hand-over time of events sent from the backlog.
-    pub fn new(transport: Transport, limit: usize, latency: Histogram) -> Outbox {
-        Outbox(Arc::new(Inner {
+    /// An outbox writing through `transport`, whose backlog holds at most `limit` bytes, and
+    /// the response body that streams what it writes. `latency` receives the publish-to-hand-over
+    /// time of events sent from the backlog.
+    pub fn new(transport: Transport, limit: usize, latency: Histogram) -> (Outbox, OutboxBody) {
+        Outbox::with_latency(transport, limit, Some(latency))
+    }
+
+    /// An outbox for a connection refused right after its handshake: it carries a refusal and
+    /// a close, never an event.
+    pub fn refusal(transport: Transport) -> (Outbox, OutboxBody) {
+        Outbox::with_latency(transport, 0, None)
+    }
+
+    fn with_latency(
+        transport: Transport,
+        limit: usize,
+        latency: Option<Histogram>,
+    ) -> (Outbox, OutboxBody) {
+        let outbox = Outbox(Arc::new(Inner {
             state: Mutex::new(State {
                 transport,
+                queue: VecDeque::new(),
+                queue_ends: false,
                 backlog: VecDeque::new(),
                 backlog_bytes: 0,
-                draining: false,
+                body_waker: None,
                 closing: false,
             }),
             limit,
             latency,
             drained: tokio::sync::Notify::new(),
-        }))
+        }));
+        let body = OutboxBody {
+            outbox: outbox.clone(),
+            taken: VecDeque::new(),
+            ends: false,
+        };
+        (outbox, body)
     }
 
     /// Resolves once nothing waits in the backlog (or the connection is closing): the moment to
@@ -179,7 +231,7 @@ impl Outbox {
             notified.as_mut().enable();
             {
                 let state = self.0.state.lock();
-                if !state.draining || state.closing {
+                if state.backlog.is_empty() || state.closing {
                     return;
                 }
             }
@@ -194,12 +246,12 @@ impl Outbox {
 
     /// Pushes a published event. Fails when the connection is too far behind.
     pub fn push_event(&self, frame: &Frame) -> Result<Pushed, Overflow> {
-        self.push(Outbound::Event(frame.clone()), true)
+        self.push(Item::Event(frame), true)
     }
 
     /// Pushes a protocol frame, under the same bound.
     pub fn push_protocol(&self, frame: Frame) -> Result<Pushed, Overflow> {
-        self.push(Outbound::Protocol(frame.text), true)
+        self.push(Item::Protocol(&frame), true)
     }
 
     /// Sends a frame that answers this client (a confirmation, an error, a pong), counted as
@@ -213,12 +265,12 @@ impl Outbox {
     }
 
     pub fn push_pong(&self, payload: Bytes) {
-        let _ = self.push(Outbound::Pong(payload), true);
+        let _ = self.push(Item::Pong(&payload), true);
     }
 
     /// Pushes an SSE heartbeat comment (nothing on a WebSocket).
     pub fn push_heartbeat(&self) {
-        let _ = self.push(Outbound::Heartbeat, true);
+        let _ = self.push(Item::Heartbeat, true);
     }
 
     /// The client is gone or a close was queued: nothing more will be written.
@@ -241,9 +293,10 @@ impl Outbox {
     /// is written (there is no one to read it).
     pub fn discard(&self) {
         let mut state = self.0.state.lock();
-        state.backlog.clear();
-        state.backlog_bytes = 0;
+        state.clear_backlog();
         state.closing = true;
+        drop(state);
+        self.0.drained.notify_waiters();
     }
 
     fn finish(&self, code: u16, reason: &str, discard: bool) {
@@ -252,90 +305,119 @@ impl Outbox {
             return;
         }
         if discard {
-            state.backlog.clear();
-            state.backlog_bytes = 0;
+            state.clear_backlog();
         }
-        let _ = self.push_locked(&mut state, Outbound::Close(code, reason.to_owned()), false);
+        let woken = self.push_locked(&mut state, Item::Close(code, reason), false);
         state.closing = true;
+        drop(state);
+        self.0.drained.notify_waiters();
+        if let Ok((_, Some(waker))) = woken {
+            waker.wake();
+        }
     }
 
-    fn push(&self, item: Outbound, bounded: bool) -> Result<Pushed, Overflow> {
+    fn push(&self, item: Item<'_>, bounded: bool) -> Result<Pushed, Overflow> {
         let mut state = self.0.state.lock();
         if state.closing {
             return Ok(Pushed::Dropped);
         }
-        self.push_locked(&mut state, item, bounded)
+        let (pushed, waker) = self.push_locked(&mut state, item, bounded)?;
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(pushed)
     }
 
     fn push_locked(
         &self,
         state: &mut State,
-        item: Outbound,
+        item: Item<'_>,
         bounded: bool,
-    ) -> Result<Pushed, Overflow> {
-        if state.backlog.is_empty() && !state.draining {
-            match ready_now(&mut state.transport) {
-                Poll::Ready(Ok(())) => {
-                    state.transport.start_send(item);
-                    return Ok(Pushed::Sent);
-                }
-                Poll::Ready(Err(_)) => {
-                    // The socket is gone; the connection actor learns it from its stream.
-                    state.closing = true;
-                    return Ok(Pushed::Dropped);
-                }
-                Poll::Pending => {}
-            }
+    ) -> Result<(Pushed, Option<Waker>), Overflow> {
+        if state.backlog.is_empty() && state.queue.len() < QUEUE_CAPACITY {
+            return Ok((Pushed::Sent, state.enqueue(item)));
         }
         let cost = item.cost();
         if bounded && state.backlog_bytes + cost > self.0.limit {
             return Err(Overflow);
         }
-        state.backlog.push_back(item);
+        state.backlog.push_back(item.to_outbound());
         state.backlog_bytes += cost;
-        if !state.draining {
-            state.draining = true;
-            actix_rt::spawn(drain(self.clone()));
+        Ok((Pushed::Queued, None))
+    }
+
+    /// Moves what waits in the backlog into the queue while it has room; true when that emptied
+    /// the backlog.
+    fn refill(&self, state: &mut State) -> bool {
+        if state.backlog.is_empty() {
+            return false;
         }
-        Ok(Pushed::Queued)
+        while state.queue.len() < QUEUE_CAPACITY {
+            let Some(item) = state.backlog.pop_front() else {
+                break;
+            };
+            state.backlog_bytes -= item.item().cost();
+            if let (Outbound::Event(frame), Some(latency)) = (&item, &self.0.latency) {
+                latency.observe(frame.published_at.elapsed().as_secs_f64());
+            }
+            state.enqueue(item.item());
+        }
+        state.backlog.is_empty()
     }
 }
 
-/// Feeds the backlog to the session as it makes room, then ends; pushes go direct again.
-async fn drain(outbox: Outbox) {
-    feed(&outbox).await;
-    outbox.0.drained.notify_waiters();
+/// A connection's response body: what its outbox writes, in order, ending after a close.
+/// Dropped (the client went away), it closes the outbox.
+pub struct OutboxBody {
+    outbox: Outbox,
+    /// Messages taken from the queue and not yet handed to actix-http.
+    taken: VecDeque<Bytes>,
+    /// `taken` ends with the close message.
+    ends: bool,
 }
 
-async fn feed(outbox: &Outbox) {
-    let inner = &outbox.0;
-    loop {
-        let ready = poll_fn(|cx| inner.state.lock().transport.poll_ready(cx)).await;
+impl Stream for OutboxBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(bytes) = this.taken.pop_front() {
+            return Poll::Ready(Some(Ok(bytes)));
+        }
+        if this.ends {
+            return Poll::Ready(None);
+        }
+        let inner = &this.outbox.0;
         let mut state = inner.state.lock();
-        if ready.is_err() {
-            state.backlog.clear();
-            state.backlog_bytes = 0;
-            state.closing = true;
-            state.draining = false;
-            return;
+        if state.queue.is_empty() {
+            if state.closing && state.backlog.is_empty() && !state.queue_ends {
+                // Closed without a close message (the client went away): nothing more comes.
+                return Poll::Ready(None);
+            }
+            if !state
+                .body_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.body_waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
         }
-        let Some(item) = state.backlog.pop_front() else {
-            state.draining = false;
-            return;
-        };
-        state.backlog_bytes -= item.cost();
-        if let Outbound::Event(frame) = &item {
-            inner
-                .latency
-                .observe(frame.published_at.elapsed().as_secs_f64());
+        std::mem::swap(&mut this.taken, &mut state.queue);
+        this.ends = std::mem::take(&mut state.queue_ends);
+        let emptied = this.outbox.refill(&mut state);
+        drop(state);
+        if emptied {
+            inner.drained.notify_waiters();
         }
-        let is_close = matches!(item, Outbound::Close(..));
-        state.transport.start_send(item);
-        if is_close || state.backlog.is_empty() {
-            state.backlog.clear();
-            state.draining = false;
-            return;
-        }
+        Poll::Ready(this.taken.pop_front().map(Ok))
+    }
+}
+
+impl Drop for OutboxBody {
+    fn drop(&mut self) {
+        self.outbox.discard();
     }
 }
 
@@ -344,21 +426,17 @@ mod tests {
     use super::*;
     use crate::protocol::frame;
     use actix_codec::Decoder;
-    use actix_http::ws::{Codec, Frame as WsFrame};
-    use actix_web::body::{BoxBody, MessageBody};
-    use actix_web::{test::TestRequest, web, FromRequest};
+    use actix_http::ws::{CloseCode, Codec, Frame as WsFrame};
     use bytes::BytesMut;
-
-    /// actix-ws's own channel between a session and its socket holds this many messages.
-    const SESSION_CAPACITY: usize = 32;
+    use std::future::poll_fn;
 
     fn histogram() -> Histogram {
         Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap()
     }
 
-    /// The client's side of a real actix-ws session: the encoded response body, decoded.
+    /// The client's side of an outbox's WebSocket body, decoded by actix-http's own codec.
     struct Peer {
-        body: BoxBody,
+        body: OutboxBody,
         codec: Codec,
         buf: BytesMut,
     }
@@ -371,58 +449,48 @@ mod tests {
                 }
                 match poll_fn(|cx| Pin::new(&mut self.body).poll_next(cx)).await {
                     Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
-                    _ => return None,
+                    None => return None,
                 }
             }
         }
     }
 
-    async fn session() -> (Session, Peer) {
-        let (req, mut payload) = TestRequest::get()
-            .insert_header(("upgrade", "websocket"))
-            .insert_header(("connection", "upgrade"))
-            .insert_header(("sec-websocket-version", "13"))
-            .insert_header(("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="))
-            .to_http_parts();
-        let payload = web::Payload::from_request(&req, &mut payload)
-            .await
-            .unwrap();
-        let (response, session, _stream) = actix_ws::handle(&req, payload).unwrap();
+    fn websocket(limit: usize) -> (Outbox, Peer) {
+        let (outbox, body) = Outbox::new(Transport::WebSocket, limit, histogram());
         let peer = Peer {
-            body: response.into_body(),
+            body,
             codec: Codec::new().client_mode(),
             buf: BytesMut::new(),
         };
-        (session, peer)
+        (outbox, peer)
     }
 
     #[actix_rt::test]
     async fn direct_then_backlog_then_overflow_in_order() {
-        let (session, mut peer) = session().await;
-        let frames: Vec<Frame> = (0..SESSION_CAPACITY + 4)
+        let frames: Vec<Frame> = (0..QUEUE_CAPACITY + 4)
             .map(|i| frame::event("c", "e", &format!("{i:04}")))
             .collect();
         let len = frames[0].len();
-        let outbox = Outbox::new(Transport::WebSocket(session), 3 * len, histogram());
-        for f in &frames[..SESSION_CAPACITY] {
+        let (outbox, mut peer) = websocket(3 * len);
+        for f in &frames[..QUEUE_CAPACITY] {
             assert_eq!(outbox.push_event(f), Ok(Pushed::Sent));
         }
-        for f in &frames[SESSION_CAPACITY..SESSION_CAPACITY + 3] {
+        for f in &frames[QUEUE_CAPACITY..QUEUE_CAPACITY + 3] {
             assert_eq!(outbox.push_event(f), Ok(Pushed::Queued));
         }
         assert_eq!(
-            outbox.push_event(&frames[SESSION_CAPACITY + 3]),
+            outbox.push_event(&frames[QUEUE_CAPACITY + 3]),
             Err(Overflow)
         );
-        // Reading makes room; the drain task feeds the backlog in order.
-        for f in &frames[..SESSION_CAPACITY + 3] {
+        // Reading makes room; the body takes the backlog after the queue, in order.
+        for f in &frames[..QUEUE_CAPACITY + 3] {
             match peer.next().await {
                 Some(WsFrame::Text(text)) => assert_eq!(&text[..], f.text.as_bytes()),
                 other => panic!("{other:?}"),
             }
         }
         // Drained: pushes go direct again.
-        actix_rt::task::yield_now().await;
+        outbox.drained().await;
         assert_eq!(outbox.push_event(&frames[0]), Ok(Pushed::Sent));
         outbox.close(4200, "bye");
         assert!(matches!(peer.next().await, Some(WsFrame::Text(_))));
@@ -430,19 +498,19 @@ mod tests {
             Some(WsFrame::Close(Some(r))) => assert_eq!(r.code, CloseCode::Other(4200)),
             other => panic!("{other:?}"),
         }
+        assert!(peer.next().await.is_none(), "the body ends after the close");
     }
 
     #[actix_rt::test]
     async fn abort_drops_the_backlog_and_closing_takes_nothing_more() {
-        let (session, mut peer) = session().await;
         let f = frame::event("c", "e", "d");
-        let outbox = Outbox::new(Transport::WebSocket(session), 1 << 20, histogram());
-        for _ in 0..SESSION_CAPACITY + 10 {
+        let (outbox, mut peer) = websocket(1 << 20);
+        for _ in 0..QUEUE_CAPACITY + 10 {
             outbox.push_event(&f).unwrap();
         }
         outbox.abort(4100, "slow");
         assert_eq!(outbox.push_event(&f), Ok(Pushed::Dropped));
-        assert!(outbox.0.state.lock().closing);
+        assert!(outbox.is_closed());
         let mut texts = 0;
         loop {
             match peer.next().await {
@@ -455,8 +523,37 @@ mod tests {
             }
         }
         assert_eq!(
-            texts, SESSION_CAPACITY,
-            "only what the session already held goes out"
+            texts, QUEUE_CAPACITY,
+            "only what the queue already held goes out"
         );
+    }
+
+    #[actix_rt::test]
+    async fn every_outbox_queues_the_same_bytes_of_an_event() {
+        let f = frame::event("c", "e", "shared");
+        let (a, mut peer_a) = websocket(1 << 20);
+        let (b, mut peer_b) = websocket(1 << 20);
+        a.push_event(&f).unwrap();
+        b.push_event(&f).unwrap();
+        let taken = |peer: &mut Peer| {
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            match Pin::new(&mut peer.body).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(bytes))) => bytes,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (x, y) = (taken(&mut peer_a), taken(&mut peer_b));
+        assert_eq!(x.as_ptr(), y.as_ptr(), "one encoding, shared");
+        assert_eq!(x, websocket::text_frame(&f.text));
+    }
+
+    #[actix_rt::test]
+    async fn a_dropped_body_closes_the_outbox() {
+        let (outbox, peer) = websocket(1 << 20);
+        assert!(!outbox.is_closed());
+        drop(peer);
+        assert!(outbox.is_closed());
+        let f = frame::event("c", "e", "d");
+        assert_eq!(outbox.push_event(&f), Ok(Pushed::Dropped));
     }
 }

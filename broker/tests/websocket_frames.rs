@@ -2,7 +2,9 @@
 //! declaring more than the limit is refused at its header with 1009 and nothing buffered, while
 //! attackers stream after such headers the node's memory stays flat and a normal subscriber
 //! keeps receiving; every RFC 6455 violation closes with its own code and is counted by its
-//! reason; the limit follows the app's `max_message_bytes`; socket ids are unpredictable.
+//! reason; the limit follows the app's `max_message_bytes`; socket ids are unpredictable; an
+//! event arrives as the same bytes on every socket, laid out as RFC 6455 says at each length
+//! encoding.
 
 mod support;
 
@@ -98,11 +100,12 @@ impl Raw {
         }
     }
 
-    /// The server's next frame; `None` when the connection ended.
-    async fn next(&mut self) -> Option<ServerFrame> {
+    /// The server's next frame, its header and payload as they came; `None` when the
+    /// connection ended.
+    async fn next_raw(&mut self) -> Option<Vec<u8>> {
         loop {
             if self.buf.len() >= 2 {
-                let (op, short) = (self.buf[0] & 0x0F, usize::from(self.buf[1] & 0x7F));
+                let short = usize::from(self.buf[1] & 0x7F);
                 let (len, at) = match short {
                     126 if self.buf.len() >= 4 => (
                         usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
@@ -116,21 +119,31 @@ impl Raw {
                     n => (n, 2),
                 };
                 if len != usize::MAX && self.buf.len() >= at + len {
-                    let payload: Vec<u8> = self.buf.drain(..at + len).skip(at).collect();
-                    return Some(match op {
-                        1 => ServerFrame::Text(String::from_utf8(payload).unwrap()),
-                        8 => ServerFrame::Close(
-                            (payload.len() >= 2)
-                                .then(|| u16::from_be_bytes([payload[0], payload[1]])),
-                        ),
-                        other => ServerFrame::Other(other),
-                    });
+                    return Some(self.buf.drain(..at + len).collect());
                 }
             }
             if !self.fill().await {
                 return None;
             }
         }
+    }
+
+    /// The server's next frame; `None` when the connection ended.
+    async fn next(&mut self) -> Option<ServerFrame> {
+        let raw = self.next_raw().await?;
+        let at = match raw[1] & 0x7F {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        let payload = raw[at..].to_vec();
+        Some(match raw[0] & 0x0F {
+            1 => ServerFrame::Text(String::from_utf8(payload).unwrap()),
+            8 => ServerFrame::Close(
+                (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+            ),
+            other => ServerFrame::Other(other),
+        })
     }
 
     /// Reads until the server's close frame; its code (`None` if the stream ended without one).
@@ -344,5 +357,69 @@ async fn socket_ids_share_nothing_and_never_repeat() {
             .filter(|w| w[1] == w[0].wrapping_add(1))
             .count();
         assert!(counting <= 1, "half {i} counts up: {ids:?}");
+    }
+}
+
+/// A server's text frame as RFC 6455 §5.2 lays it out: FIN and the text opcode, the length in 7
+/// bits, or 126 and 16 bits, or 127 and 64 bits, no mask, the payload.
+fn expected_text_frame(text: &str) -> Vec<u8> {
+    let mut out = vec![0x81];
+    match text.len() {
+        n if n <= 125 => out.push(n as u8),
+        n if n <= 65535 => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+#[tokio::test]
+async fn an_event_arrives_as_the_same_bytes_on_every_socket_at_each_length_encoding() {
+    let server = Server::start(
+        "ws-same-bytes",
+        "",
+        "max_message_bytes = 70000\nmax_batch_events = 4",
+    )
+    .await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut raw = Raw::open(server.port).await;
+        raw.send(&frame(
+            true,
+            1,
+            br#"{"event":"pusher:subscribe","data":{"channel":"sizes"}}"#,
+        ))
+        .await;
+        match raw.next().await {
+            Some(ServerFrame::Text(t)) => assert!(t.contains("subscription_succeeded"), "{t}"),
+            other => panic!("{other:?}"),
+        }
+        sockets.push(raw);
+    }
+    // What the frame's text is around the data: the event as pusher-js reads it.
+    let around = r#"{"event":"e","channel":"sizes","data":""}"#.len();
+    for text_len in [125, 126, 127, 65535, 65536, 65537] {
+        let data = "x".repeat(text_len - around);
+        assert!(server.publish("sizes", &data).await);
+        let mut first: Option<Vec<u8>> = None;
+        for raw in &mut sockets {
+            let bytes = raw.next_raw().await.expect("the event arrives");
+            let text = format!(r#"{{"event":"e","channel":"sizes","data":"{data}"}}"#);
+            assert_eq!(text.len(), text_len);
+            assert!(
+                bytes == expected_text_frame(&text),
+                "{text_len}: not the RFC layout"
+            );
+            if let Some(first) = &first {
+                assert!(*first == bytes, "{text_len}: sockets differ");
+            }
+            first = Some(bytes);
+        }
     }
 }

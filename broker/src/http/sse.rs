@@ -21,7 +21,6 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
-use futures_channel::mpsc;
 use futures_util::Stream;
 use serde::Deserialize;
 
@@ -30,16 +29,13 @@ use crate::actors::messages::Disconnect;
 use crate::apps::App;
 use crate::http::edge::Edge;
 use crate::node::Node;
-use crate::outbox::{Outbox, Transport};
+use crate::outbox::{Outbox, OutboxBody, Transport};
 use crate::protocol::channel::{self, Access, ChannelKind};
 use crate::protocol::code;
 use crate::protocol::presence::{parse_member, Member};
 use crate::protocol::signature;
 use crate::protocol::sse::{self, Cursor};
 use crate::subscriptions::Join;
-
-/// Messages the response body holds before the outbox's own backlog takes over.
-const BODY_CAPACITY: usize = 32;
 
 /// A request refused before its stream started.
 struct Refused {
@@ -104,11 +100,8 @@ pub async fn stream(
             return response.json(serde_json::json!({ "error": r.message }));
         }
     };
-    let (mut body, receiver) = mpsc::channel(BODY_CAPACITY);
-    let _ = body.try_send(sse::preamble());
-    let outbox = Outbox::new(
+    let (outbox, body) = Outbox::new(
         Transport::EventStream {
-            body,
             cursor: opened.cursor,
         },
         node.config.max_outbound_bytes,
@@ -130,7 +123,8 @@ pub async fn stream(
         connection.clone(),
     ));
     event_stream_response(cors).streaming(Body {
-        receiver,
+        preamble: Some(sse::preamble()),
+        body,
         connection: connection.recipient(),
     })
 }
@@ -324,10 +318,11 @@ fn event_stream_response(cors: Option<HeaderValue>) -> HttpResponseBuilder {
     response
 }
 
-/// The response body: what the connection's outbox writes. When the client goes away, actix
-/// drops it, and the connection actor is told to stop.
+/// The response body: the stream's preamble, then what the connection's outbox writes. When
+/// the client goes away, actix drops it, and the connection actor is told to stop.
 struct Body {
-    receiver: mpsc::Receiver<Bytes>,
+    preamble: Option<Bytes>,
+    body: OutboxBody,
     connection: Recipient<Disconnect>,
 }
 
@@ -335,9 +330,10 @@ impl Stream for Body {
     type Item = Result<Bytes, std::convert::Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.receiver)
-            .poll_next(cx)
-            .map(|b| b.map(Ok))
+        if let Some(preamble) = self.preamble.take() {
+            return Poll::Ready(Some(Ok(preamble)));
+        }
+        Pin::new(&mut self.body).poll_next(cx)
     }
 }
 

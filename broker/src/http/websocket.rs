@@ -1,12 +1,13 @@
 //! The WebSocket endpoint `/app/{key}`: admission checks, then a connection actor per socket.
-//! actix-ws makes the handshake and writes the server's frames; the client's frames are read by
+//! actix-ws makes the handshake; the response body after it is the connection's outbox (see
+//! [`crate::outbox`]), which writes the server's frames, and the client's frames are read by
 //! [`ClientFrames`], which refuses an over-long message at its header.
 
 use std::sync::Arc;
 
 use actix::{Actor, AsyncContext};
+use actix_web::body::{BodyStream, BoxBody};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason};
 
 use crate::actors::connection::{message_limit, Accepted, Connection};
 use crate::apps::App;
@@ -14,7 +15,7 @@ use crate::http::client_frames::ClientFrames;
 use crate::http::edge::Edge;
 use crate::http::per_ip::Slot;
 use crate::node::Node;
-use crate::outbox::{Outbox, Transport};
+use crate::outbox::{Outbox, OutboxBody, Transport};
 use crate::protocol::code;
 use crate::protocol::frame;
 
@@ -95,10 +96,11 @@ pub async fn connect(
             .json(serde_json::json!({"error": "node is shutting down"})));
     }
     // actix-ws is given no payload: it would read ahead without bound. The client's frames are
-    // read from `body` by a reader of ours.
+    // read from `body` by a reader of ours. Of what it gives, only the handshake is kept: the
+    // response's body is the outbox's.
     let no_payload = web::Payload::from_request(&req, &mut actix_web::dev::Payload::None).await?;
-    let (response, mut session, _) = match actix_ws::handle(&req, no_payload) {
-        Ok(handled) => handled,
+    let handshake = match actix_ws::handle(&req, no_payload) {
+        Ok((handshake, _, _)) => handshake,
         Err(e) => {
             let message = format!("not a WebSocket upgrade: {e}");
             return Ok(HttpResponse::BadRequest().json(serde_json::json!({ "error": message })));
@@ -107,21 +109,14 @@ pub async fn connect(
     let (app, slot) = match admit(&node, &edge, &req, &key) {
         Ok(admitted) => admitted,
         Err(r) => {
-            actix_rt::spawn(async move {
-                let _ = session
-                    .text(frame::error(Some(r.code), &r.message).text)
-                    .await;
-                let reason = CloseReason {
-                    code: CloseCode::Other(r.code),
-                    description: Some(r.message),
-                };
-                let _ = session.close(Some(reason)).await;
-            });
-            return Ok(response);
+            let (outbox, outgoing) = Outbox::refusal(Transport::WebSocket);
+            let _ = outbox.push_protocol(frame::error(Some(r.code), &r.message));
+            outbox.close(r.code, &r.message);
+            return Ok(streaming(handshake, outgoing));
         }
     };
-    let outbox = Outbox::new(
-        Transport::WebSocket(session),
+    let (outbox, outgoing) = Outbox::new(
+        Transport::WebSocket,
         node.config.max_outbound_bytes,
         app.metrics.publish_to_write.clone(),
     );
@@ -138,5 +133,10 @@ pub async fn connect(
         ctx.add_stream(frames);
         Connection::websocket(accepted, ctx.address())
     });
-    Ok(response)
+    Ok(streaming(handshake, outgoing))
+}
+
+/// The handshake's response, streaming what the outbox writes.
+fn streaming(handshake: HttpResponse, body: OutboxBody) -> HttpResponse {
+    handshake.set_body(BoxBody::new(BodyStream::new(body)))
 }

@@ -7,12 +7,14 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use bytes::Bytes;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::since::Since;
 use super::sse;
+use super::websocket;
 
 pub use super::socket_id::{SocketId, SocketIds};
 
@@ -22,8 +24,15 @@ pub struct Frame {
     pub text: ByteString,
     /// When the message entered the node (for the publish-to-write latency histogram).
     pub published_at: Instant,
-    /// The frame written as SSE, made by the first SSE stream it goes to.
-    sse: Arc<OnceLock<sse::Encoded>>,
+    /// The frame as each transport writes it, made by the first connection of that transport
+    /// it goes to.
+    wire: Arc<Wire>,
+}
+
+#[derive(Debug, Default)]
+struct Wire {
+    websocket: OnceLock<Bytes>,
+    sse: OnceLock<sse::Encoded>,
 }
 
 impl Frame {
@@ -36,13 +45,21 @@ impl Frame {
         Frame {
             text: ByteString::from(json),
             published_at: Instant::now(),
-            sse: Arc::default(),
+            wire: Arc::default(),
         }
+    }
+
+    /// The frame as a WebSocket text frame (header and payload), encoded once for every socket
+    /// it goes to: server frames are unmasked, so the bytes are the same on each.
+    pub fn websocket(&self) -> &Bytes {
+        self.wire
+            .websocket
+            .get_or_init(|| websocket::text_frame(&self.text))
     }
 
     /// The frame as an SSE event, encoded once for every SSE stream it goes to.
     pub fn sse(&self) -> &sse::Encoded {
-        self.sse.get_or_init(|| sse::encode(&self.text))
+        self.wire.sse.get_or_init(|| sse::encode(&self.text))
     }
 
     pub fn len(&self) -> usize {

@@ -7,6 +7,9 @@
 //!
 //! Fragmented messages are put together here, so what comes out is whole messages and control
 //! frames. The decoder keeps no more than one message's payload (at most the limit).
+//!
+//! The server's own frames are encoded here too ([`text_frame`], [`pong_frame`],
+//! [`close_frame`]): whole and unmasked, so one encoding serves every socket.
 
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
@@ -290,21 +293,69 @@ pub fn close_code_allowed(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
-/// Encodes a client frame (masked), for tests and fuzzing: the inverse of [`Decoder::decode`].
-pub fn encode_client_frame(fin: bool, opcode: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + MAX_HEADER_LEN);
-    out.push(if fin { 0x80 } else { 0 } | (opcode & 0x0F));
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
+/// The most a close frame's reason may take: a control frame's payload less the code.
+const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD as usize - 2;
+
+/// Appends a frame's first two bytes and its length (RFC 6455 §5.2): 7 bits, or 126 and 16
+/// bits, or 127 and 64 bits. `mask_bit` is 0x80 on a client's frame, 0 on a server's.
+fn put_header(out: &mut Vec<u8>, first: u8, mask_bit: u8, len: usize) {
+    out.push(first);
+    match len {
+        n if n < 126 => out.push(mask_bit | n as u8),
         n if n <= usize::from(u16::MAX) => {
-            out.push(0x80 | 126);
+            out.push(mask_bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(0x80 | 127);
+            out.push(mask_bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
+}
+
+/// A whole, unmasked server frame: the same bytes for every socket it is written to.
+fn server_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    put_header(&mut out, 0x80 | opcode, 0, payload.len());
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// A server's text frame.
+pub fn text_frame(text: &str) -> Bytes {
+    server_frame(0x1, text.as_bytes())
+}
+
+/// A server's pong, echoing at most a control frame's payload of the ping.
+pub fn pong_frame(payload: &[u8]) -> Bytes {
+    server_frame(
+        0xA,
+        &payload[..payload.len().min(MAX_CONTROL_PAYLOAD as usize)],
+    )
+}
+
+/// A server's close frame: the code, and as much of the reason as a control frame holds (cut
+/// at a character boundary).
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    server_frame(0x8, &payload)
+}
+
+/// Encodes a client frame (masked), for tests and fuzzing: the inverse of [`Decoder::decode`].
+pub fn encode_client_frame(fin: bool, opcode: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + MAX_HEADER_LEN);
+    put_header(
+        &mut out,
+        if fin { 0x80 } else { 0 } | (opcode & 0x0F),
+        0x80,
+        payload.len(),
+    );
     out.extend_from_slice(&mask);
     let start = out.len();
     out.extend_from_slice(payload);
@@ -406,5 +457,40 @@ mod tests {
             decode_all(16, &bytes).unwrap(),
             vec![Incoming::Close(Some((1000, "bye".into())))]
         );
+    }
+
+    #[test]
+    fn server_frames_are_the_bytes_actix_http_writes() {
+        use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
+        let actix = |payload: &[u8], op: OpCode| {
+            let mut dst = BytesMut::new();
+            Parser::write_message(&mut dst, payload, op, true, false);
+            dst.freeze()
+        };
+        for len in [0, 1, 125, 126, 127, 65535, 65536, 70000] {
+            let text = "x".repeat(len);
+            assert_eq!(
+                text_frame(&text),
+                actix(text.as_bytes(), OpCode::Text),
+                "{len}"
+            );
+        }
+        for len in [0, 125] {
+            let payload = vec![7u8; len];
+            assert_eq!(pong_frame(&payload), actix(&payload, OpCode::Pong));
+        }
+        assert_eq!(pong_frame(&[7; 200]), actix(&[7; 125], OpCode::Pong));
+        let mut dst = BytesMut::new();
+        let reason = CloseReason {
+            code: CloseCode::Other(4100),
+            description: Some("slow".into()),
+        };
+        Parser::write_close(&mut dst, Some(reason), false);
+        assert_eq!(close_frame(4100, "slow"), dst.freeze());
+        // A long reason is cut to fit a control frame, never inside a character.
+        let long = "é".repeat(100);
+        let frame = close_frame(4200, &long);
+        assert_eq!(frame.len(), 2 + 2 + 122);
+        assert!(std::str::from_utf8(&frame[4..]).is_ok());
     }
 }
