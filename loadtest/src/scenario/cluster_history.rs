@@ -186,7 +186,7 @@ pub async fn run(args: &ClusterHistoryArgs) -> Result<Report> {
             .idempotency_keys
             .then(|| format!("{:x}", crate::payload::now_us())),
     };
-    let published = retrying_publisher::run(plan, rest, progress.clone()).await;
+    let published = retrying_publisher::run(plan, rest.clone(), progress.clone()).await;
     let publish_end = Instant::now();
     let failover = match failover {
         Some(task) => task
@@ -262,6 +262,12 @@ pub async fn run(args: &ClusterHistoryArgs) -> Result<Report> {
             None => {}
         }
     }
+    // An event stored at two offsets: a request retried after its first attempt was committed.
+    let stored_twice = stored_twice(&rest, &channel, stats.stored).await?;
+    if stored_twice > 0 {
+        report.duplicates += stored_twice;
+        *errors.entry("stored_twice".into()).or_default() += stored_twice;
+    }
     if stats.stored < published.accepted {
         *errors.entry("acknowledged_not_stored".into()).or_default() +=
             published.accepted - stats.stored;
@@ -335,6 +341,49 @@ async fn kill_leader(
 
 /// One subscriber per reachable `--target` node replays the channel from offset 0; fills in the
 /// channel's last offset and epoch and the unreachable nodes. Returns each node's replay.
+/// How many of the channel's `stored` events are stored again at a later offset (the same
+/// stamp, stream and sequence number), read over the REST history endpoint of the first node
+/// that answers.
+async fn stored_twice(rest: &Rest, channel: &str, stored: u64) -> Result<u64> {
+    let route = format!("channels/{channel}/history");
+    let mut last_error = None;
+    for node in 0..rest.nodes() {
+        let mut seen = std::collections::HashSet::new();
+        let mut twice = 0;
+        let mut after = 0u64;
+        let read = loop {
+            let after_s = after.to_string();
+            let page = match rest
+                .get(node, &route, &[("after", &after_s), ("limit", "1000")])
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => break Err(e),
+            };
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            if events.is_empty() || after >= stored {
+                break Ok(());
+            }
+            for e in &events {
+                after = e["offset"].as_u64().unwrap_or(after + 1);
+                let data = e["data"].as_str().unwrap_or_default();
+                if let Some(stamp) = crate::payload::find(data.as_bytes()) {
+                    if !seen.insert((stamp.stream, stamp.seq)) {
+                        twice += 1;
+                    }
+                }
+            }
+        };
+        match read {
+            Ok(()) => return Ok(twice),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| Error::Protocol("no node to read the history from".into()))
+        .during("reading the stored history back"))
+}
+
 async fn verify_replicas(
     target: &Target,
     channel: &str,
