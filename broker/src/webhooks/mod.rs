@@ -10,6 +10,9 @@
 //! a new leader resumes where the old one stopped. Queueing is a write to sled and a wake-up:
 //! nothing here waits for a receiver, so webhooks never slow publishing or fan-out.
 //!
+//! A channel's `subscription_count` is the one event of neither kind: the node where the count
+//! changed asks the others and sends the sum ([`subscription_counts`]).
+//!
 //! [`settings`] is the configuration, [`event`] the events, [`post`] one request and what its
 //! answer means, [`plan`] what goes next, [`sender`] the task that empties a queue, [`marks`]
 //! the task that commits a leader's progress, [`metrics`] what they count.
