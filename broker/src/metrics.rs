@@ -85,6 +85,28 @@ impl Registrar<'_> {
         self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
     }
 
+    /// A gauge per app.
+    fn app_gauge(&self, name: &str, help: &str) -> IntGaugeVec {
+        self.gauge(name, help, &["app_id"])
+    }
+
+    /// A counter per app.
+    fn app_counter(&self, name: &str, help: &str) -> IntCounterVec {
+        self.counter(name, help, &["app_id"])
+    }
+
+    /// One histogram, its buckets `count` steps of `factor` from `start`.
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        (start, factor, count): (f64, f64, usize),
+    ) -> Histogram {
+        let buckets = prometheus::exponential_buckets(start, factor, count).expect("valid buckets");
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
+        self.register(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
     /// A histogram per label values, its buckets `count` steps of `factor` from `start`.
     pub(crate) fn histograms(
         &self,
@@ -103,35 +125,22 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let r = Registrar(&registry);
-        let app = &["app_id"];
-        let publish_to_write = Histogram::with_opts(
-            HistogramOpts::new(
-                "chorus_publish_to_write_seconds",
-                "Time from a message entering the node to its frame being handed to a socket.",
-            )
-            .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets")),
-        )
-        .expect("valid metric");
         Metrics {
-            connections: r.gauge(
+            connections: r.app_gauge(
                 "chorus_connections",
                 "Open client connections (WebSocket and SSE).",
-                app,
             ),
-            sse_connections: r.gauge(
+            sse_connections: r.app_gauge(
                 "chorus_sse_connections",
                 "Open Server-Sent Events streams (also counted in chorus_connections).",
-                app,
             ),
-            subscriptions: r.gauge(
+            subscriptions: r.app_gauge(
                 "chorus_subscriptions",
                 "Channel subscriptions held by open connections.",
-                app,
             ),
-            channels: r.gauge(
+            channels: r.app_gauge(
                 "chorus_channels",
                 "Channels with at least one subscriber on this node.",
-                app,
             ),
             messages_received: r.counter(
                 "chorus_messages_received_total",
@@ -143,20 +152,17 @@ impl Metrics {
                 "Bytes of messages received from clients.",
                 &["app_id", "transport"],
             ),
-            messages_sent: r.counter(
+            messages_sent: r.app_counter(
                 "chorus_messages_sent_total",
                 "Frames written to client connections, protocol frames included.",
-                app,
             ),
-            bytes_sent: r.counter(
+            bytes_sent: r.app_counter(
                 "chorus_bytes_sent_total",
                 "Bytes of frames written to client connections.",
-                app,
             ),
-            deliveries: r.counter(
+            deliveries: r.app_counter(
                 "chorus_deliveries_total",
                 "Published events written to a subscriber's connection.",
-                app,
             ),
             published: r.counter(
                 "chorus_events_published_total",
@@ -168,10 +174,9 @@ impl Metrics {
                 "Closed client connections by reason and close code.",
                 &["app_id", "reason", "code"],
             ),
-            slow_readers: r.counter(
+            slow_readers: r.app_counter(
                 "chorus_slow_reader_disconnects_total",
                 "Connections cut off because their outbound buffer was full.",
-                app,
             ),
             refused: r.counter(
                 "chorus_connections_refused_total",
@@ -189,7 +194,11 @@ impl Metrics {
                 (0.0001, 4.0, 9),
                 &["route"],
             ),
-            publish_to_write: r.register(publish_to_write),
+            publish_to_write: r.histogram(
+                "chorus_publish_to_write_seconds",
+                "Time from a message entering the node to its frame being handed to a socket.",
+                (0.00005, 2.0, 16),
+            ),
             registry,
         }
     }
