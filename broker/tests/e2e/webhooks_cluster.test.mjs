@@ -109,9 +109,15 @@ describe("the cluster's webhooks on three nodes", () => {
     }
     const counts = () => named('subscription_count', 'everywhere').map((e) => e.subscription_count);
     await eventually(() => counts().includes(3), { timeout: 10000, what: 'the count of all three nodes' });
-    const alice1 = await join(1, 'presence-two-nodes', 'alice');
-    const alice2 = await join(2, 'presence-two-nodes', 'alice');
-    const bob = await join(3, 'presence-two-nodes', 'bob');
+    // pusher-js: alice in a tab on node 1 and another on node 2, bob on node 3.
+    const inPresence = async (id, user) => {
+      const client = await cluster.node(id).connectedClient({ user: { id: user } });
+      await subscribeOk(client, 'presence-two-nodes');
+      return { close: () => client.disconnect() };
+    };
+    const alice1 = await inPresence(1, 'alice');
+    const alice2 = await inPresence(2, 'alice');
+    const bob = await inPresence(3, 'bob');
     await eventually(() => named('member_added', 'presence-two-nodes').length === 2, { timeout: 10000, what: 'two members added' });
     alice1.close();
     bob.close();
