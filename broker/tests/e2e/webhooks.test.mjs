@@ -19,33 +19,49 @@ import {
 } from './harness.mjs';
 import { startReceiver, startPythonReceiver } from './webhook_receiver.mjs';
 
+/**
+ * A receiver checked by the Node SDK, the Python SDK's receiver, and a node whose app sends its
+ * webhooks as `webhooks(node, python)` lists them, with `delivery` as its webhook_delivery.
+ */
+async function startWithReceivers(webhooks, delivery) {
+  const node = await startReceiver(DEFAULT_APP);
+  const python = await startPythonReceiver(DEFAULT_APP);
+  const cleanup = async (server) => {
+    await server?.cleanup();
+    await node.close();
+    await python.close();
+  };
+  try {
+    const server = await startChorus({
+      apps: [{ ...DEFAULT_APP, webhooks: webhooks(node, python), webhook_delivery: delivery }],
+    });
+    return { server, node, python, cleanup: () => cleanup(server) };
+  } catch (e) {
+    await cleanup(null);
+    throw e;
+  }
+}
+
 const clientEvents = (receiver, name) =>
   receiver.events().filter((e) => e.name === 'client_event' && e.event === name);
 
 describe('webhooks of what happens on a node', () => {
+  let started;
   let server;
   let node;
   let python;
   before(async () => {
-    node = await startReceiver(DEFAULT_APP);
-    python = await startPythonReceiver(DEFAULT_APP);
-    server = await startChorus({
-      apps: [
-        {
-          ...DEFAULT_APP,
-          webhooks: [
-            { url: node.url, event_types: ['client_event', 'cache_miss'], headers: { 'X-From': 'chorus' } },
-            { url: python.url, event_types: ['client_event'], filter: { channel_name_starts_with: 'private-' } },
-          ],
-          webhook_delivery: { batch_window_ms: 200 },
-        },
+    started = await startWithReceivers(
+      (node, python) => [
+        { url: node.url, event_types: ['client_event', 'cache_miss'], headers: { 'X-From': 'chorus' } },
+        { url: python.url, event_types: ['client_event'], filter: { channel_name_starts_with: 'private-' } },
       ],
-    });
+      { batch_window_ms: 200 },
+    );
+    ({ server, node, python } = started);
   });
   after(async () => {
-    await server?.cleanup();
-    await node?.close();
-    await python?.close();
+    await started?.cleanup();
   });
 
   test('a client event reaches both receivers, valid for the Node and the Python SDK', async () => {
@@ -131,37 +147,30 @@ const named = (receiver, name, channel) =>
   receiver.events().filter((e) => e.name === name && e.channel === channel);
 
 describe("webhooks of the cluster's changes, on one node", () => {
+  let started;
   let server;
   let node;
   let python;
   const VACATE_DELAY_MS = 1000;
   before(async () => {
-    node = await startReceiver(DEFAULT_APP);
-    python = await startPythonReceiver(DEFAULT_APP);
-    server = await startChorus({
-      apps: [
+    started = await startWithReceivers(
+      (node, python) => [
         {
-          ...DEFAULT_APP,
-          webhooks: [
-            {
-              url: node.url,
-              event_types: ['channel_occupied', 'channel_vacated', 'member_added', 'member_removed', 'subscription_count'],
-            },
-            {
-              url: python.url,
-              event_types: ['member_added', 'member_removed'],
-              filter: { channel_name_starts_with: 'presence-' },
-            },
-          ],
-          webhook_delivery: { batch_window_ms: 100, vacate_delay_ms: VACATE_DELAY_MS },
+          url: node.url,
+          event_types: ['channel_occupied', 'channel_vacated', 'member_added', 'member_removed', 'subscription_count'],
+        },
+        {
+          url: python.url,
+          event_types: ['member_added', 'member_removed'],
+          filter: { channel_name_starts_with: 'presence-' },
         },
       ],
-    });
+      { batch_window_ms: 100, vacate_delay_ms: VACATE_DELAY_MS },
+    );
+    ({ server, node, python } = started);
   });
   after(async () => {
-    await server?.cleanup();
-    await node?.close();
-    await python?.close();
+    await started?.cleanup();
   });
 
   test('the first subscriber occupies a channel, the last vacates it after the delay; once each', async () => {
