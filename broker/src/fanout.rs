@@ -70,6 +70,58 @@ impl InFlight {
         self.0.work.fetch_sub(work, Ordering::Relaxed);
         self.0.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
+
+    /// Takes `work` and `bytes` for one frame, held until it is handed over or dropped; `None`
+    /// when the channel already has too much waiting (see [`InFlight::try_acquire`]).
+    pub fn take(&self, work: usize, bytes: usize) -> Option<Taken> {
+        self.try_acquire(work, bytes).then(|| Taken {
+            in_flight: self.clone(),
+            work,
+            bytes,
+        })
+    }
+
+    /// Takes `work` and `bytes` whatever waits already: for a frame its channel admitted before
+    /// the channel's actor was replaced.
+    pub fn take_anyway(&self, work: usize, bytes: usize) -> Taken {
+        self.0.work.fetch_add(work, Ordering::Relaxed);
+        self.0.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Taken {
+            in_flight: self.clone(),
+            work,
+            bytes,
+        }
+    }
+}
+
+/// One frame's share of its channel's in-flight bound: given back when dropped, unless handed
+/// over with the frame to the channel's actor, which gives it back once it has fanned the
+/// frame out ([`Subscribers::publish`]).
+pub struct Taken {
+    in_flight: InFlight,
+    work: usize,
+    bytes: usize,
+}
+
+impl Taken {
+    /// Whether this share is of `in_flight`'s bound.
+    pub fn is_of(&self, in_flight: &InFlight) -> bool {
+        Arc::ptr_eq(&self.in_flight.0, &in_flight.0)
+    }
+
+    /// Hands the share over with its frame: the work the actor gives back.
+    pub fn hand_over(mut self) -> usize {
+        self.bytes = 0;
+        std::mem::take(&mut self.work)
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if self.work > 0 || self.bytes > 0 {
+            self.in_flight.release(self.work, self.bytes);
+        }
+    }
 }
 
 /// The subscribers of one channel, in a form fast to iterate, and the metrics of fanning out.

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use crate::actors::channel::ChannelActor;
 use crate::actors::messages::{MemberChanged, Publish, Subscribe, Unsubscribe};
 use crate::actors::presence::PresenceActor;
-use crate::fanout::{InFlight, PUBLISH_WEIGHT};
+use crate::fanout::{InFlight, Taken, PUBLISH_WEIGHT};
 use crate::history::now_ms;
 use crate::metrics::AppMetrics;
 use crate::protocol::channel::ChannelKind;
@@ -51,6 +51,52 @@ struct Entry {
     addr: ChannelAddr,
     subscriptions: usize,
     in_flight: InFlight,
+}
+
+/// Frames admitted by their channels on this node and not yet handed to any actor: published
+/// with [`Registry::publish_admitted`]; dropped, they give back what they took and go nowhere.
+pub struct Admitted(Vec<AdmittedFrame>);
+
+/// A frame of [`Admitted`].
+pub struct AdmittedFrame {
+    pub channel: String,
+    pub frame: Frame,
+    pub except: Option<SocketId>,
+    /// Its share of its channel's bound; none when the channel had no subscriber here.
+    taken: Option<Taken>,
+}
+
+impl Admitted {
+    pub fn frames(&self) -> impl Iterator<Item = &AdmittedFrame> {
+        self.0.iter()
+    }
+}
+
+/// Admits `frames` by their channels in `table` (see [`Registry::admit_all`]).
+fn admit(
+    table: &Table,
+    frames: Vec<(String, Frame, Option<SocketId>)>,
+) -> Result<Admitted, Overloaded> {
+    let mut admitted = Vec::with_capacity(frames.len());
+    for (channel, frame, except) in frames {
+        let taken = match table.live.get(&channel) {
+            None => None,
+            Some(entry) => {
+                let work = entry.subscriptions + PUBLISH_WEIGHT;
+                let Some(taken) = entry.in_flight.take(work, frame.len()) else {
+                    return Err(Overloaded(channel));
+                };
+                Some(taken)
+            }
+        };
+        admitted.push(AdmittedFrame {
+            channel,
+            frame,
+            except,
+            taken,
+        });
+    }
+    Ok(Admitted(admitted))
 }
 
 /// A channel's actor has too much fan-out work waiting: publishers are outrunning delivery.
@@ -236,46 +282,62 @@ impl Registry {
         frame: Frame,
         except: Option<SocketId>,
     ) -> Result<(), Overloaded> {
-        self.publish_all(vec![(channel, frame, except)])
+        self.publish_all(vec![(channel.to_owned(), frame, except)])
     }
 
-    /// Delivers frames to this node's subscribers of their channels, all or none: every frame is
-    /// admitted by its channel's in-flight bound before any is handed to an actor, and when one
-    /// is refused the others give back what they took and none goes out.
+    /// Delivers frames to this node's subscribers of their channels, all or none (see
+    /// [`Registry::admit_all`]).
     pub fn publish_all(
         &self,
-        frames: Vec<(&str, Frame, Option<SocketId>)>,
+        frames: Vec<(String, Frame, Option<SocketId>)>,
     ) -> Result<(), Overloaded> {
         let mut table = self.table.lock();
-        let mut taken: Vec<(InFlight, usize, usize)> = Vec::with_capacity(frames.len());
-        for (channel, frame, _) in &frames {
-            let Some(entry) = table.live.get(*channel) else {
-                continue;
-            };
-            let weight = entry.subscriptions + PUBLISH_WEIGHT;
-            if !entry.in_flight.try_acquire(weight, frame.len()) {
-                for (in_flight, work, bytes) in taken {
-                    in_flight.release(work, bytes);
-                }
-                return Err(Overloaded((*channel).to_owned()));
-            }
-            taken.push((entry.in_flight.clone(), weight, frame.len()));
-        }
-        let mut weights = taken.into_iter().map(|(_, weight, _)| weight);
-        for (channel, frame, except) in frames {
-            if let Some(entry) = table.live.get(channel) {
-                let weight = weights.next().unwrap_or(PUBLISH_WEIGHT);
+        let admitted = admit(&table, frames)?;
+        self.hand_out(&mut table, admitted);
+        Ok(())
+    }
+
+    /// Admits frames by their channels' in-flight bounds, all or none: when one is refused, the
+    /// others give back what they took. Nothing goes out until [`Registry::publish_admitted`].
+    pub fn admit_all(
+        &self,
+        frames: Vec<(String, Frame, Option<SocketId>)>,
+    ) -> Result<Admitted, Overloaded> {
+        admit(&self.table.lock(), frames)
+    }
+
+    /// Delivers admitted frames to this node's subscribers of their channels, in order.
+    pub fn publish_admitted(&self, admitted: Admitted) {
+        self.hand_out(&mut self.table.lock(), admitted);
+    }
+
+    fn hand_out(&self, table: &mut Table, admitted: Admitted) {
+        for AdmittedFrame {
+            channel,
+            frame,
+            except,
+            taken,
+        } in admitted.0
+        {
+            if let Some(entry) = table.live.get(&channel) {
+                let taken = match taken {
+                    Some(taken) if taken.is_of(&entry.in_flight) => taken,
+                    // The channel's actor was replaced since (its last subscriber left, then
+                    // another came): the new one takes the frame, the old share is given back.
+                    _ => entry
+                        .in_flight
+                        .take_anyway(entry.subscriptions + PUBLISH_WEIGHT, frame.len()),
+                };
                 entry.addr.publish(Publish {
                     frame: frame.clone(),
                     except,
-                    weight,
+                    weight: taken.hand_over(),
                 });
             }
-            if ChannelKind::of(channel).cache {
-                self.remember_last(&mut table, channel, &frame);
+            if ChannelKind::of(&channel).cache {
+                self.remember_last(table, &channel, &frame);
             }
         }
-        Ok(())
     }
 
     /// Keeps a cache channel's last event, in memory and in the node's store.

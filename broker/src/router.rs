@@ -16,7 +16,7 @@ use chorus_storage::StoredEvent;
 
 use crate::apps::{App, Apps};
 use crate::protocol::frame::{Frame, SocketId};
-use crate::registry::Overloaded;
+use crate::registry::{Admitted, Overloaded};
 
 /// Publishes `frame` on `channel` of `app`, except to the connection `except`, here and on every
 /// other node with subscribers of the channel. Refused when this node's subscribers of the
@@ -31,29 +31,38 @@ pub fn publish(
 }
 
 /// Publishes several frames of `app`, each on its channel, all or none: every one is admitted
-/// by this node's channel before any goes out (see [`crate::registry::Registry::publish_all`]);
-/// refused, none goes anywhere. Admitted, each is then forwarded to the other nodes with
-/// subscribers of its channel, in order.
+/// by this node's channel before any goes out (see [`admit_all`]); refused, none goes anywhere.
 pub fn publish_all(
     app: &App,
     frames: Vec<(String, Frame, Option<SocketId>)>,
 ) -> Result<(), Overloaded> {
-    let local = frames
-        .iter()
-        .map(|(channel, frame, except)| (channel.as_str(), frame.clone(), *except))
-        .collect();
-    app.channels.publish_all(local)?;
-    for (channel, frame, except) in frames {
+    publish_admitted(app, admit_all(app, frames)?);
+    Ok(())
+}
+
+/// Admits frames of `app` by this node's channels, all or none (see
+/// [`crate::registry::Registry::admit_all`]); nothing goes out until [`publish_admitted`].
+pub fn admit_all(
+    app: &App,
+    frames: Vec<(String, Frame, Option<SocketId>)>,
+) -> Result<Admitted, Overloaded> {
+    app.channels.admit_all(frames)
+}
+
+/// Publishes admitted frames: each is forwarded to the other nodes with subscribers of its
+/// channel and delivered to this node's, in order.
+pub fn publish_admitted(app: &App, admitted: Admitted) {
+    for f in admitted.frames() {
         app.cluster
             .forwarder()
-            .forward(&app.id, &channel, || ForwardedFrame {
+            .forward(&app.id, &f.channel, || ForwardedFrame {
                 app: app.id.clone(),
-                channel: channel.clone(),
-                frame: frame.text.to_string(),
-                except: except.map(|socket| socket.to_string()),
+                channel: f.channel.clone(),
+                frame: f.frame.text.to_string(),
+                except: f.except.map(|socket| socket.to_string()),
             });
     }
-    Ok(())
+    app.channels.publish_admitted(admitted);
 }
 
 /// Delivers frames another node forwarded to this node's subscribers, in their order; returns

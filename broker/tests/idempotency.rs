@@ -269,3 +269,70 @@ async fn a_retry_after_the_leader_is_killed_gets_the_same_offset_and_is_stored_o
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_history_is_not_committed_publishes_nothing_and_holds_its_keys_meanwhile() {
+    const PUBLISHED: &str = r#"chorus_events_published_total{app_id="1",source="api"}"#;
+    let cluster = TestCluster::start("idempotency-no-quorum", 3).await;
+    let (leader, _) = cluster
+        .agreed_leader(&[1, 2, 3], 3, Duration::from_secs(20))
+        .await;
+    let port = cluster.node(leader).port;
+    let mut client = cluster.node(leader).connect().await;
+    client.subscribe("live-side").await;
+    client.subscribe("history-side").await;
+    let batch = json!({"batch": [
+        event("live-side", "mixed", Some("mixed-live")),
+        event("history-side", "mixed", Some("mixed-history")),
+    ]});
+
+    // No quorum: the batch's history event cannot be committed.
+    for id in [1, 2, 3].into_iter().filter(|&id| id != leader) {
+        cluster.freeze(id);
+    }
+    let first = tokio::spawn({
+        let batch = batch.clone();
+        async move { post(port, "/apps/1/batch_events", &batch, None).await }
+    });
+    // Staged (both events counted), the batch waits for its commit, holding its keys: a repeat
+    // is told so rather than answered as a publish that may yet be refused.
+    cluster
+        .await_metric(leader, PUBLISHED, 2.0, Duration::from_secs(10))
+        .await;
+    let (status, answer) = post(port, "/apps/1/batch_events", &batch, None).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("mixed-live"));
+    let (status, answer) = first.await.unwrap();
+    assert_eq!(status, 503, "{answer}");
+
+    // The retry once the quorum is back: published once, its live event too (the control that
+    // the subscriber would have seen one before).
+    for id in [1, 2, 3].into_iter().filter(|&id| id != leader) {
+        cluster.thaw(id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let retried = loop {
+        let (status, answer) = post(port, "/apps/1/batch_events", &batch, None).await;
+        if status == 200 {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(retried["history"][0]["offset"], 1, "{retried}");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let frame = client.expect("e").await;
+        got.push(frame["channel"].as_str().unwrap().to_owned());
+    }
+    got.sort();
+    assert_eq!(got, ["history-side", "live-side"], "each once");
+    // A repeat now is answered the same and delivered nowhere: a marker published after it is
+    // the next frame the subscriber sees.
+    let repeat = post(port, "/apps/1/batch_events", &batch, None).await;
+    assert_eq!(repeat, (200, retried));
+    let marker = event("live-side", "marker", None);
+    assert_eq!(post(port, "/apps/1/events", &marker, None).await.0, 200);
+    let next = client.expect("e").await;
+    assert_eq!(next["data"], "marker", "{next}");
+}

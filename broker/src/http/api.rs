@@ -2,15 +2,16 @@
 //! terminate a user's connections. Every request is signed; every error is JSON. Channels,
 //! their counts and users, and terminations cover the whole cluster (see [`super::peers`]).
 //!
-//! A publish is all or nothing ([`settle`]), and may be idempotent: an event with an
-//! idempotency key (`idempotency_key` in its body, or `X-Idempotency-Key` for `POST /events`)
-//! that repeats one published within the app's `limits.idempotency_window_secs` is answered as
-//! that one was, with the same offsets on history channels, and delivered once: cluster-wide on
-//! history channels, by the node that took it on the others (see `crate::recent_keys`). The answer lists
-//! where each history event was placed (`"history": [{"channel", "epoch", "offset"}]`).
+//! A publish is all or nothing, and may be idempotent: an event with an idempotency key
+//! (`idempotency_key` in its body, or `X-Idempotency-Key` for `POST /events`) that repeats one
+//! published within the app's `limits.idempotency_window_secs` is answered as that one was, with
+//! the same offsets on history channels, and delivered once: cluster-wide on history channels, by
+//! the node that took it on the others (see [`super::publish`] and `crate::recent_keys`). The
+//! answer lists where each history event was placed (`"history": [{"channel", "epoch",
+//! "offset"}]`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::TRANSFER_ENCODING;
 use actix_web::http::StatusCode;
@@ -22,14 +23,13 @@ use crate::channel_view::{ChannelQuery, ChannelView, Selection};
 use crate::http::body;
 use crate::http::edge::BodyDeadline;
 use crate::http::peers;
+use crate::http::publish::{answer, Pending};
 use crate::node::Node;
 use crate::protocol::channel::{self, ChannelKind};
-use crate::protocol::frame::{self, Frame, SocketId};
 use crate::protocol::publish::{
     parse_batch, parse_event, validate_key, InfoWanted, PublishError, Trigger,
 };
 use crate::protocol::signature::{self, RequestAuthError, SignedQuery};
-use crate::router;
 
 /// An API error: an HTTP status and a message, answered as `{"error": message}`.
 #[derive(Debug, thiserror::Error)]
@@ -187,35 +187,6 @@ async fn view_of(app: &App, selection: Selection, users: bool) -> ChannelView {
     peers::cluster_view(app, &query).await
 }
 
-/// Stages a validated event: on a history channel it joins `pending.history`, to be published
-/// through the cluster's log; on any other channel its frame joins `pending.live`, unless its
-/// idempotency key was taken by this node within the app's window (a repeat: it went out
-/// already). Nothing goes out before [`settle`].
-fn stage(app: &App, t: &Trigger, pending: &mut Pending) {
-    let live = |c: &String| !app.history.keeps(c);
-    let mut repeat = false;
-    if let Some(key) = t.key.as_deref().filter(|_| t.channels.iter().any(live)) {
-        let window = Duration::from_secs(app.limits.idempotency_window_secs);
-        repeat = !app.history.recent_keys.take(key, window);
-        if !repeat {
-            pending.taken_keys.push(key.to_owned());
-        }
-    }
-    for c in &t.channels {
-        if app.history.keeps(c) {
-            app.metrics.published_api.inc();
-            pending
-                .history
-                .push(c, t.except, &t.name, &t.data, t.key.as_deref());
-        } else if !repeat {
-            app.metrics.published_api.inc();
-            let frame = frame::event(c, &t.name, &t.data);
-            pending.live.push((c.clone(), frame, t.except));
-            pending.cached |= ChannelKind::of(c).cache;
-        }
-    }
-}
-
 /// The info `t` asked for, per channel, from the cluster's view once it was published.
 async fn info_of(app: &App, t: &Trigger) -> Map<String, Value> {
     let mut channels = Map::new();
@@ -227,76 +198,6 @@ async fn info_of(app: &App, t: &Trigger) -> Map<String, Value> {
         }
     }
     channels
-}
-
-/// What a publish request (one event, or a batch) leaves to do before it is acknowledged.
-#[derive(Default)]
-struct Pending {
-    /// Frames of channels without history, in order.
-    live: Vec<(String, Frame, Option<SocketId>)>,
-    /// History events, to be committed by the cluster.
-    history: router::PendingHistory,
-    /// A cache channel's last event will be stored and must be made durable.
-    cached: bool,
-    /// The idempotency keys this node took for the live frames: given back if they are refused.
-    taken_keys: Vec<String>,
-}
-
-/// Publishes what a request staged, and acknowledges it only once it is out and durable.
-///
-/// First every frame of a channel without history is admitted by its channel, all or none: a
-/// channel too far behind refuses the request (429) and nothing of it goes out, no history event
-/// is proposed. Then the history events are committed by the cluster; without a quorum they are
-/// not acknowledged (503: the frames of channels without history went out). Last, the cache
-/// channels' last events are made durable.
-async fn settle(
-    node: &Node,
-    app: &App,
-    pending: Pending,
-) -> Result<Vec<router::HistoryPlaced>, ApiError> {
-    if !pending.live.is_empty() {
-        if let Err(e) = router::publish_all(app, pending.live) {
-            for key in &pending.taken_keys {
-                app.history.recent_keys.give_back(key);
-            }
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("{e}; nothing of this request was published"),
-            ));
-        }
-    }
-    let mut placed = Vec::new();
-    if !pending.history.is_empty() {
-        let window = Duration::from_secs(app.limits.idempotency_window_secs);
-        placed = pending
-            .history
-            .publish(&node.cluster, app, window)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "history publish not committed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the history event was not committed, publish it again: {e}"),
-                )
-            })?;
-    }
-    if pending.cached {
-        app.history.store.flush().await.map_err(storage_error)?;
-    }
-    Ok(placed)
-}
-
-/// The answer to a publish: `body`, with where each history event was placed, in the order
-/// given (the same for a repeat of an idempotent publish).
-fn answer(mut body: Map<String, Value>, placed: Vec<router::HistoryPlaced>) -> HttpResponse {
-    if !placed.is_empty() {
-        let history = placed
-            .into_iter()
-            .map(|p| json!({"channel": p.channel, "epoch": p.epoch, "offset": p.offset}))
-            .collect();
-        body.insert("history".into(), Value::Array(history));
-    }
-    HttpResponse::Ok().json(Value::Object(body))
 }
 
 /// The header that may carry a single event's idempotency key.
@@ -323,7 +224,7 @@ fn key_from_header(req: &HttpRequest, t: &mut Trigger) -> Result<(), ApiError> {
     }
 }
 
-fn storage_error(e: chorus_storage::StorageError) -> ApiError {
+pub(crate) fn storage_error(e: chorus_storage::StorageError) -> ApiError {
     tracing::error!(error = %e, "history store failed");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -332,7 +233,7 @@ fn storage_error(e: chorus_storage::StorageError) -> ApiError {
 }
 
 /// `POST /apps/{app_id}/events`: one event, on one channel or several, all or none (see
-/// [`settle`]).
+/// [`Pending::settle`]).
 pub async fn events(
     node: web::Data<Node>,
     req: HttpRequest,
@@ -342,9 +243,9 @@ pub async fn events(
     let v = verify(&node, &req, &app_id, payload).await?;
     let mut trigger = parse_event(&v.app.limits, &v.body)?;
     key_from_header(&req, &mut trigger)?;
-    let mut pending = Pending::default();
-    stage(&v.app, &trigger, &mut pending);
-    let placed = settle(&node, &v.app, pending).await?;
+    let mut pending = Pending::new(&v.app);
+    pending.stage(&v.app, &trigger)?;
+    let placed = pending.settle(&node, &v.app).await?;
     let mut body = Map::new();
     if trigger.info.any() {
         let channels = info_of(&v.app, &trigger).await;
@@ -354,7 +255,7 @@ pub async fn events(
 }
 
 /// `POST /apps/{app_id}/batch_events`: every event is validated, then the batch is published
-/// as one request, all or none (see [`settle`]): an invalid event refuses the whole batch (400,
+/// as one request, all or none (see [`Pending::settle`]): an invalid event refuses the whole batch (400,
 /// 413), and so does a channel too far behind to admit one of its events (429). Each event may
 /// carry its own `idempotency_key`; the header is refused here, as it could not say which.
 pub async fn batch_events(
@@ -370,11 +271,11 @@ pub async fn batch_events(
         ));
     }
     let triggers = parse_batch(&v.app.limits, &v.body)?;
-    let mut pending = Pending::default();
+    let mut pending = Pending::new(&v.app);
     for t in &triggers {
-        stage(&v.app, t, &mut pending);
+        pending.stage(&v.app, t)?;
     }
-    let placed = settle(&node, &v.app, pending).await?;
+    let placed = pending.settle(&node, &v.app).await?;
     let mut body = Map::new();
     if triggers.iter().any(|t| t.info.any()) {
         let mut answers = Vec::with_capacity(triggers.len());

@@ -8,6 +8,7 @@ pub mod client_ip;
 pub mod edge;
 pub mod peers;
 pub mod per_ip;
+pub mod publish;
 pub mod sse;
 pub mod websocket;
 
