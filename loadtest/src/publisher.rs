@@ -39,6 +39,8 @@ pub struct Plan {
     pub payload_bytes: usize,
     /// Closed loop: wait while more than this many deliveries are outstanding.
     pub max_pending_deliveries: Option<u64>,
+    /// With a run tag: every event carries the idempotency key `{tag}-{stream}-{channel}-{seq}`.
+    pub keys: Option<String>,
 }
 
 /// Figures the progress line and the back-pressure read while publishing.
@@ -238,13 +240,22 @@ async fn worker(ctx: WorkerCtx) -> StreamRecord {
                 plan.payload_bytes,
             ));
         }
+        let keys: Vec<Option<String>> = chans
+            .iter()
+            .map(|&(c, seq)| {
+                let tag = plan.keys.as_ref()?;
+                Some(format!("{tag}-{}-{c}-{seq}", ctx.stream))
+            })
+            .collect();
         let events: Vec<Event> = chans
             .iter()
             .zip(&datas)
-            .map(|(&(c, _), d)| Event {
+            .zip(&keys)
+            .map(|((&(c, _), d), key)| Event {
                 name: EVENT_NAME,
                 channel: &plan.channels[c],
                 data: d,
+                key: key.as_deref(),
             })
             .collect();
         let (route, body) = if batch == 1 {
@@ -378,6 +389,7 @@ mod tests {
             duration: Duration::from_secs(20),
             payload_bytes: 50,
             max_pending_deliveries: None,
+            keys: None,
         };
         let live = Arc::new(Live::default());
         let published = run(plan, rest, live.clone(), Arc::new(Deliveries::new())).await;

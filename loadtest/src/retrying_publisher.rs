@@ -222,20 +222,20 @@ async fn worker(
             })
             .collect();
         seq += count;
+        let keys: Vec<Option<String>> = (seq - count..seq)
+            .map(|n| plan.keys.as_ref().map(|tag| format!("{tag}-{stream}-{n}")))
+            .collect();
         let events: Vec<Event> = datas
             .iter()
-            .map(|d| Event {
+            .zip(&keys)
+            .map(|(d, key)| Event {
                 name: EVENT_NAME,
                 channel: &plan.channel,
                 data: d,
+                key: key.as_deref(),
             })
             .collect();
-        let keys: Option<Vec<String>> = plan.keys.as_ref().map(|tag| {
-            (seq - count..seq)
-                .map(|n| format!("{tag}-{stream}-{n}"))
-                .collect()
-        });
-        let (route, body) = bodies(&events, keys.as_deref());
+        let (route, body) = bodies(&events);
         loop {
             let sent_at = Instant::now();
             let sent_after_start_us = progress.now_us();
@@ -277,27 +277,12 @@ async fn worker(
     r
 }
 
-/// The route and body of a request of `events`, each with its idempotency key if given.
-fn bodies(events: &[Event], keys: Option<&[String]>) -> (&'static str, String) {
-    let body = |i: usize| {
-        let plain = Rest::events_body(&events[i]);
-        match keys {
-            Some(keys) => format!(
-                r#"{},"idempotency_key":"{}"}}"#,
-                &plain[..plain.len() - 1],
-                keys[i]
-            ),
-            None => plain,
-        }
-    };
-    if events.len() == 1 {
-        return ("events", body(0));
+/// The route and body of a request of `events`.
+fn bodies(events: &[Event]) -> (&'static str, String) {
+    match events {
+        [one] => ("events", Rest::events_body(one)),
+        _ => ("batch_events", Rest::batch_body(events)),
     }
-    let all: Vec<String> = (0..events.len()).map(body).collect();
-    (
-        "batch_events",
-        format!(r#"{{"batch":[{}]}}"#, all.join(",")),
-    )
 }
 
 #[cfg(test)]
@@ -323,19 +308,19 @@ mod tests {
 
     #[test]
     fn keyed_bodies_carry_one_key_per_event() {
-        let e = |data| Event {
+        let e = |data, key| Event {
             name: "n",
             channel: "c",
             data,
+            key,
         };
-        let keys = ["t-0-1".to_owned(), "t-0-2".to_owned()];
-        let (route, body) = bodies(&[e("a"), e("b")], Some(&keys));
+        let (route, body) = bodies(&[e("a", Some("t-0-1")), e("b", Some("t-0-2"))]);
         assert_eq!(route, "batch_events");
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["batch"][1]["idempotency_key"], "t-0-2");
         assert_eq!(body["batch"][1]["data"], "b");
-        let (route, body) = bodies(&[e("a")], None);
-        assert_eq!((route, body), ("events", Rest::events_body(&e("a"))));
+        let (route, body) = bodies(&[e("a", None)]);
+        assert_eq!((route, body), ("events", Rest::events_body(&e("a", None))));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Event<'a> {
     pub name: &'a str,
     pub channel: &'a str,
     pub data: &'a str,
+    /// The event's idempotency key, if it has one.
+    pub key: Option<&'a str>,
 }
 
 impl Rest {
@@ -41,10 +43,16 @@ impl Rest {
 
     /// Body of `POST /apps/{id}/events` for one event on one channel.
     pub fn events_body(e: &Event) -> String {
-        format!(
-            r#"{{"name":"{}","channel":"{}","data":"{}"}}"#,
-            e.name, e.channel, e.data
-        )
+        match e.key {
+            None => format!(
+                r#"{{"name":"{}","channel":"{}","data":"{}"}}"#,
+                e.name, e.channel, e.data
+            ),
+            Some(key) => format!(
+                r#"{{"name":"{}","channel":"{}","data":"{}","idempotency_key":"{key}"}}"#,
+                e.name, e.channel, e.data
+            ),
+        }
     }
 
     /// Body of `POST /apps/{id}/batch_events`.
@@ -127,6 +135,7 @@ mod tests {
             name: "lt",
             channel: "lt-1",
             data: "#LT1:0:1:2:xx",
+            key: None,
         };
         let one: Value = serde_json::from_str(&Rest::events_body(&e)).unwrap();
         assert_eq!(one["channel"], "lt-1");
@@ -137,10 +146,13 @@ mod tests {
                 name: "lt",
                 channel: "lt-2",
                 data: "d",
+                key: Some("k-2"),
             },
         ]))
         .unwrap();
         assert_eq!(batch["batch"].as_array().unwrap().len(), 2);
         assert_eq!(batch["batch"][1]["channel"], "lt-2");
+        assert_eq!(batch["batch"][1]["idempotency_key"], "k-2");
+        assert!(batch["batch"][0].get("idempotency_key").is_none());
     }
 }

@@ -134,6 +134,7 @@ pub async fn run(args: &CatchUpArgs) -> Result<Report> {
         duration: Duration::from_secs(args.publish_timeout_secs),
         payload_bytes: common.payload_bytes,
         max_pending_deliveries: None,
+        keys: None,
     };
     let published = publisher::run(plan, rest, pub_live.clone(), Arc::new(Deliveries::new())).await;
     let publish_figures = publish_window.close(&common.server_pids, Instant::now(), 0);

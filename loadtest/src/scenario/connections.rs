@@ -569,6 +569,7 @@ async fn publish_once(target: Arc<Target>, base: &str, occupied: usize) -> Resul
                     name: EVENT_NAME,
                     channel: &channel,
                     data: &data,
+                    key: None,
                 });
                 (c, rest.post(c, "events", body).await.is_ok())
             }

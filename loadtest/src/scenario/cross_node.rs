@@ -135,6 +135,7 @@ async fn run_one(args: &CrossNodeArgs, channels: usize, placement: Placement) ->
         drain_secs: args.drain_secs,
         private: false,
         transport: Transport::Ws,
+        idempotency_keys: false,
     };
     fanout::run_with(&common, &params, "fanout").await
 }

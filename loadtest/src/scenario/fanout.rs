@@ -68,6 +68,10 @@ pub struct FanoutParams {
     /// How subscribers receive: Pusher WebSocket connections, or SSE streams (public channels).
     #[arg(long, value_enum, default_value_t = Transport::Ws)]
     pub transport: Transport,
+    /// Give every event an idempotency key (`idempotency_key`), to measure what keys cost
+    /// (Chorus only: other servers may refuse the field).
+    #[arg(long)]
+    pub idempotency_keys: bool,
 }
 
 /// How the subscribers of a fan-out receive.
@@ -231,6 +235,9 @@ pub async fn run_with(common: &CommonArgs, p: &FanoutParams, scenario: &str) -> 
         payload_bytes: common.payload_bytes,
         max_pending_deliveries: (p.max_pending_per_subscriber > 0)
             .then(|| p.max_pending_per_subscriber * subscribed),
+        keys: p
+            .idempotency_keys
+            .then(|| format!("{:x}", crate::payload::now_us())),
     };
     let published = publisher::run(plan, rest, pub_live.clone(), deliveries.clone()).await;
 

@@ -200,6 +200,7 @@ pub async fn run(args: &HistoryArgs) -> Result<Report> {
         duration: common.duration(),
         payload_bytes: common.payload_bytes,
         max_pending_deliveries: None,
+        keys: None,
     };
     let published = publisher::run(plan, rest, pub_live.clone(), Arc::new(Deliveries::new())).await;
     let storm_count = storms.await.unwrap_or(0);
@@ -313,6 +314,7 @@ async fn prime(
             name: PRIMER_EVENT,
             channel,
             data: "primer",
+            key: None,
         });
         rest.post(c, "events", body).await?;
     }

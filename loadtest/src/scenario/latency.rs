@@ -43,6 +43,7 @@ pub async fn run(args: &LatencyArgs) -> Result<Report> {
         drain_secs: args.drain_secs,
         private: false,
         transport: fanout::Transport::Ws,
+        idempotency_keys: false,
     };
     fanout::run_with(&args.common, &params, "latency").await
 }
