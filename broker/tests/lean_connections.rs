@@ -3,7 +3,8 @@
 //! `chorus_connection_buffer_bytes` (what connections hold of a frame not yet whole, and of
 //! frames taken for a socket and not yet written) falls to 0. The positive controls: a client
 //! that sent half a frame makes it rise until the rest comes, and so does a subscriber that stops
-//! reading while events are published, until it is gone.
+//! reading while events are published, until it is gone. Every upgrade request now reaches the
+//! node's upgrade service: one for another endpoint is answered as that endpoint answers.
 
 mod support;
 
@@ -53,9 +54,55 @@ async fn read_until(tcp: &mut TcpStream, needle: &[u8]) -> bool {
     true
 }
 
+/// What the node answers a WebSocket upgrade request of `method` for `path`, up to the end of
+/// the connection.
+async fn upgrade_answer(server: &Server, method: &str, path: &str) -> String {
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "{path}: the connection is closed after the answer"
+    );
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[tokio::test]
 async fn an_idle_connection_holds_no_buffer_and_a_busy_one_does() {
     let server = Server::start("lean-connections", "max_outbound_bytes = 262144", "").await;
+
+    // Upgrade requests for other endpoints get those endpoints' answers.
+    for (method, path, status, body) in [
+        ("GET", "/healthz", "200 OK", r#"{"status":"ok"}"#),
+        (
+            "GET",
+            "/nothing",
+            "404 Not Found",
+            r#"{"error":"not found"}"#,
+        ),
+        (
+            "POST",
+            "/app/test-key",
+            "404 Not Found",
+            r#"{"error":"not found"}"#,
+        ),
+    ] {
+        let answer = upgrade_answer(&server, method, path).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{answer}"
+        );
+        assert!(answer.contains("connection: close\r\n"), "{answer}");
+        assert!(answer.ends_with(body), "{answer}");
+    }
 
     // Traffic both ways on real connections, then silence.
     let mut clients = Vec::new();

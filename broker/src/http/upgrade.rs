@@ -13,7 +13,7 @@ use std::pin::pin;
 use actix_codec::{AsyncRead, AsyncWrite, Encoder, Framed};
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::h1::{Codec, Message};
-use actix_http::{HttpMessage as _, Request, Response};
+use actix_http::{ConnectionType, HttpMessage as _, Request, Response};
 use actix_service::boxed::{BoxService, BoxServiceFactory};
 use actix_service::{Service, ServiceFactory};
 use bytes::BytesMut;
@@ -114,13 +114,14 @@ where
 /// Writes a plain answer to an upgrade request (any other endpoint's, or a refused handshake),
 /// then closes the connection.
 async fn answer<T>(
-    head: Response<()>,
+    mut head: Response<()>,
     body: BoxBody,
     mut framed: Framed<T, Codec>,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    head.head_mut().set_connection_type(ConnectionType::Close);
     framed.send(Message::Item((head, body.size()))).await?;
     let mut body = pin!(body);
     while let Some(chunk) = poll_fn(|cx| body.as_mut().poll_next(cx)).await {
