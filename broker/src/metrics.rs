@@ -29,6 +29,10 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     publish_to_write: Histogram,
+    /// Bytes the WebSocket connections hold in buffers of their own: what a client sent of a
+    /// frame not yet whole, and what was taken for a socket and not yet written. Zero when
+    /// every connection is idle.
+    pub connection_buffers: IntGauge,
 }
 
 /// The series of one app, resolved once.
@@ -199,6 +203,14 @@ impl Metrics {
                 "Time from a message entering the node to its frame being handed to a socket.",
                 (0.00005, 2.0, 16),
             ),
+            connection_buffers: r
+                .gauge(
+                    "chorus_connection_buffer_bytes",
+                    "Bytes WebSocket connections hold in buffers of their own (a frame not yet \
+                     whole, frames taken for a socket and not yet written).",
+                    &[],
+                )
+                .with_label_values(&[] as &[&str]),
             registry,
         }
     }

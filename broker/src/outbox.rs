@@ -1,15 +1,15 @@
 //! A connection's outbound path: frames are written into a short queue that the connection's
-//! response body (an [`OutboxBody`]: the WebSocket stream after the handshake, or an SSE
-//! response) hands to actix-http, and only what the socket cannot take yet waits in a backlog
-//! bounded in bytes.
+//! writer takes from (a WebSocket's [`crate::http::socket_writer`], which writes to the socket
+//! itself; an SSE response's body, an [`OutboxBody`] streamed by actix-http), and only what the
+//! socket cannot take yet waits in a backlog bounded in bytes.
 //!
 //! Channel actors push shared [`Frame`]s into a subscriber's [`Outbox`] from whatever thread
 //! they run on. A published event's WebSocket frame was encoded once ([`Frame::websocket`]), so
 //! every subscriber queues the same bytes: no per-subscriber encoding or copy. When the queue has
-//! room (the usual case) the frame joins it at once and the body is woken; the body takes the
-//! whole queue each time it is polled, and actix-http gathers what it takes into one write.
+//! room (the usual case) the frame joins it at once and the writer is woken; the writer takes the
+//! whole queue each time ([`OutboxBody::poll_take`]) and writes what it takes in one write.
 //! When the queue is full (the socket is not keeping up), frames wait in the backlog, and the
-//! body refills the queue from it as it takes. A push that would take the backlog past its bound
+//! queue is refilled from it as it is taken. A push that would take the backlog past its bound
 //! fails: the caller cuts the connection off as a slow reader (4100) instead of buffering
 //! without limit.
 
@@ -367,8 +367,9 @@ impl Outbox {
     }
 }
 
-/// A connection's response body: what its outbox writes, in order, ending after a close.
-/// Dropped (the client went away), it closes the outbox.
+/// The taking side of an outbox: what it writes, in order, ending after a close; taken by a
+/// writer of the socket ([`OutboxBody::poll_take`]) or streamed as a response body. Dropped
+/// (the client went away), it closes the outbox.
 pub struct OutboxBody {
     outbox: Outbox,
     /// Messages taken from the queue and not yet handed to actix-http.
@@ -377,18 +378,22 @@ pub struct OutboxBody {
     ends: bool,
 }
 
-impl Stream for OutboxBody {
-    type Item = Result<Bytes, Infallible>;
+impl OutboxBody {
+    /// The socket is gone: nothing more is taken (see [`Outbox::discard`]).
+    pub fn discard(&self) {
+        self.outbox.discard();
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if let Some(bytes) = this.taken.pop_front() {
-            return Poll::Ready(Some(Ok(bytes)));
-        }
-        if this.ends {
-            return Poll::Ready(None);
-        }
-        let inner = &this.outbox.0;
+    /// Moves everything queued onto the end of `into` (empty, and unallocated when its owner
+    /// wants to hold nothing while idle: the queue takes its place). `Ready(Some(ends))` when
+    /// something was taken, `ends` when it ends with the close message; `Ready(None)` when
+    /// nothing more comes; `Pending` (woken on the next push) when nothing is queued.
+    pub fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<Bytes>,
+    ) -> Poll<Option<bool>> {
+        let inner = &self.outbox.0;
         let mut state = inner.state.lock();
         if state.queue.is_empty() {
             if state.closing && state.backlog.is_empty() && !state.queue_ends {
@@ -404,14 +409,39 @@ impl Stream for OutboxBody {
             }
             return Poll::Pending;
         }
-        std::mem::swap(&mut this.taken, &mut state.queue);
-        this.ends = std::mem::take(&mut state.queue_ends);
-        let emptied = this.outbox.refill(&mut state);
+        std::mem::swap(into, &mut state.queue);
+        let ends = std::mem::take(&mut state.queue_ends);
+        let emptied = self.outbox.refill(&mut state);
         drop(state);
         if emptied {
             inner.drained.notify_waiters();
         }
-        Poll::Ready(this.taken.pop_front().map(Ok))
+        Poll::Ready(Some(ends))
+    }
+}
+
+impl Stream for OutboxBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(bytes) = this.taken.pop_front() {
+            return Poll::Ready(Some(Ok(bytes)));
+        }
+        if this.ends {
+            return Poll::Ready(None);
+        }
+        let mut taken = std::mem::take(&mut this.taken);
+        let polled = this.poll_take(cx, &mut taken);
+        this.taken = taken;
+        match polled {
+            Poll::Ready(Some(ends)) => {
+                this.ends = ends;
+                Poll::Ready(this.taken.pop_front().map(Ok))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

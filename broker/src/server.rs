@@ -6,16 +6,24 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_codec::{AsyncRead, AsyncWrite};
+use actix_http::body::BoxBody;
+use actix_http::h1::ExpectHandler;
+use actix_http::{HttpService, Response, TlsAcceptorConfig};
+use actix_service::{map_config, IntoServiceFactory as _, ServiceFactoryExt as _};
+use actix_tls::accept::rustls_0_23::TlsStream;
+use actix_web::dev::{AppConfig, Server};
 use actix_web::{web, App as HttpApp, HttpServer};
 use anyhow::Context as _;
 use chorus_cluster::http::Authorized;
 use chorus_cluster::{ForwardBatch, HandOver, DELIVER_PATH};
+use tokio::net::TcpStream;
 
 use crate::actors::messages::Disconnect;
 use crate::config::{Config, CLUSTER_SECRET_FILE};
 use crate::http;
 use crate::http::edge::Edge;
+use crate::http::upgrade::{AppFactory, UpgradeFactory};
 use crate::node::Node;
 use crate::tls;
 
@@ -72,37 +80,97 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 }
 
 /// The public port: WebSocket, SSE, the HTTP API and health, over TLS when the node has a
-/// certificate for it.
+/// certificate for it. Served as actix-web's `HttpServer` serves an app, with one difference:
+/// upgrade requests go to [`UpgradeFactory`], which takes an accepted WebSocket out of the
+/// HTTP/1 dispatcher (see `http/upgrade.rs`).
 fn public_server(node: &web::Data<Node>, workers: usize) -> anyhow::Result<Server> {
     let cfg = &node.config;
-    let public_node = node.clone();
-    let edge = web::Data::new(Edge::new(cfg));
-    let public = HttpServer::new(move || {
-        HttpApp::new()
-            .app_data(public_node.clone())
-            .app_data(edge.clone())
-            .configure(http::public_routes)
-    })
-    .workers(workers)
-    .backlog(4096)
-    .max_connections(100_000)
-    .max_connection_rate(2_048)
-    // A client that closes its side has gone: an SSE stream it held is dropped at once rather
-    // than at the next failed write.
-    .h1_allow_half_closed(false)
-    // Idle keep-alive connections stay open longer than clients keep theirs idle, so a client
-    // never reuses one the server is closing.
-    .keep_alive(Duration::from_secs(cfg.keep_alive_secs))
-    .shutdown_timeout(cfg.shutdown_timeout_secs)
-    .disable_signals();
-    let addr = (cfg.host, cfg.port);
-    let public = match &cfg.tls.public {
-        Some(certificate) => public.bind_rustls_0_23(addr, tls::server_config(certificate.clone())),
-        None => public.bind(addr),
+    let addr = SocketAddr::new(cfg.host, cfg.port);
+    let listener = listen(addr, PUBLIC_BACKLOG)
+        .with_context(|| format!("binding the public port {}:{}", cfg.host, cfg.port))?;
+    // Handshakes in progress per worker (actix-web's `max_connection_rate`).
+    actix_tls::accept::max_concurrent_tls_connect(2_048);
+    let builder = actix_server::Server::build()
+        .workers(workers)
+        .backlog(PUBLIC_BACKLOG)
+        .max_concurrent_connections(100_000)
+        .shutdown_timeout(cfg.shutdown_timeout_secs)
+        .disable_signals();
+    let public = Public {
+        node: node.clone(),
+        edge: web::Data::new(Edge::new(cfg)),
+        addr,
+        keep_alive: Duration::from_secs(cfg.keep_alive_secs),
+        shutdown: builder.graceful_shutdown_signal(),
     };
-    let public =
-        public.with_context(|| format!("binding the public port {}:{}", cfg.host, cfg.port))?;
-    Ok(public.run())
+    let builder = match &cfg.tls.public {
+        Some(certificate) => {
+            let tls = tls::server_config(certificate.clone());
+            builder.listen("chorus-public", listener, move || {
+                public
+                    .http::<TlsStream<TcpStream>>()
+                    .rustls_0_23_with_config(tls.clone(), TlsAcceptorConfig::default())
+            })
+        }
+        None => builder.listen("chorus-public", listener, move || public.http().tcp()),
+    };
+    let builder = builder.with_context(|| format!("serving the public port {addr}"))?;
+    Ok(builder.run())
+}
+
+/// Connections the public port lets wait to be accepted.
+const PUBLIC_BACKLOG: u32 = 4096;
+
+/// What each worker of the public port serves with.
+#[derive(Clone)]
+struct Public {
+    node: web::Data<Node>,
+    edge: web::Data<Edge>,
+    addr: SocketAddr,
+    keep_alive: Duration,
+    shutdown: actix_server::GracefulShutdownSignal,
+}
+
+impl Public {
+    /// One worker's HTTP service over `T` (TCP or TLS), set as actix-web's `HttpServer` sets
+    /// it, with what the public port changes.
+    fn http<T>(&self) -> HttpService<T, AppFactory, BoxBody, ExpectHandler, UpgradeFactory>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        HttpService::build()
+            .graceful_shutdown_signal(move || {
+                let shutdown = shutdown.clone();
+                async move { shutdown.notified().await }
+            })
+            // Idle keep-alive connections stay open longer than clients keep theirs idle, so a
+            // client never reuses one the server is closing.
+            .keep_alive(self.keep_alive)
+            // A request head must arrive within this (slowloris: 408 and closed).
+            .client_request_timeout(Duration::from_secs(5))
+            .client_disconnect_timeout(Duration::from_secs(1))
+            // A client that closes its side has gone: an SSE stream it held is dropped at once
+            // rather than at the next failed write.
+            .h1_allow_half_closed(false)
+            .local_addr(self.addr)
+            .upgrade(UpgradeFactory(self.app()))
+            .finish(self.app())
+    }
+
+    /// The app of the public port's routes, as actix-http calls it.
+    fn app(&self) -> AppFactory {
+        let app = HttpApp::new()
+            .app_data(self.node.clone())
+            .app_data(self.edge.clone())
+            .configure(http::public_routes);
+        // actix-web's own server gives the app its address and scheme here, which only
+        // `connection_info` and `url_for` read; no route of the node does.
+        let app = map_config(app.into_factory(), |_| AppConfig::default())
+            .map(Response::from)
+            .map_err(|e: actix_web::Error| Response::from(e.error_response()));
+        actix_service::boxed::factory(app)
+    }
 }
 
 /// The metrics port, always plain (scraped from inside the cluster).
@@ -222,14 +290,14 @@ fn keep_secret_for_commands(config: &Config) -> anyhow::Result<()> {
 /// be bound stops start-up.
 fn bind_cluster_port(config: &mut Config) -> anyhow::Result<std::net::TcpListener> {
     let wanted = SocketAddr::new(config.host, config.cluster_port());
-    let listener = match listen(wanted) {
+    let listener = match listen(wanted, CLUSTER_BACKLOG) {
         Ok(listener) => listener,
         Err(e)
             if config.cluster_port.is_none()
                 && config.peers().is_none()
                 && config.members_file.is_none() =>
         {
-            let listener = listen(SocketAddr::new(config.host, 0))
+            let listener = listen(SocketAddr::new(config.host, 0), CLUSTER_BACKLOG)
                 .with_context(|| format!("binding a free cluster port on {}", config.host))?;
             tracing::warn!(
                 wanted = %wanted,
@@ -245,9 +313,12 @@ fn bind_cluster_port(config: &mut Config) -> anyhow::Result<std::net::TcpListene
     Ok(listener)
 }
 
-/// A listener on `addr` that can be bound again at once after the node dies (`SO_REUSEADDR`,
-/// as actix binds the other ports).
-fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Connections the cluster port lets wait to be accepted.
+const CLUSTER_BACKLOG: u32 = 1024;
+
+/// A listener on `addr`, letting `backlog` connections wait, that can be bound again at once
+/// after the node dies (`SO_REUSEADDR`, as actix binds the metrics port).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -255,7 +326,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)?.into_std()
+    socket.listen(backlog)?.into_std()
 }
 
 /// `POST /cluster/deliver` on the cluster port: frames another node forwarded, for this node's

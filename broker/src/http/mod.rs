@@ -1,4 +1,5 @@
-//! The node's HTTP listeners: the public port (WebSocket, HTTP API, health) and the metrics port;
+//! The node's HTTP listeners: the public port (WebSocket, HTTP API, health; its upgrade requests
+//! through [`upgrade`]) and the metrics port;
 //! [`peers`] adds the broker's questions to the cluster port.
 
 pub mod api;
@@ -9,7 +10,9 @@ pub mod edge;
 pub mod peers;
 pub mod per_ip;
 pub mod publish;
+pub mod socket_writer;
 pub mod sse;
+pub mod upgrade;
 pub mod websocket;
 
 use std::time::Instant;

@@ -1,19 +1,24 @@
-//! The WebSocket endpoint `/app/{key}`: admission checks, then a connection actor per socket.
-//! actix-ws makes the handshake; the response body after it is the connection's outbox (see
-//! [`crate::outbox`]), which writes the server's frames, and the client's frames are read by
-//! [`ClientFrames`], which refuses an over-long message at its header.
+//! The WebSocket endpoint `/app/{key}`: the handshake and the admission checks, answered as a
+//! response that hands the connection over. Every upgrade request of the public port reaches the
+//! app through [`crate::http::upgrade`]; a handshake this endpoint accepts (or refuses after the
+//! handshake, with a Pusher code) carries a [`Handoff`], with which the upgrade takes the socket
+//! out of the HTTP/1 dispatcher: the outbox is written straight to it
+//! ([`crate::http::socket_writer`]) and the client's frames are read by [`ClientFrames`], which
+//! refuses an over-long message at its header.
 
 use std::sync::Arc;
 
 use actix::{Actor, AsyncContext};
-use actix_web::body::{BodyStream, BoxBody};
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use prometheus::IntGauge;
+use tokio::io::AsyncRead;
 
 use crate::actors::connection::{message_limit, Accepted, Connection};
 use crate::apps::App;
 use crate::http::client_frames::ClientFrames;
 use crate::http::edge::Edge;
 use crate::http::per_ip::Slot;
+use crate::http::upgrade::Upgrading;
 use crate::node::Node;
 use crate::outbox::{Outbox, OutboxBody, Transport};
 use crate::protocol::code;
@@ -83,60 +88,87 @@ fn admit(
     Ok((app.clone(), slot))
 }
 
+/// What an accepted handshake hands to the upgrade: the connection to start, or none when it
+/// was refused after the handshake, and the outbox whose frames go to the socket.
+pub struct Handoff {
+    accepted: Option<(Accepted, usize)>,
+    pub outbox: OutboxBody,
+    /// Bytes held in connection buffers, node-wide.
+    pub held: IntGauge,
+}
+
+impl Handoff {
+    /// Starts the connection's actor, reading the client's frames from `socket` after
+    /// `already_read` (what came after the handshake); a refused connection reads nothing.
+    pub fn start<R>(&mut self, socket: R, already_read: &[u8])
+    where
+        R: AsyncRead + Unpin + 'static,
+    {
+        let Some((accepted, limit)) = self.accepted.take() else {
+            return;
+        };
+        let frames = ClientFrames::new(socket, already_read, limit, self.held.clone());
+        Connection::create(move |ctx| {
+            ctx.add_stream(frames);
+            Connection::websocket(accepted, ctx.address())
+        });
+    }
+}
+
 pub async fn connect(
     req: HttpRequest,
-    body: web::Payload,
     key: web::Path<String>,
     node: web::Data<Node>,
     edge: web::Data<Edge>,
-) -> Result<HttpResponse, actix_web::Error> {
+) -> HttpResponse {
     if !node.is_serving() {
         // Shutting down: a plain refusal sends the client to another node after its backoff.
-        return Ok(HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"error": "node is shutting down"})));
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"error": "node is shutting down"}));
     }
-    // actix-ws is given no payload: it would read ahead without bound. The client's frames are
-    // read from `body` by a reader of ours. Of what it gives, only the handshake is kept: the
-    // response's body is the outbox's.
-    let no_payload = web::Payload::from_request(&req, &mut actix_web::dev::Payload::None).await?;
-    let handshake = match actix_ws::handle(&req, no_payload) {
-        Ok((handshake, _, _)) => handshake,
+    let mut handshake = match actix_http::ws::handshake(req.head()) {
+        // Only an HTTP/1 upgrade can be taken over (never an HTTP/2 request).
+        Ok(_) if !req.extensions().contains::<Upgrading>() => {
+            let message = "not a WebSocket upgrade: not an HTTP/1.1 upgrade request";
+            return HttpResponse::BadRequest().json(serde_json::json!({ "error": message }));
+        }
+        Ok(handshake) => handshake,
         Err(e) => {
             let message = format!("not a WebSocket upgrade: {e}");
-            return Ok(HttpResponse::BadRequest().json(serde_json::json!({ "error": message })));
+            return HttpResponse::BadRequest().json(serde_json::json!({ "error": message }));
         }
     };
-    let (app, slot) = match admit(&node, &edge, &req, &key) {
-        Ok(admitted) => admitted,
+    let held = node.metrics.connection_buffers.clone();
+    let (accepted, outbox) = match admit(&node, &edge, &req, &key) {
+        Ok((app, slot)) => {
+            let (outbox, outgoing) = Outbox::new(
+                Transport::WebSocket,
+                node.config.max_outbound_bytes,
+                app.metrics.publish_to_write.clone(),
+            );
+            let limit = message_limit(&app);
+            let accepted = Accepted {
+                socket_id: node.socket_ids.next(),
+                app,
+                order: node.order.clone(),
+                outbox,
+                timeouts: node.timeouts(),
+                slot,
+            };
+            (Some((accepted, limit)), outgoing)
+        }
         Err(r) => {
             let (outbox, outgoing) = Outbox::refusal(Transport::WebSocket);
             let _ = outbox.push_protocol(frame::error(Some(r.code), &r.message));
             outbox.close(r.code, &r.message);
-            return Ok(streaming(handshake, outgoing));
+            (None, outgoing)
         }
     };
-    let (outbox, outgoing) = Outbox::new(
-        Transport::WebSocket,
-        node.config.max_outbound_bytes,
-        app.metrics.publish_to_write.clone(),
-    );
-    let frames = ClientFrames::new(body.into_inner(), message_limit(&app));
-    let accepted = Accepted {
-        socket_id: node.socket_ids.next(),
-        app,
-        order: node.order.clone(),
+    let mut response = HttpResponse::from(handshake.finish().map_into_boxed_body());
+    response.extensions_mut().insert(Handoff {
+        accepted,
         outbox,
-        timeouts: node.timeouts(),
-        slot,
-    };
-    Connection::create(move |ctx| {
-        ctx.add_stream(frames);
-        Connection::websocket(accepted, ctx.address())
+        held,
     });
-    Ok(streaming(handshake, outgoing))
-}
-
-/// The handshake's response, streaming what the outbox writes.
-fn streaming(handshake: HttpResponse, body: OutboxBody) -> HttpResponse {
-    handshake.set_body(BoxBody::new(BodyStream::new(body)))
+    response
 }
