@@ -5,8 +5,9 @@
 //! about half the bytes of its JSON and far cheaper to write and read. A node of an earlier
 //! version takes only JSON: it refuses the binary body (400, the content type its JSON extractor
 //! wants; this version answers an unknown type 415), and the client then sends that RPC again
-//! as JSON and keeps to JSON with that target until openraft makes a new client for it, so a
-//! cluster keeps working through a rolling upgrade.
+//! as JSON and keeps to JSON with that target for [`RETRY_BINARY_AFTER`] before it tries binary
+//! again (the target may have been upgraded since), so a cluster keeps working through a rolling
+//! upgrade.
 //!
 //! Every answer counts as having heard from the target ([`Liveness`]: failure detection). A
 //! target that cannot be reached (refused, timed out, wrong secret) is reported
@@ -15,7 +16,7 @@
 //! unreachable.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -41,6 +42,9 @@ use crate::types::{Node, NodeId, TypeConfig};
 pub(crate) const APPEND_PATH: &str = "/raft/append";
 pub(crate) const VOTE_PATH: &str = "/raft/vote";
 pub(crate) const SNAPSHOT_PATH: &str = "/raft/snapshot";
+
+/// How long a target that refused a binary body is sent JSON before binary is tried again.
+const RETRY_BINARY_AFTER: Duration = Duration::from_secs(60);
 
 /// The Content-Type of a request body in the binary encoding.
 pub const BINARY_BODY: &str = "application/x-chorus-postcard";
@@ -68,8 +72,8 @@ pub(crate) struct PeerClient {
     rpc_errors: IntCounterVec,
     liveness: Arc<Liveness>,
     hold: Arc<Hold>,
-    /// Whether the target takes binary bodies (until it refuses one).
-    binary: bool,
+    /// When the target last refused a binary body, if it did.
+    refused_binary_at: Option<Instant>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -84,7 +88,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             rpc_errors: self.rpc_errors.clone(),
             liveness: self.liveness.clone(),
             hold: self.hold.clone(),
-            binary: true,
+            refused_binary_at: None,
         }
     }
 }
@@ -145,14 +149,20 @@ impl PeerClient {
         request: &Req,
         option: &RPCOption,
     ) -> Result<Answer, Failure> {
-        let mut response = self.send(path, request, option).await?;
-        let refused_binary = matches!(
+        let encoding = match self.refused_binary_at {
+            Some(at) if at.elapsed() < RETRY_BINARY_AFTER => RpcEncoding::Json,
+            _ => RpcEncoding::Binary,
+        };
+        let mut response = self.send(path, request, option, encoding).await?;
+        let refused = matches!(
             response.status(),
             StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
-        if self.binary && refused_binary {
-            self.binary = false;
-            response = self.send(path, request, option).await?;
+        if encoding == RpcEncoding::Binary && refused {
+            self.refused_binary_at = Some(Instant::now());
+            response = self.send(path, request, option, RpcEncoding::Json).await?;
+        } else if encoding == RpcEncoding::Binary {
+            self.refused_binary_at = None;
         }
         let status = response.status();
         if !status.is_success() {
@@ -173,12 +183,8 @@ impl PeerClient {
         path: &str,
         request: &Req,
         option: &RPCOption,
+        encoding: RpcEncoding,
     ) -> Result<reqwest::Response, Failure> {
-        let encoding = if self.binary {
-            RpcEncoding::Binary
-        } else {
-            RpcEncoding::Json
-        };
         let body = encode_rpc_body(encoding, request)
             .map_err(|e| Failure::Network(NetworkError::new(&std::io::Error::other(e))))?;
         self.client
