@@ -1,12 +1,14 @@
 //! Structured fuzzing (proptest, stable Rust) of what a node decodes from its own disk, from the
 //! cluster port and from its configuration file, through the crates' public APIs:
 //!
-//! - Raft log entries as stored in sled: what was appended reads back equal, after the store is
-//!   reopened too; bytes that are not an entry are refused as `Corrupt`, never a panic.
+//! - Raft log entries as stored in sled: what was appended (in the binary encoding) reads back
+//!   equal, after the store is reopened too, and so do entries an earlier version wrote as JSON;
+//!   bytes that are not an entry are refused as `Corrupt`, never a panic.
 //! - Snapshots as stored: a state machine opened on a snapshot whose bytes were cut or changed
 //!   either refuses it (a typed error) or holds a state that encodes back to what it read.
 //! - The cluster port's request bodies (Raft RPCs, join, proposals, removals, forwarded
-//!   frames): whatever decodes encodes back to a value that decodes the same.
+//!   frames; the Raft RPCs in JSON and in the binary encoding): whatever decodes encodes back to
+//!   a value that decodes the same.
 //! - Config files: any text is read or refused with a message; settings read back what the
 //!   file said; an unknown key is refused by its name.
 //!
@@ -16,6 +18,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use chorus_broker::config::Config;
+use chorus_cluster::http::{decode_rpc_body, encode_rpc_body, RpcEncoding};
 use chorus_cluster::{
     history_batch::HistoryRun, Departure, Entry, ForwardBatch, InterestChange, LogId, NodeId,
     PresenceChange, Request, StateMachineStore, TypeConfig, WebhookMark, WebhookTarget,
@@ -214,6 +217,21 @@ fn decodes_stably<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<(), T
     Ok(())
 }
 
+/// Whatever `bytes` decode to as a `T` in the binary encoding encodes back to bytes that decode
+/// to the same value.
+fn decodes_stably_binary<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(), TestCaseError> {
+    if let Ok(value) = decode_rpc_body::<T>(RpcEncoding::Binary, bytes) {
+        let once = serde_json::to_value(&value).unwrap();
+        let encoded = encode_rpc_body(RpcEncoding::Binary, &value).unwrap();
+        let again: T = decode_rpc_body(RpcEncoding::Binary, &encoded)
+            .map_err(|e| TestCaseError::fail(format!("{once}: does not decode again: {e}")))?;
+        prop_assert_eq!(serde_json::to_value(&again).unwrap(), once);
+    }
+    Ok(())
+}
+
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -279,11 +297,13 @@ proptest! {
     #![proptest_config(store_cases())]
 
     /// Entries appended to the store read back equal, also once the store is reopened from its
-    /// files; a record that is not an entry is refused as corrupt.
+    /// files, and so do the same entries written as JSON (by a version before the binary
+    /// encoding); a record that is not an entry is refused as corrupt.
     #[test]
     fn log_entries_read_back_from_disk(
         requests in prop::collection::vec(request(), 0..6),
         garbage in json(),
+        noise in prop::collection::vec(any::<u8>(), 0..64),
     ) {
         let dir = tempfile_dir();
         let written = entries(requests);
@@ -297,13 +317,29 @@ proptest! {
         let store = Store::open(&dir).unwrap();
         let raft = store.raft();
         prop_assert_eq!(raft.entries::<Entry>(..).unwrap(), written.clone());
-        // A record that is not an entry, after them.
+        raft.truncate_from(0).unwrap();
+        let as_json = written
+            .iter()
+            .map(|e| (e.log_id.index, serde_json::to_vec(e).unwrap()));
+        raft.append_encoded(as_json).unwrap();
+        prop_assert_eq!(raft.entries::<Entry>(..).unwrap(), written.clone());
+        // Records that are not entries, after them: JSON of an earlier version, and bytes in the
+        // binary encoding's tag.
         let at = written.len() as u64 + 1;
-        raft.append([(at, &garbage)]).unwrap();
+        raft.append_encoded([(at, serde_json::to_vec(&garbage).unwrap())]).unwrap();
         match raft.entries::<Entry>(at..) {
             Ok(decoded) => {
                 prop_assert_eq!(decoded.len(), 1);
                 prop_assert_eq!(serde_json::to_value(&decoded[0]).unwrap(), garbage);
+            }
+            Err(e) => prop_assert!(matches!(e, StorageError::Corrupt { .. }), "{e}"),
+        }
+        let tagged = [&[chorus_storage::codec::BINARY][..], &noise].concat();
+        raft.append_encoded([(at, tagged)]).unwrap();
+        match raft.entries::<Entry>(at..) {
+            Ok(decoded) => {
+                raft.append([(at, &decoded[0])]).unwrap();
+                prop_assert_eq!(raft.entries::<Entry>(at..).unwrap(), decoded);
             }
             Err(e) => prop_assert!(matches!(e, StorageError::Corrupt { .. }), "{e}"),
         }
@@ -363,10 +399,18 @@ proptest! {
             damage(serde_json::to_vec(&append).unwrap(), at, with),
             damage(serde_json::to_vec(&requests[0]).unwrap(), at, with),
         ];
-        prop_assert!(
-            serde_json::from_value::<AppendEntriesRequest<TypeConfig>>(append).is_ok(),
-            "an undamaged append decodes"
-        );
+        let typed = serde_json::from_value::<AppendEntriesRequest<TypeConfig>>(append.clone());
+        prop_assert!(typed.is_ok(), "an undamaged append decodes");
+        // In the binary encoding: every request round-trips; damaged, it decodes stably or not.
+        let binary = encode_rpc_body(RpcEncoding::Binary, &typed.unwrap()).unwrap();
+        let read: AppendEntriesRequest<TypeConfig> =
+            decode_rpc_body(RpcEncoding::Binary, &binary).unwrap();
+        prop_assert_eq!(serde_json::to_value(&read).unwrap(), append);
+        for body in [damage(binary.clone(), at, with), serde_json::to_vec(&value).unwrap()] {
+            decodes_stably_binary::<AppendEntriesRequest<TypeConfig>>(&body)?;
+            decodes_stably_binary::<VoteRequest<NodeId>>(&body)?;
+            decodes_stably_binary::<InstallSnapshotRequest<TypeConfig>>(&body)?;
+        }
         for body in &bodies {
             decodes_stably::<AppendEntriesRequest<TypeConfig>>(body)?;
             decodes_stably::<VoteRequest<NodeId>>(body)?;

@@ -1,5 +1,5 @@
-//! The cluster port's endpoints, for the node's actix server: the Raft RPCs (POST, JSON in and
-//! out), `POST /cluster/join` (a new node asking the leader to take it), `POST /cluster/propose`
+//! The cluster port's endpoints, for the node's actix server: the Raft RPCs (POST, a body in the
+//! binary encoding or JSON by its Content-Type ([`RpcBody`]), JSON out), `POST /cluster/join` (a new node asking the leader to take it), `POST /cluster/propose`
 //! (a node asking the leader to write a change to the replicated state), `GET /cluster`, this
 //! node's view of the cluster, `GET /cluster/interest`, which nodes have subscribers of which
 //! channel as this node last applied it, `POST /cluster/history`, history events for a node
@@ -11,15 +11,17 @@
 //! nodes and their operators only, and `/cluster` lists the nodes' internal addresses.
 //!
 //! A body that is not the JSON a route takes is answered 400 (413 when too large) with a JSON
-//! `{"error": ...}` ([`bad_body`]). The routes expect the node's [`Cluster`] as
+//! `{"error": ...}` ([`bad_body`]); a Raft RPC's body in neither encoding, 415. The routes expect the node's [`Cluster`] as
 //! `web::Data<Cluster>`.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
 };
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
@@ -28,7 +30,7 @@ use crate::error::ClusterError;
 use crate::handover::{ElectRequest, ELECT_PATH};
 use crate::history_repair::{HistoryQuestion, HISTORY_PATH};
 use crate::join::{JoinRequest, JOIN_PATH};
-use crate::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use crate::network::{APPEND_PATH, BINARY_BODY, SNAPSHOT_PATH, VOTE_PATH};
 use crate::propose::PROPOSE_PATH;
 use crate::removal::{RemoveOutcome, RemoveRequest, REMOVE_PATH};
 use crate::secret::SECRET_HEADER;
@@ -45,9 +47,9 @@ pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
             .error_handler(bad_body),
     )
     .route("/cluster", web::get().to(status))
-    .route(APPEND_PATH, web::post().to(append_entries))
-    .route(VOTE_PATH, web::post().to(vote))
-    .route(SNAPSHOT_PATH, web::post().to(install_snapshot))
+    .service(rpc_route(APPEND_PATH).route(web::post().to(append_entries)))
+    .service(rpc_route(VOTE_PATH).route(web::post().to(vote)))
+    .service(rpc_route(SNAPSHOT_PATH).route(web::post().to(install_snapshot)))
     .route(JOIN_PATH, web::post().to(join))
     .route(PROPOSE_PATH, web::post().to(propose))
     .route("/cluster/interest", web::get().to(interest))
@@ -55,6 +57,108 @@ pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
     .route(ELECT_PATH, web::post().to(elect))
     .route(REMOVE_PATH, web::post().to(remove))
     .default_service(web::to(not_found));
+}
+
+/// The resource of a Raft RPC: bodies up to [`MAX_RPC_BYTES`].
+fn rpc_route(path: &str) -> actix_web::Resource {
+    web::resource(path).app_data(web::PayloadConfig::new(MAX_RPC_BYTES))
+}
+
+/// How a Raft RPC's body is encoded, by its Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcEncoding {
+    /// postcard ([`BINARY_BODY`]).
+    Binary,
+    /// `application/json`.
+    Json,
+}
+
+impl RpcEncoding {
+    /// The encoding a Content-Type names, if it names one this node reads.
+    pub fn of(content_type: Option<&str>) -> Option<RpcEncoding> {
+        let essence = content_type?.split(';').next()?.trim();
+        if essence.eq_ignore_ascii_case(BINARY_BODY) {
+            Some(RpcEncoding::Binary)
+        } else if essence.eq_ignore_ascii_case("application/json") {
+            Some(RpcEncoding::Json)
+        } else {
+            None
+        }
+    }
+}
+
+impl RpcEncoding {
+    /// The Content-Type of a body in this encoding.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            RpcEncoding::Binary => BINARY_BODY,
+            RpcEncoding::Json => "application/json",
+        }
+    }
+}
+
+/// Encodes a Raft RPC's body.
+pub fn encode_rpc_body<T: Serialize>(
+    encoding: RpcEncoding,
+    request: &T,
+) -> Result<Vec<u8>, String> {
+    match encoding {
+        RpcEncoding::Binary => postcard::to_allocvec(request).map_err(|e| e.to_string()),
+        RpcEncoding::Json => serde_json::to_vec(request).map_err(|e| e.to_string()),
+    }
+}
+
+/// Decodes a Raft RPC's body; a binary body must be read whole (nothing left over).
+pub fn decode_rpc_body<T: DeserializeOwned>(
+    encoding: RpcEncoding,
+    body: &[u8],
+) -> Result<T, String> {
+    match encoding {
+        RpcEncoding::Binary => match postcard::take_from_bytes(body) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(format!("{} bytes after the request", rest.len())),
+            Err(e) => Err(e.to_string()),
+        },
+        RpcEncoding::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
+    }
+}
+
+/// A Raft RPC's request, from a body in either encoding: 415 for another Content-Type (before
+/// the body is read), 413 past [`MAX_RPC_BYTES`], 400 when it does not decode; each with
+/// `{"error": ...}`.
+pub struct RpcBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for RpcBody<T> {
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<RpcBody<T>, actix_web::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let content_type = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let encoding = RpcEncoding::of(content_type);
+        let body = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            let refuse = |status: actix_web::http::StatusCode, error: String| {
+                let answer = HttpResponse::build(status).json(json!({ "error": error }));
+                actix_web::error::InternalError::from_response("refused RPC body", answer).into()
+            };
+            let Some(encoding) = encoding else {
+                let wanted = format!("Content-Type must be application/json or {BINARY_BODY}");
+                return Err(refuse(
+                    actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    wanted,
+                ));
+            };
+            let body = body
+                .await
+                .map_err(|e| refuse(e.as_response_error().status_code(), e.to_string()))?;
+            decode_rpc_body(encoding, &body)
+                .map(RpcBody)
+                .map_err(|e| refuse(actix_web::http::StatusCode::BAD_REQUEST, e))
+        })
+    }
 }
 
 /// Answers a body that is not the JSON the route takes: 413 when it is too large, else 400,
@@ -121,11 +225,11 @@ where
 async fn append_entries(
     _: Authorized,
     cluster: web::Data<Cluster>,
-    rpc: web::Json<AppendEntriesRequest<TypeConfig>>,
+    rpc: RpcBody<AppendEntriesRequest<TypeConfig>>,
 ) -> HttpResponse {
     let heard = cluster.clone();
     relay(&cluster, |raft| async move {
-        let answer = raft.append_entries(rpc.into_inner()).await;
+        let answer = raft.append_entries(rpc.0).await;
         if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
         {
             heard.heard_from_leader();
@@ -138,22 +242,18 @@ async fn append_entries(
 async fn vote(
     _: Authorized,
     cluster: web::Data<Cluster>,
-    rpc: web::Json<VoteRequest<NodeId>>,
+    rpc: RpcBody<VoteRequest<NodeId>>,
 ) -> HttpResponse {
-    relay(
-        &cluster,
-        |raft| async move { raft.vote(rpc.into_inner()).await },
-    )
-    .await
+    relay(&cluster, |raft| async move { raft.vote(rpc.0).await }).await
 }
 
 async fn install_snapshot(
     _: Authorized,
     cluster: web::Data<Cluster>,
-    rpc: web::Json<InstallSnapshotRequest<TypeConfig>>,
+    rpc: RpcBody<InstallSnapshotRequest<TypeConfig>>,
 ) -> HttpResponse {
     relay(&cluster, |raft| async move {
-        raft.install_snapshot(rpc.into_inner()).await
+        raft.install_snapshot(rpc.0).await
     })
     .await
 }

@@ -14,16 +14,9 @@ use std::ops::RangeBounds;
 use chorus_storage::{RaftMeta, RaftStore, Store};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
-use serde::Deserialize;
 
 use crate::flusher::LogFlusher;
 use crate::types::{Entry, LogId, NodeId, RaftStorageError, TypeConfig};
-
-/// The part of a stored entry that says where it is in the log (the payload is not decoded).
-#[derive(Deserialize)]
-struct StoredLogId {
-    log_id: LogId,
-}
 
 /// The node's Raft log; handed to `openraft::Raft::new`.
 pub struct LogStore {
@@ -85,9 +78,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
         let last = self
             .raft()
-            .last_entry::<StoredLogId>()
+            .last_entry::<Entry>()
             .map_err(|e| StorageIOError::read_logs(&e))?
-            .map(|stored| stored.log_id);
+            .map(|entry| entry.log_id);
         let last_purged_log_id = self
             .raft()
             .meta::<LogId>(RaftMeta::LastPurged)

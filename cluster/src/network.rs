@@ -1,5 +1,13 @@
-//! The Raft network client: each RPC is an HTTP POST of JSON to the target's cluster port,
-//! carrying the cluster secret, answered with the JSON of the target's `Result`.
+//! The Raft network client: each RPC is an HTTP POST to the target's cluster port, carrying the
+//! cluster secret, answered with the JSON of the target's `Result`.
+//!
+//! The request body is in the compact binary encoding (postcard, Content-Type [`BINARY_BODY`]),
+//! about half the bytes of its JSON and far cheaper to write and read. A node of an earlier
+//! version takes only JSON: it refuses the binary body (400, the content type its JSON extractor
+//! wants; this version answers an unknown type 415), and the client then sends that RPC again
+//! as JSON and keeps to JSON with that target for [`RETRY_BINARY_AFTER`] before it tries binary
+//! again (the target may have been upgraded since), so a cluster keeps working through a rolling
+//! upgrade.
 //!
 //! Every answer counts as having heard from the target ([`Liveness`]: failure detection). A
 //! target that cannot be reached (refused, timed out, wrong secret) is reported
@@ -8,7 +16,7 @@
 //! unreachable.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -19,10 +27,12 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use prometheus::IntCounterVec;
+use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::hold::Hold;
+use crate::http::{encode_rpc_body, RpcEncoding};
 use crate::liveness::Liveness;
 use crate::outbound::ClusterClient;
 use crate::secret::{ClusterSecret, SECRET_HEADER};
@@ -32,6 +42,12 @@ use crate::types::{Node, NodeId, TypeConfig};
 pub(crate) const APPEND_PATH: &str = "/raft/append";
 pub(crate) const VOTE_PATH: &str = "/raft/vote";
 pub(crate) const SNAPSHOT_PATH: &str = "/raft/snapshot";
+
+/// How long a target that refused a binary body is sent JSON before binary is tried again.
+const RETRY_BINARY_AFTER: Duration = Duration::from_secs(60);
+
+/// The Content-Type of a request body in the binary encoding.
+pub const BINARY_BODY: &str = "application/x-chorus-postcard";
 
 /// How long openraft waits before calling an unreachable node again: 250 ms, doubling up to 2 s
 /// while it stays unreachable (openraft logs every failed call).
@@ -56,6 +72,8 @@ pub(crate) struct PeerClient {
     rpc_errors: IntCounterVec,
     liveness: Arc<Liveness>,
     hold: Arc<Hold>,
+    /// When the target last refused a binary body, if it did.
+    refused_binary_at: Option<Instant>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -70,6 +88,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             rpc_errors: self.rpc_errors.clone(),
             liveness: self.liveness.clone(),
             hold: self.hold.clone(),
+            refused_binary_at: None,
         }
     }
 }
@@ -84,7 +103,7 @@ impl PeerClient {
     /// Sends an RPC; an append or a snapshot chunk (`holdable`) not while the target is held
     /// back for a hand-over.
     async fn post<Req, Resp, E>(
-        &self,
+        &mut self,
         rpc: &'static str,
         path: &str,
         request: &Req,
@@ -123,21 +142,28 @@ impl PeerClient {
         }
     }
 
+    /// Sends `request` in the binary encoding, or as JSON to a target that refused it.
     async fn exchange<Req: Serialize, Answer: DeserializeOwned>(
-        &self,
+        &mut self,
         path: &str,
         request: &Req,
         option: &RPCOption,
     ) -> Result<Answer, Failure> {
-        let response = self
-            .client
-            .post(&self.addr, path)
-            .header(SECRET_HEADER, self.secret.as_str())
-            .timeout(option.hard_ttl())
-            .json(request)
-            .send()
-            .await
-            .map_err(|e| Failure::Unreachable(Unreachable::new(&e)))?;
+        let encoding = match self.refused_binary_at {
+            Some(at) if at.elapsed() < RETRY_BINARY_AFTER => RpcEncoding::Json,
+            _ => RpcEncoding::Binary,
+        };
+        let mut response = self.send(path, request, option, encoding).await?;
+        let refused = matches!(
+            response.status(),
+            StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        if encoding == RpcEncoding::Binary && refused {
+            self.refused_binary_at = Some(Instant::now());
+            response = self.send(path, request, option, RpcEncoding::Json).await?;
+        } else if encoding == RpcEncoding::Binary {
+            self.refused_binary_at = None;
+        }
         let status = response.status();
         if !status.is_success() {
             let refused = std::io::Error::other(format!(
@@ -150,6 +176,26 @@ impl PeerClient {
             .json()
             .await
             .map_err(|e| Failure::Network(NetworkError::new(&e)))
+    }
+
+    async fn send<Req: Serialize>(
+        &self,
+        path: &str,
+        request: &Req,
+        option: &RPCOption,
+        encoding: RpcEncoding,
+    ) -> Result<reqwest::Response, Failure> {
+        let body = encode_rpc_body(encoding, request)
+            .map_err(|e| Failure::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        self.client
+            .post(&self.addr, path)
+            .header(SECRET_HEADER, self.secret.as_str())
+            .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
+            .timeout(option.hard_ttl())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable(Unreachable::new(&e)))
     }
 }
 

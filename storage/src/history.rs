@@ -3,19 +3,22 @@
 //!
 //! One sled tree holds every channel. A channel's records share a prefix (its app and name, each
 //! length-prefixed); under it, `0x00` is the channel's metadata (epoch and offsets) and `0x01`
-//! followed by a big-endian `u64` offset is an event, so a range scan from an offset is a replay
-//! in order. Offsets are dense, starting at 1, and given by the cluster's replicated state with
+//! followed by a big-endian `u64` offset is a chunk: the events placed together (one committed
+//! run), the first at that offset and the others after it, so a range scan from the chunk
+//! holding an offset is a replay in order. One record per run, not per event, keeps the writes
+//! and the bytes per event low; a record an earlier version wrote for a single event (as JSON)
+//! reads as a chunk of one. Chunks never overlap below `next_offset`; one may straddle
+//! `first_offset` (what retention trimmed of it is not served). Offsets are dense, starting at 1, and given by the cluster's replicated state with
 //! the channel's epoch ([`fresh_epoch`] draws one when a channel's history begins or begins
 //! again): a client holding an offset from another epoch can tell it missed history it cannot
 //! get back.
 
-use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Result, StorageError};
+use crate::{codec, Result, StorageError};
 
 const META: u8 = 0x00;
 const EVENT: u8 = 0x01;
@@ -92,6 +95,32 @@ fn meta_key(app: &str, channel: &str) -> Vec<u8> {
     key
 }
 
+/// The first key past every chunk of the channel.
+fn chunks_end(app: &str, channel: &str) -> Vec<u8> {
+    let mut key = prefix(app, channel);
+    key.push(EVENT + 1);
+    key
+}
+
+/// The offset a chunk's key starts at.
+fn chunk_offset(key: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = key
+        .get(key.len().saturating_sub(8)..)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| corrupt(key, "chunk key without an offset"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// A chunk's events: written as a list in the binary encoding, or (by an earlier version) one
+/// event as JSON.
+fn decode_chunk(key: &[u8], value: &[u8]) -> Result<Vec<StoredEvent>> {
+    if value.first() == Some(&codec::BINARY) {
+        decode(key, value)
+    } else {
+        Ok(vec![decode(key, value)?])
+    }
+}
+
 fn event_key(app: &str, channel: &str, offset: u64) -> Vec<u8> {
     let mut key = prefix(app, channel);
     key.push(EVENT);
@@ -107,11 +136,16 @@ fn corrupt(key: &[u8], reason: impl ToString) -> StorageError {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T> {
-    serde_json::from_slice(value).map_err(|e| corrupt(key, e))
+    codec::decode(key, value).map_err(|e| match e {
+        StorageError::Corrupt { reason, .. } => corrupt(key, reason),
+        other => other,
+    })
 }
 
+/// A record in the binary encoding of [`crate::codec`] (records an earlier version wrote as JSON
+/// are still read).
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records always serialise")
+    codec::encode("history record", value).expect("records always serialise")
 }
 
 /// Splits a metadata key back into app and channel.
@@ -181,16 +215,32 @@ impl History {
         if end <= meta.next_offset {
             return Ok(());
         }
-        let skip = meta.next_offset - first_offset;
-        for (offset, event) in (meta.next_offset..).zip(&events[skip as usize..]) {
-            self.tree
-                .insert(event_key(app, channel, offset), encode(event))?;
-        }
+        let skip = (meta.next_offset - first_offset) as usize;
+        self.write_chunk(app, channel, meta.next_offset, &events[skip..])?;
         meta.next_offset = end;
         self.tree.insert(meta_key(app, channel), encode(&meta))?;
         if starts_again {
-            self.remove_below(app, channel, first_offset)?;
+            self.remove_all_below(app, channel, first_offset)?;
         }
+        Ok(())
+    }
+
+    /// Writes `events` as one chunk at `from`, the channel's next offset. Whatever lies past it
+    /// was never acknowledged (a crash between a chunk and its metadata, or an earlier epoch):
+    /// it goes first, so no old chunk can shadow part of the new one.
+    fn write_chunk(
+        &self,
+        app: &str,
+        channel: &str,
+        from: u64,
+        events: &[StoredEvent],
+    ) -> Result<()> {
+        let past = event_key(app, channel, from.saturating_add(1));
+        for key in self.tree.range(past..chunks_end(app, channel)).keys() {
+            self.tree.remove(key?)?;
+        }
+        self.tree
+            .insert(event_key(app, channel, from), encode(&events))?;
         Ok(())
     }
 
@@ -209,7 +259,7 @@ impl History {
                     next_offset,
                 };
                 self.tree.insert(meta_key(app, channel), encode(&meta))?;
-                self.remove_below(app, channel, next_offset)?;
+                self.remove_all_below(app, channel, next_offset)?;
                 Ok(true)
             }
         }
@@ -241,10 +291,9 @@ impl History {
         if meta.epoch != epoch || !dense || !fits {
             return Ok(false);
         }
-        for (offset, event) in events {
-            self.tree
-                .insert(event_key(app, channel, *offset), encode(event))?;
-        }
+        let chunk: Vec<StoredEvent> = events.iter().map(|(_, event)| event.clone()).collect();
+        self.tree
+            .insert(event_key(app, channel, first), encode(&chunk))?;
         meta.first_offset = first;
         self.tree.insert(meta_key(app, channel), encode(&meta))?;
         Ok(true)
@@ -262,25 +311,59 @@ impl History {
         let Some(meta) = self.channel(app, channel)? else {
             return Ok(None);
         };
-        let start = event_key(app, channel, after.saturating_add(1).max(meta.first_offset));
-        let end = event_key(app, channel, meta.next_offset);
         let mut events = Vec::new();
         if after < u64::MAX {
-            for item in self
-                .tree
-                .range::<&[u8], _>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
-                .take(limit)
-            {
-                let (k, v) = item?;
-                let offset_bytes: [u8; 8] =
-                    k[k.len() - 8..].try_into().map_err(|e| corrupt(&k, e))?;
-                events.push((u64::from_be_bytes(offset_bytes), decode(&k, &v)?));
-            }
+            let from = after.saturating_add(1).max(meta.first_offset);
+            self.read_events(app, channel, from, meta.next_offset, |offset, event| {
+                events.push((offset, event));
+                events.len() < limit
+            })?;
         }
         Ok(Some(Replay {
             channel: meta,
             events,
         }))
+    }
+
+    /// Calls `each` with the channel's events from offset `from` up to (not including) `until`,
+    /// in order, while it answers true.
+    fn read_events(
+        &self,
+        app: &str,
+        channel: &str,
+        from: u64,
+        until: u64,
+        mut each: impl FnMut(u64, StoredEvent) -> bool,
+    ) -> Result<()> {
+        if from >= until {
+            return Ok(());
+        }
+        // The chunk holding `from` starts at or before it.
+        let start = self
+            .tree
+            .range(event_key(app, channel, 0)..=event_key(app, channel, from))
+            .keys()
+            .next_back()
+            .transpose()?
+            .map_or_else(|| event_key(app, channel, from), |key| key.to_vec());
+        let end = event_key(app, channel, until);
+        let mut wanted = from;
+        for item in self.tree.range(start..end) {
+            let (key, value) = item?;
+            let first = chunk_offset(&key)?;
+            for (offset, event) in (first..).zip(decode_chunk(&key, &value)?) {
+                if offset >= until {
+                    return Ok(());
+                }
+                if offset >= wanted {
+                    wanted = offset + 1;
+                    if !each(offset, event) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes the oldest events of a channel beyond `retention`; returns how many.
@@ -291,20 +374,21 @@ impl History {
             return Ok(0);
         };
         let oldest_kept_time = now_ms.saturating_sub(retention.max_age.as_millis() as u64);
-        let mut first = meta.first_offset;
-        while first < meta.next_offset {
-            let held = meta.next_offset - first;
-            let ekey = event_key(app, channel, first);
-            let too_many = held > retention.max_events;
-            let too_old = match self.tree.get(&ekey)? {
-                Some(v) => decode::<StoredEvent>(&ekey, &v)?.time_ms < oldest_kept_time,
-                None => true,
-            };
-            if !too_many && !too_old {
-                break;
+        // Too many go whatever their age; then the oldest of the rest while too old (an event
+        // missing from the store counts as too old).
+        let next = meta.next_offset;
+        let from = meta
+            .first_offset
+            .max(next.saturating_sub(retention.max_events));
+        let mut first = next;
+        self.read_events(app, channel, from, next, |offset, event| {
+            if event.time_ms < oldest_kept_time {
+                true
+            } else {
+                first = offset;
+                false
             }
-            first += 1;
-        }
+        })?;
         let removed = first - meta.first_offset;
         if removed > 0 {
             // Unreachable first, then gone.
@@ -315,8 +399,34 @@ impl History {
         Ok(removed)
     }
 
-    /// Removes a channel's stored events with offsets below `first`.
+    /// Removes a channel's chunks that hold only events below `first` (one that straddles it
+    /// stays whole).
     fn remove_below(&self, app: &str, channel: &str, first: u64) -> Result<()> {
+        let start = event_key(app, channel, 0);
+        let end = event_key(app, channel, first);
+        let last = match self
+            .tree
+            .range(start..end.clone())
+            .next_back()
+            .transpose()?
+        {
+            Some((key, value)) => {
+                let ends = chunk_offset(&key)? + decode_chunk(&key, &value)?.len() as u64;
+                (ends > first).then_some(key)
+            }
+            None => None,
+        };
+        for item in self.tree.range(event_key(app, channel, 0)..end).keys() {
+            let key = item?;
+            if Some(&key) != last.as_ref() {
+                self.tree.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every chunk of a channel that starts below `first` (its history starts again).
+    fn remove_all_below(&self, app: &str, channel: &str, first: u64) -> Result<()> {
         let start = event_key(app, channel, 0);
         let end = event_key(app, channel, first);
         for key in self.tree.range(start..end).keys() {
@@ -326,13 +436,21 @@ impl History {
     }
 
     /// Every channel that has history: (app, channel).
+    /// Each channel's chunks are skipped, not read: the cost grows with the channels, not with
+    /// the events held.
     pub fn channels(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
-        for key in self.tree.iter().keys() {
-            let key = key?;
-            if let Some(pair) = parse_meta_key(&key) {
-                out.push(pair);
-            }
+        let mut from = Vec::new();
+        while let Some(key) = self.tree.range(from.clone()..).keys().next().transpose()? {
+            from = match parse_meta_key(&key) {
+                Some((app, channel)) => {
+                    let past = chunks_end(&app, &channel);
+                    out.push((app, channel));
+                    past
+                }
+                // A chunk with no metadata before it (never expected): step over it.
+                None => [&key[..], &[0]].concat(),
+            };
         }
         Ok(out)
     }
@@ -380,13 +498,47 @@ mod tests {
         h.place("1", "chat-a", "e1", 1, &[ev(1, 1)]).unwrap();
         // What a crash between writing an event and its channel's metadata leaves.
         h.tree
-            .insert(event_key("1", "chat-a", 2), encode(&ev(99, 2)))
+            .insert(
+                event_key("1", "chat-a", 2),
+                encode(&vec![ev(99, 2), ev(100, 2)]),
+            )
             .unwrap();
         let r = h.replay("1", "chat-a", 0, 10).unwrap().unwrap();
         assert_eq!(r.events.len(), 1);
         h.place("1", "chat-a", "e1", 2, &[ev(2, 3)]).unwrap();
         let r = h.replay("1", "chat-a", 0, 10).unwrap().unwrap();
         assert_eq!(r.events[1], (2, ev(2, 3)));
+    }
+
+    #[test]
+    fn records_are_written_binary_and_json_records_of_an_earlier_version_still_read() {
+        let (_dir, store) = open();
+        let h = store.history();
+        h.place("1", "c", "e1", 1, &[ev(1, 1)]).unwrap();
+        let written = h.tree.get(event_key("1", "c", 1)).unwrap().unwrap();
+        assert_eq!(written[0], codec::BINARY);
+        // What a version before the binary encoding wrote: a channel and two events as JSON.
+        let meta = ChannelHistory {
+            epoch: "old".into(),
+            first_offset: 1,
+            next_offset: 3,
+        };
+        fn json<T: Serialize>(value: &T) -> Vec<u8> {
+            serde_json::to_vec(value).unwrap()
+        }
+        h.tree.insert(meta_key("1", "old"), json(&meta)).unwrap();
+        for n in 1..=2 {
+            h.tree
+                .insert(event_key("1", "old", n), json(&ev(n, n)))
+                .unwrap();
+        }
+        h.place("1", "old", "old", 3, &[ev(3, 3)]).unwrap();
+        let r = h.replay("1", "old", 0, 10).unwrap().unwrap();
+        assert_eq!(r.events, [(1, ev(1, 1)), (2, ev(2, 2)), (3, ev(3, 3))]);
+        assert_eq!(
+            (r.channel.epoch.as_str(), r.channel.next_offset),
+            ("old", 4)
+        );
     }
 
     #[test]
@@ -574,6 +726,44 @@ mod tests {
             vec![9, 10]
         );
         assert_eq!(r.channel.epoch, "e1", "trimming keeps the epoch");
+    }
+
+    #[test]
+    fn a_run_is_one_record_and_trimming_drops_whole_records_keeping_one_it_cuts() {
+        let (_dir, store) = open();
+        let h = store.history();
+        for first in [1, 6, 11] {
+            let run: Vec<StoredEvent> = (first..first + 5).map(|n| ev(n, n)).collect();
+            h.place("1", "c", "e1", first, &run).unwrap();
+        }
+        h.place("1", "d", "e1", 1, &[ev(1, 1)]).unwrap();
+        let records = |h: &History| h.tree.scan_prefix(prefix("1", "c")).count();
+        assert_eq!(records(h), 1 + 3, "the metadata and one record per run");
+        let keep = Retention {
+            max_events: 7,
+            max_age: Duration::from_secs(3600),
+        };
+        assert_eq!(h.trim("1", "c", keep, 15).unwrap(), 8);
+        assert_eq!(
+            records(h),
+            1 + 2,
+            "the run of 6..10 holds 9 and 10: it stays"
+        );
+        let r = h.replay("1", "c", 0, 100).unwrap().unwrap();
+        assert_eq!(
+            r.events.iter().map(|e| e.0).collect::<Vec<_>>(),
+            (9..=15).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            h.replay("1", "c", 11, 2).unwrap().unwrap().events[0],
+            (12, ev(12, 12))
+        );
+        let mut channels = h.channels().unwrap();
+        channels.sort();
+        assert_eq!(
+            channels,
+            [("1".into(), "c".into()), ("1".into(), "d".into())]
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! and flushes the node deadlocked. Each change is instead a sequence of single-key writes,
 //! ordered so that any prefix of it (what a crash leaves) is a consistent state.
 
+pub mod codec;
 mod flusher;
 pub mod history;
 pub mod last_events;

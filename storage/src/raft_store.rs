@@ -4,7 +4,9 @@
 //! big-endian `u64` (so key order is log order and a range scan reads a slice of the log),
 //! `raft_meta` holds the vote, the last committed and the last purged log ids, and
 //! `raft_snapshot` holds the last snapshot's metadata and bytes. The values are whatever the
-//! caller serialises (JSON): this crate knows nothing of Raft's types, only how to keep them.
+//! caller serialises: log entries in the compact binary encoding of [`crate::codec`] (entries an
+//! earlier version wrote as JSON are still read), the meta records and the snapshot's metadata as
+//! JSON. This crate knows nothing of Raft's types, only how to keep them.
 //!
 //! Nothing here uses sled batches or transactions (see the crate docs for why): every change is a
 //! sequence of single-key writes ordered so that any prefix of it is a consistent state.
@@ -18,7 +20,7 @@ use std::ops::RangeBounds;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{Result, StorageError};
+use crate::{codec, Result, StorageError};
 
 /// The one record of the snapshot tree: metadata length (u32 BE), metadata, then the bytes.
 const SNAPSHOT: &[u8] = b"snapshot";
@@ -92,7 +94,17 @@ impl RaftStore {
     pub fn append<T: Serialize>(&self, entries: impl IntoIterator<Item = (u64, T)>) -> Result<()> {
         for (index, entry) in entries {
             self.log
-                .insert(index_key(index), encode("raft log entry", &entry)?)?;
+                .insert(index_key(index), codec::encode("raft log entry", &entry)?)?;
+        }
+        Ok(())
+    }
+
+    /// Writes records already encoded, each under its index, as [`RaftStore::append`] does: by
+    /// [`crate::codec::encode`], or as JSON (what a version before the binary encoding wrote;
+    /// tests and tools write these).
+    pub fn append_encoded(&self, records: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Result<()> {
+        for (index, record) in records {
+            self.log.insert(index_key(index), record)?;
         }
         Ok(())
     }
@@ -104,7 +116,7 @@ impl RaftStore {
         let mut out = Vec::new();
         for item in self.log.range((start, end)) {
             let (key, value) = item?;
-            out.push(decode(&key, &value)?);
+            out.push(codec::decode(&key, &value)?);
         }
         Ok(out)
     }
@@ -112,7 +124,7 @@ impl RaftStore {
     /// The entry with the highest index, if the log holds any.
     pub fn last_entry<T: DeserializeOwned>(&self) -> Result<Option<T>> {
         match self.log.last()? {
-            Some((key, value)) => Ok(Some(decode(&key, &value)?)),
+            Some((key, value)) => Ok(Some(codec::decode(&key, &value)?)),
             None => Ok(None),
         }
     }
@@ -229,6 +241,23 @@ mod tests {
             raft.last_entry::<String>().unwrap().as_deref(),
             Some("entry 300")
         );
+    }
+
+    #[test]
+    fn entries_are_written_binary_and_json_entries_of_an_earlier_version_still_read() {
+        let store = Store::temporary().unwrap();
+        let raft = store.raft();
+        raft.append([entry(2)]).unwrap();
+        let written = raft.log.get(index_key(2)).unwrap().unwrap();
+        assert_eq!(written[0], codec::BINARY);
+        raft.append_encoded([(1, serde_json::to_vec(&entry(1).1).unwrap())])
+            .unwrap();
+        assert_eq!(read(raft, ..), ["entry 1", "entry 2"]);
+        raft.append_encoded([(3, b"{not json".to_vec())]).unwrap();
+        assert!(matches!(
+            raft.entries::<String>(3..),
+            Err(StorageError::Corrupt { .. })
+        ));
     }
 
     #[test]
