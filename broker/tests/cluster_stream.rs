@@ -7,6 +7,8 @@
 //!   node 1's. After each, the events published once the stream is back arrive, every one, and
 //!   every event the subscriber got came in the order published and once. Every frame node 1
 //!   forwarded to node 2 is either acknowledged by node 2 or counted dropped.
+//! - The same over TLS: a two-node cluster whose cluster port speaks TLS only (certificates from
+//!   an authority the test makes) forwards on its stream.
 //! - A peer with the secret that declares a record far over the limit is refused at the length
 //!   prefix: the connection is closed and the node's memory does not grow, while the normal
 //!   frame before it in the same write was delivered. Without the secret, or without naming the
@@ -185,6 +187,48 @@ async fn the_stream_survives_cut_links_and_restarts_in_order_and_once() {
     cluster.restart(1).await;
     order.until_one_arrives(&cluster, &mut on_2).await;
     order.all_arrive(&cluster, &mut on_2, 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_runs_over_tls_when_the_cluster_port_speaks_it() {
+    let dir = std::env::temp_dir().join(format!("chorus-stream-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut authority = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    authority.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let authority =
+        rcgen::CertifiedIssuer::self_signed(authority, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+    let node_key = rcgen::KeyPair::generate().unwrap();
+    let node_certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&node_key, &authority)
+        .unwrap();
+    let files = [
+        ("ca.pem", authority.pem()),
+        ("node.crt", node_certificate.pem()),
+        ("node.key", node_key.serialize_pem()),
+    ];
+    for (name, pem) in &files {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("node.crt"), path("node.key"));
+    let env = [
+        ("CHORUS_CLUSTER_TLS_CA_FILE", ca.as_str()),
+        ("CHORUS_CLUSTER_TLS_CERT_FILE", cert.as_str()),
+        ("CHORUS_CLUSTER_TLS_KEY_FILE", key.as_str()),
+    ];
+    let cluster = TestCluster::start_with_env("stream-tls", 2, &env).await;
+    let mut on_2 = subscriber(&cluster).await;
+    let mut order = Order {
+        published: 0,
+        received: Vec::new(),
+    };
+    // Until node 1 has applied node 2's interest, its publishes go nowhere.
+    order.until_one_arrives(&cluster, &mut on_2).await;
+    order.all_arrive(&cluster, &mut on_2, 100).await;
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A record as the stream's format has it: its length (`u32`, little-endian), then app, channel
