@@ -16,7 +16,7 @@ use actix_web::dev::{AppConfig, Server};
 use actix_web::{web, App as HttpApp, HttpServer};
 use anyhow::Context as _;
 use chorus_cluster::http::Authorized;
-use chorus_cluster::{ForwardBatch, HandOver, DELIVER_PATH};
+use chorus_cluster::{ForwardBatch, HandOver, DELIVER_PATH, STREAM_PATH};
 use tokio::net::TcpStream;
 
 use crate::actors::messages::Disconnect;
@@ -198,10 +198,13 @@ fn cluster_server(
     let cfg = &node.config;
     let cluster = web::Data::new(node.cluster.clone());
     let cluster_node = node.clone();
+    let senders = web::Data::new(http::forwarded::Senders::default());
     let server = HttpServer::new(move || {
         HttpApp::new()
             .app_data(cluster.clone())
             .app_data(cluster_node.clone())
+            .app_data(senders.clone())
+            .route(STREAM_PATH, web::post().to(http::forwarded::stream))
             .route(DELIVER_PATH, web::post().to(deliver))
             .configure(http::peers::cluster_port_routes)
             .configure(chorus_cluster::http::cluster_routes)
@@ -329,8 +332,8 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListen
     socket.listen(backlog)?.into_std()
 }
 
-/// `POST /cluster/deliver` on the cluster port: frames another node forwarded, for this node's
-/// subscribers.
+/// `POST /cluster/deliver` on the cluster port: a batch of frames another node forwarded, for
+/// this node's subscribers (a node of an earlier version, which has no forwarding stream).
 async fn deliver(
     _: Authorized,
     node: web::Data<Node>,

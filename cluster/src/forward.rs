@@ -1,41 +1,51 @@
 //! Forwarding published frames to the other nodes with interest in their channel.
 //!
-//! Each destination node has one stream: a bounded queue and a task on the Raft runtime that
-//! takes every frame waiting (up to a batch's size) and sends them in one `POST /cluster/deliver`
-//! to the node's cluster port, with the secret, over a keep-alive connection, then the next batch.
-//! One ordered stream per destination keeps the order in which this node forwarded; delivery is
-//! at most once. A publisher never waits: a frame for a node whose queue is full is dropped and
-//! counted, and so is a batch the node did not take (it is down, or refused it).
+//! Each destination node has a bounded queue and a task on the Raft runtime that sends what is
+//! queued on one long-lived stream to the node's cluster port ([`crate::forward_stream`]): every
+//! frame waiting when the connection can take more goes out in one write. One ordered stream per
+//! destination keeps the order in which this node forwarded; delivery is at most once. A
+//! publisher never waits: a frame for a node whose queue is full is dropped and counted, and so
+//! are the frames a broken stream lost (sent, never acknowledged) and those waiting when the node
+//! cannot be reached (it is down, or refused the stream). A broken stream is opened again when
+//! the next frame comes, after a pause that doubles with each failure in a row (100 ms to 1 s).
+//!
+//! A node of an earlier version answers the stream's path with 404: frames then go to it as
+//! before, in batches, each a `POST /cluster/deliver` (JSON), and the stream is tried again after
+//! [`BATCHES_FOR`] or the first failure (the node may have been upgraded meanwhile).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::forward_stream::{Opened, Opener, Stream, TAKE_FRAMES};
 use crate::interest_index::InterestIndex;
-use crate::metrics::ForwardSeries;
+use crate::metrics::{ForwardSeries, PeerSeries};
 use crate::outbound::ClusterClient;
 use crate::raft_view::node_addr;
 use crate::secret::{ClusterSecret, SECRET_HEADER};
 use crate::types::{NodeId, Raft};
 
-/// The path on the cluster port that takes forwarded frames.
+/// The path on the cluster port that takes batches of forwarded frames (nodes without streams).
 pub const DELIVER_PATH: &str = "/cluster/deliver";
 
 /// Frames waiting for one destination before more are dropped.
 const QUEUE_FRAMES: usize = 16 * 1024;
 
-/// A batch holds at most this many frames, or about this many bytes of them.
+/// A batch to a node without streams holds at most this many frames, or about this many bytes.
 const BATCH_FRAMES: usize = 1024;
 const BATCH_BYTES: usize = 1024 * 1024;
 
-/// How long a destination has to take a batch.
+/// How long a node without streams has to take a batch.
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The pause after a batch a destination did not take; doubles up to [`MAX_PAUSE`].
+/// How long frames go in batches to a node that answered the stream's path with 404.
+pub const BATCHES_FOR: Duration = Duration::from_secs(30);
+
+/// The pause after a failure to reach a destination; doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
@@ -76,8 +86,7 @@ struct Inner {
     interest: InterestIndex,
     streams: RwLock<HashMap<NodeId, mpsc::Sender<Arc<ForwardedFrame>>>>,
     raft: Raft,
-    client: ClusterClient,
-    secret: ClusterSecret,
+    opener: Opener,
     series: ForwardSeries,
     runtime: tokio::runtime::Handle,
 }
@@ -100,8 +109,7 @@ impl Forwarder {
                 interest,
                 streams: RwLock::default(),
                 raft,
-                client,
-                secret,
+                opener: Opener { me, client, secret },
                 series,
                 runtime,
             }),
@@ -154,53 +162,166 @@ impl Forwarder {
         streams
             .entry(node)
             .or_insert_with(|| {
-                let (sender, receiver) = mpsc::channel(QUEUE_FRAMES);
-                let inner = self.inner.clone();
-                self.inner.runtime.spawn(run_stream(inner, node, receiver));
+                let (sender, queue) = mpsc::channel(QUEUE_FRAMES);
+                let destination = Destination {
+                    series: self.inner.series.peer(node),
+                    inner: self.inner.clone(),
+                    node,
+                    queue,
+                    pending: Vec::new(),
+                    pause: FIRST_PAUSE,
+                };
+                self.inner.runtime.spawn(destination.run());
                 sender
             })
             .clone()
     }
 }
 
-/// Sends what is queued for `node`, batch after batch, until the runtime stops.
-async fn run_stream(
+/// How this node reaches one destination, as its task goes.
+enum Link {
+    /// No stream: the next frame opens one.
+    Closed,
+    /// Frames go on this stream.
+    Open(Box<Stream>),
+    /// The node has no stream (an earlier version): frames go in batches until then.
+    Batches { until: Instant },
+    /// The last attempt failed: a pause, then the next frame tries again.
+    Failed,
+    /// The queue closed: the runtime is stopping.
+    Finished,
+}
+
+/// One destination's task: its queue, the frames taken from it and not sent yet, in order, and
+/// the pause before the next attempt.
+struct Destination {
     inner: Arc<Inner>,
     node: NodeId,
-    mut queue: mpsc::Receiver<Arc<ForwardedFrame>>,
-) {
-    let peer = node.to_string();
-    let frames_sent = inner.series.frames.with_label_values(&[&peer]);
-    let batches_sent = inner.series.batches.with_label_values(&[&peer]);
-    let mut pause = FIRST_PAUSE;
-    let mut batch = Vec::with_capacity(BATCH_FRAMES);
-    while let Some(first) = queue.recv().await {
-        let mut bytes = first.frame.len();
-        batch.push(first);
-        while batch.len() < BATCH_FRAMES && bytes < BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(frame) => {
-                    bytes += frame.frame.len();
-                    batch.push(frame);
+    queue: mpsc::Receiver<Arc<ForwardedFrame>>,
+    pending: Vec<Arc<ForwardedFrame>>,
+    series: PeerSeries,
+    pause: Duration,
+}
+
+impl Destination {
+    /// Sends what is queued for the node until the runtime stops.
+    async fn run(mut self) {
+        let mut link = Link::Closed;
+        loop {
+            link = match link {
+                Link::Closed => self.open().await,
+                Link::Open(stream) => self.stream(stream).await,
+                Link::Batches { until } => self.batches(until).await,
+                Link::Failed => {
+                    tokio::time::sleep(self.pause).await;
+                    self.pause = (self.pause * 2).min(MAX_PAUSE);
+                    Link::Closed
                 }
+                Link::Finished => return,
+            };
+        }
+    }
+
+    /// Waits for a frame, then opens a stream to the node.
+    async fn open(&mut self) -> Link {
+        if self.pending.is_empty()
+            && self.queue.recv_many(&mut self.pending, TAKE_FRAMES).await == 0
+        {
+            return Link::Finished;
+        }
+        let Some(addr) = node_addr(&self.inner.raft, self.node) else {
+            return self.failed(SendError::NotAMember, 0);
+        };
+        match self.inner.opener.open(&addr).await {
+            Ok(Opened::Open(stream)) => Link::Open(stream),
+            Ok(Opened::NotServed) => {
+                tracing::debug!(node = self.node, "no forwarding stream: batches instead");
+                Link::Batches {
+                    until: Instant::now() + BATCHES_FOR,
+                }
+            }
+            Err(e) => self.failed(e, 0),
+        }
+    }
+
+    /// Sends on `stream` until it breaks.
+    async fn stream(&mut self, stream: Box<Stream>) -> Link {
+        let pumped = stream
+            .pump(&mut self.pending, &mut self.queue, &self.series)
+            .await;
+        match pumped {
+            Ok(()) => Link::Finished,
+            Err((e, tally)) => {
+                if tally.acknowledged > 0 {
+                    self.pause = FIRST_PAUSE;
+                }
+                self.failed(e, tally.unacknowledged())
+            }
+        }
+    }
+
+    /// Sends batches to a node without streams until `until` or a failure.
+    async fn batches(&mut self, until: Instant) -> Link {
+        loop {
+            if self.pending.is_empty() {
+                tokio::select! {
+                    taken = self.queue.recv_many(&mut self.pending, BATCH_FRAMES) => {
+                        if taken == 0 {
+                            return Link::Finished;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(until.into()) => return Link::Closed,
+                }
+            }
+            let batch = self.next_batch();
+            match send_batch(&self.inner, self.node, &batch).await {
+                Ok(()) => {
+                    self.series.frames.inc_by(batch.len() as u64);
+                    self.series.batches.inc();
+                    self.pause = FIRST_PAUSE;
+                }
+                Err(e) => return self.failed(e, batch.len() as u64),
+            }
+            if Instant::now() >= until {
+                return Link::Closed;
+            }
+        }
+    }
+
+    /// The next batch: what is pending and queued, up to a batch's size.
+    fn next_batch(&mut self) -> Vec<Arc<ForwardedFrame>> {
+        while self.pending.len() < BATCH_FRAMES {
+            match self.queue.try_recv() {
+                Ok(frame) => self.pending.push(frame),
                 Err(_) => break,
             }
         }
-        match send_batch(&inner, node, &batch).await {
-            Ok(()) => {
-                frames_sent.inc_by(batch.len() as u64);
-                batches_sent.inc();
-                pause = FIRST_PAUSE;
-            }
-            Err(e) => {
-                tracing::debug!(node, error = %e, frames = batch.len(), "forwarded frames lost");
-                inner.series.errors.with_label_values(&[&peer]).inc();
-                inner.series.dropped(node, batch.len());
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
-            }
+        let mut bytes = 0;
+        let taken = self
+            .pending
+            .iter()
+            .take(BATCH_FRAMES)
+            .take_while(|frame| {
+                let fits = bytes < BATCH_BYTES;
+                bytes += frame.frame.len();
+                fits
+            })
+            .count();
+        self.pending.drain(..taken).collect()
+    }
+
+    /// Counts a failure to reach the node that lost `lost` frames; drops what waits for it too,
+    /// as it would reach the node late if at all.
+    fn failed(&mut self, error: impl std::fmt::Display, lost: u64) -> Link {
+        let mut waiting = self.pending.len() as u64;
+        self.pending.clear();
+        while self.queue.try_recv().is_ok() {
+            waiting += 1;
         }
-        batch.clear();
+        tracing::debug!(node = self.node, %error, lost, waiting, "forwarded frames lost");
+        self.series.errors.inc();
+        self.series.dropped.inc_by(lost + waiting);
+        Link::Failed
     }
 }
 
@@ -226,9 +347,10 @@ async fn send_batch(
         frames: frames.iter().map(|frame| &**frame).collect(),
     };
     let response = inner
+        .opener
         .client
         .post(&addr, DELIVER_PATH)
-        .header(SECRET_HEADER, inner.secret.as_str())
+        .header(SECRET_HEADER, inner.opener.secret.as_str())
         .timeout(DELIVER_TIMEOUT)
         .json(&batch)
         .send()

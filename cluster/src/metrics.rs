@@ -119,15 +119,18 @@ impl ForwardSeries {
             )?,
             batches: counter(
                 "chorus_forwarded_batches_total",
-                "Batches of frames this node sent to another node (taken by it).",
+                "Batches of frames this node sent to another node (writes on its stream, or \
+                 POSTs to a node that has no stream).",
             )?,
             dropped: counter(
                 "chorus_forward_dropped_total",
-                "Frames for another node dropped: its queue was full, or it did not take them.",
+                "Frames for another node dropped: its queue was full, or it did not take them \
+                 (lost with a broken stream, or in a batch it did not take).",
             )?,
             errors: counter(
                 "chorus_forward_errors_total",
-                "Batches another node did not take (unreachable, refused).",
+                "Streams to another node that could not be opened or broke, and batches it did \
+                 not take (unreachable, refused).",
             )?,
             received: counter(
                 "chorus_forward_received_frames_total",
@@ -142,6 +145,25 @@ impl ForwardSeries {
             .with_label_values(&[&peer.to_string()])
             .inc_by(frames as u64);
     }
+
+    /// The series of the stream to `peer`.
+    pub(crate) fn peer(&self, peer: NodeId) -> PeerSeries {
+        let peer = peer.to_string();
+        PeerSeries {
+            frames: self.frames.with_label_values(&[&peer]),
+            batches: self.batches.with_label_values(&[&peer]),
+            dropped: self.dropped.with_label_values(&[&peer]),
+            errors: self.errors.with_label_values(&[&peer]),
+        }
+    }
+}
+
+/// The forwarding series of one destination node.
+pub(crate) struct PeerSeries {
+    pub(crate) frames: IntCounter,
+    pub(crate) batches: IntCounter,
+    pub(crate) dropped: IntCounter,
+    pub(crate) errors: IntCounter,
 }
 
 /// The questions to other members that got no usable answer.

@@ -7,6 +7,7 @@ pub mod body;
 pub mod client_frames;
 pub mod client_ip;
 pub mod edge;
+pub mod forwarded;
 pub mod peers;
 pub mod per_ip;
 pub mod publish;
