@@ -89,6 +89,11 @@ impl Registrar<'_> {
         self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
     }
 
+    /// One gauge for the node, without labels.
+    fn node_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric"))
+    }
+
     /// A gauge per app.
     fn app_gauge(&self, name: &str, help: &str) -> IntGaugeVec {
         self.gauge(name, help, &["app_id"])
@@ -203,14 +208,11 @@ impl Metrics {
                 "Time from a message entering the node to its frame being handed to a socket.",
                 (0.00005, 2.0, 16),
             ),
-            connection_buffers: r
-                .gauge(
-                    "chorus_connection_buffer_bytes",
-                    "Bytes WebSocket connections hold in buffers of their own (a frame not yet \
-                     whole, frames taken for a socket and not yet written).",
-                    &[],
-                )
-                .with_label_values(&[] as &[&str]),
+            connection_buffers: r.node_gauge(
+                "chorus_connection_buffer_bytes",
+                "Bytes WebSocket connections hold in buffers of their own (a frame not yet \
+                 whole, frames taken for a socket and not yet written).",
+            ),
             registry,
         }
     }

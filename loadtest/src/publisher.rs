@@ -225,44 +225,12 @@ async fn worker(ctx: WorkerCtx) -> StreamRecord {
             None => payload::now_us(),
         };
         let mut chans = Vec::with_capacity(count);
-        let mut datas = Vec::with_capacity(count);
         for i in 0..count {
             let channel = ((first + i as u64) % channels as u64) as usize;
-            let seq = record.sent[channel];
+            chans.push((channel, record.sent[channel]));
             record.sent[channel] += 1;
-            chans.push((channel, seq));
-            datas.push(payload::encode(
-                Stamp {
-                    stream: ctx.stream as u32,
-                    seq,
-                    sent_us,
-                },
-                plan.payload_bytes,
-            ));
         }
-        let keys: Vec<Option<String>> = chans
-            .iter()
-            .map(|&(c, seq)| {
-                let tag = plan.keys.as_ref()?;
-                Some(format!("{tag}-{}-{c}-{seq}", ctx.stream))
-            })
-            .collect();
-        let events: Vec<Event> = chans
-            .iter()
-            .zip(&datas)
-            .zip(&keys)
-            .map(|((&(c, _), d), key)| Event {
-                name: EVENT_NAME,
-                channel: &plan.channels[c],
-                data: d,
-                key: key.as_deref(),
-            })
-            .collect();
-        let (route, body) = if batch == 1 {
-            ("events", Rest::events_body(&events[0]))
-        } else {
-            ("batch_events", Rest::batch_body(&events))
-        };
+        let (route, body) = request(plan, ctx.stream, &chans, sent_us);
         let owed: u64 = chans
             .iter()
             .map(|&(c, _)| plan.receivers_per_channel[c])
@@ -292,6 +260,49 @@ async fn worker(ctx: WorkerCtx) -> StreamRecord {
         }
     }
     record
+}
+
+/// The route and body of one request of `stream`: an event for each `(channel, seq)` of
+/// `chans`, stamped as sent at `sent_us`, each with its idempotency key when the plan has keys.
+fn request(
+    plan: &Plan,
+    stream: usize,
+    chans: &[(usize, u64)],
+    sent_us: u64,
+) -> (&'static str, String) {
+    let datas: Vec<String> = chans
+        .iter()
+        .map(|&(_, seq)| {
+            let stamp = Stamp {
+                stream: stream as u32,
+                seq,
+                sent_us,
+            };
+            payload::encode(stamp, plan.payload_bytes)
+        })
+        .collect();
+    let keys: Vec<Option<String>> = chans
+        .iter()
+        .map(|&(c, seq)| {
+            let tag = plan.keys.as_ref()?;
+            Some(format!("{tag}-{stream}-{c}-{seq}"))
+        })
+        .collect();
+    let events: Vec<Event> = chans
+        .iter()
+        .zip(&datas)
+        .zip(&keys)
+        .map(|((&(c, _), d), key)| Event {
+            name: EVENT_NAME,
+            channel: &plan.channels[c],
+            data: d,
+            key: key.as_deref(),
+        })
+        .collect();
+    match events.as_slice() {
+        [one] if plan.batch <= 1 => ("events", Rest::events_body(one)),
+        _ => ("batch_events", Rest::batch_body(&events)),
+    }
 }
 
 #[cfg(test)]
