@@ -55,36 +55,37 @@ struct Entry {
 
 /// Frames admitted by their channels on this node and not yet handed to any actor: published
 /// with [`Registry::publish_admitted`]; dropped, they give back what they took and go nowhere.
-pub struct Admitted(Vec<AdmittedFrame>);
+/// `C` names a channel: owned, or borrowed by a caller that publishes at once.
+pub struct Admitted<C = String>(Vec<AdmittedFrame<C>>);
 
 /// A frame of [`Admitted`].
-pub struct AdmittedFrame {
-    pub channel: String,
+pub struct AdmittedFrame<C = String> {
+    pub channel: C,
     pub frame: Frame,
     pub except: Option<SocketId>,
     /// Its share of its channel's bound; none when the channel had no subscriber here.
     taken: Option<Taken>,
 }
 
-impl Admitted {
-    pub fn frames(&self) -> impl Iterator<Item = &AdmittedFrame> {
+impl<C> Admitted<C> {
+    pub fn frames(&self) -> impl Iterator<Item = &AdmittedFrame<C>> {
         self.0.iter()
     }
 }
 
 /// Admits `frames` by their channels in `table` (see [`Registry::admit_all`]).
-fn admit(
+fn admit<C: AsRef<str>>(
     table: &Table,
-    frames: Vec<(String, Frame, Option<SocketId>)>,
-) -> Result<Admitted, Overloaded> {
+    frames: Vec<(C, Frame, Option<SocketId>)>,
+) -> Result<Admitted<C>, Overloaded> {
     let mut admitted = Vec::with_capacity(frames.len());
     for (channel, frame, except) in frames {
-        let taken = match table.live.get(&channel) {
+        let taken = match table.live.get(channel.as_ref()) {
             None => None,
             Some(entry) => {
                 let work = entry.subscriptions + PUBLISH_WEIGHT;
                 let Some(taken) = entry.in_flight.take(work, frame.len()) else {
-                    return Err(Overloaded(channel));
+                    return Err(Overloaded(channel.as_ref().to_owned()));
                 };
                 Some(taken)
             }
@@ -282,14 +283,14 @@ impl Registry {
         frame: Frame,
         except: Option<SocketId>,
     ) -> Result<(), Overloaded> {
-        self.publish_all(vec![(channel.to_owned(), frame, except)])
+        self.publish_all(vec![(channel, frame, except)])
     }
 
     /// Delivers frames to this node's subscribers of their channels, all or none (see
     /// [`Registry::admit_all`]).
-    pub fn publish_all(
+    pub fn publish_all<C: AsRef<str>>(
         &self,
-        frames: Vec<(String, Frame, Option<SocketId>)>,
+        frames: Vec<(C, Frame, Option<SocketId>)>,
     ) -> Result<(), Overloaded> {
         let mut table = self.table.lock();
         let admitted = admit(&table, frames)?;
@@ -311,7 +312,7 @@ impl Registry {
         self.hand_out(&mut self.table.lock(), admitted);
     }
 
-    fn hand_out(&self, table: &mut Table, admitted: Admitted) {
+    fn hand_out<C: AsRef<str>>(&self, table: &mut Table, admitted: Admitted<C>) {
         for AdmittedFrame {
             channel,
             frame,
@@ -319,7 +320,11 @@ impl Registry {
             taken,
         } in admitted.0
         {
-            if let Some(entry) = table.live.get(&channel) {
+            let channel = channel.as_ref();
+            if ChannelKind::of(channel).cache {
+                self.remember_last(table, channel, &frame);
+            }
+            if let Some(entry) = table.live.get(channel) {
                 let taken = match taken {
                     Some(taken) if taken.is_of(&entry.in_flight) => taken,
                     // The channel's actor was replaced since (its last subscriber left, then
@@ -329,13 +334,10 @@ impl Registry {
                         .take_anyway(entry.subscriptions + PUBLISH_WEIGHT, frame.len()),
                 };
                 entry.addr.publish(Publish {
-                    frame: frame.clone(),
+                    frame,
                     except,
                     weight: taken.hand_over(),
                 });
-            }
-            if ChannelKind::of(&channel).cache {
-                self.remember_last(table, &channel, &frame);
             }
         }
     }
